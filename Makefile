@@ -1,0 +1,33 @@
+# `make run` runs the main job on built-in data; `make test` runs the test suite.
+# Both create .venv on first use (torch pinned to the CPU build through constraints.txt).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+VERL   := verl==0.9.1
+
+.PHONY: run test lint bench-load clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip
+	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt --no-deps $(VERL)
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/stepcredit demo
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -n 2 -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+bench-load: $(STAMP)
+	$(BIN)/python benchmarks/bench_load.py
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,153 @@
+"""``stepcredit`` command line: inspect rollout logs, convert them, run the built-in demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from stepcredit.errors import RolloutError
+from stepcredit.rollouts import Rollouts
+
+app = typer.Typer(
+    name="stepcredit",
+    help="Dense per-step credit for RL of tool-using LLM agents: inspect, convert and credit rollout logs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+T = TypeVar("T")
+
+PathArg = Annotated[Path, typer.Argument(help="A log file (.jsonl, .json, .parquet) or a folder of them.")]
+FormatOpt = Annotated[str, typer.Option("--format", "-f", help="auto | chat | tau2 | parquet.")]
+GroupField = Annotated[str, typer.Option(help="Chat records: field holding the group (task / prompt id).")]
+RewardField = Annotated[str, typer.Option(help="Chat records: field holding the outcome reward (dotted path).")]
+MessagesField = Annotated[str, typer.Option(help="Chat records: field holding the message list.")]
+IdField = Annotated[str, typer.Option(help="Chat records: field holding the trajectory id.")]
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    """Run ``fn``; bad input becomes one line on stderr and exit status 2 (no traceback)."""
+    try:
+        return fn()
+    except RolloutError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _load(path: Path, fmt: str, group: str, reward: str, messages: str, id_: str) -> Rollouts:
+    from stepcredit.io import ChatFields, load
+
+    def go() -> Rollouts:
+        if fmt not in ("auto", "chat", "tau2", "parquet"):
+            raise RolloutError(f"unknown format {fmt!r}; expected auto, chat, tau2 or parquet", field="--format")
+        fields = ChatFields(id=id_, group=group, reward=reward, messages=messages)
+        return load(path, format=fmt, fields=fields)  # type: ignore[arg-type]
+
+    return _guard(go)
+
+
+def _fmt_dist(d: dict[str, float]) -> str:
+    return f"{d['mean']:.2f} mean · {d['median']:.0f} median · {d['max']:.0f} max"
+
+
+def summary_table(summary: dict[str, Any], title: str) -> Table:
+    s = summary
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("trajectories", str(s["trajectories"]))
+    table.add_row("groups", f"{s['groups']} ({_fmt_dist(s['group_size'])} trajectories)")
+    table.add_row(
+        "successes", f"{s['successes']} ({100 * s['success_rate']:.1f}%, outcome ≥ {s['success_threshold']:g})"
+    )
+    table.add_row(
+        "groups by outcome",
+        f"{s['groups_mixed']} mixed · {s['groups_all_fail']} all-fail · {s['groups_all_success']} all-success",
+    )
+    table.add_row("steps per trajectory", _fmt_dist(s["steps_per_trajectory"]))
+    table.add_row("tool calls per trajectory", _fmt_dist(s["tool_calls_per_trajectory"]))
+    rate = s["tool_error_rate"]
+    table.add_row(
+        "tool errors",
+        f"{s['tool_errors']} of {s['tool_calls']} calls" + (f" ({100 * rate:.1f}%)" if rate is not None else ""),
+    )
+    for key, what in (("call_labels", "call labels"), ("step_labels", "step labels")):
+        if key in s:
+            for outcome, counts in s[key].items():
+                table.add_row(f"{what} · {outcome}", " · ".join(f"{k}: {v}" for k, v in counts.items()))
+    return table
+
+
+@app.command()
+def inspect(
+    path: PathArg,
+    format: FormatOpt = "auto",
+    group_field: GroupField = "group",
+    reward_field: RewardField = "reward",
+    messages_field: MessagesField = "messages",
+    id_field: IdField = "id",
+    success_threshold: Annotated[float, typer.Option(help="Outcome at or above which a trajectory succeeded.")] = 1.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")] = False,
+) -> None:
+    """Summarize a rollout log: trajectories, groups, outcomes, steps, tool calls, errors, labels."""
+    from stepcredit.stats import summarize
+
+    rollouts = _load(path, format, group_field, reward_field, messages_field, id_field)
+    summary = summarize(rollouts, success_threshold=success_threshold)
+    if as_json:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+        return
+    console.print(summary_table(summary, f"{path}"))
+
+
+@app.command()
+def convert(
+    path: PathArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output file: .jsonl (chat) or .parquet.")],
+    format: FormatOpt = "auto",
+    group_field: GroupField = "group",
+    reward_field: RewardField = "reward",
+    messages_field: MessagesField = "messages",
+    id_field: IdField = "id",
+) -> None:
+    """Convert a log to chat JSONL or Parquet (labels, states and rewards are kept)."""
+    from stepcredit.io import write_chat_jsonl, write_parquet
+
+    rollouts = _load(path, format, group_field, reward_field, messages_field, id_field)
+    writers = {".jsonl": write_chat_jsonl, ".parquet": write_parquet}
+    if output.suffix not in writers:
+        err_console.print(f"[bold red]error:[/] output {output}: expected a .jsonl or .parquet file name")
+        raise typer.Exit(2)
+    writers[output.suffix](rollouts, output)
+    console.print(f"wrote {rollouts.num_trajectories} trajectories to {output}")
+
+
+@app.command()
+def demo(
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic rollouts.")] = 0,
+    groups: Annotated[int, typer.Option(help="Number of tasks (groups).")] = 32,
+    group_size: Annotated[int, typer.Option(help="Rollouts per task.")] = 8,
+) -> None:
+    """Run the pipeline on built-in synthetic tool-use rollouts (labelled) and print the summary."""
+    from stepcredit.stats import summarize
+    from stepcredit.synthetic import make_rollouts
+
+    rollouts = make_rollouts(groups, group_size, seed=seed)
+    console.print(summary_table(summarize(rollouts), f"synthetic tool-use rollouts (seed {seed})"))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

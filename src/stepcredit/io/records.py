@@ -1,0 +1,157 @@
+"""Plain Python records that loaders fill, and ``pack`` that turns them into one ``Rollouts``.
+
+Loaders parse a log format into ``TrajectoryRecord`` s (the only place that walks Python objects one
+by one); ``pack`` then builds every tensor column in one go.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from stepcredit.rollouts import TOOL_UNKNOWN, Rollouts, StepKind, Texts
+
+StatePolicy = Literal["history", "distinct"]
+
+
+def canonical_json(value: Any) -> str:
+    """Canonical JSON text: sorted keys, no insignificant white space, non-ASCII kept as is."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass
+class CallRecord:
+    """One tool call: name, canonical JSON arguments, the result text and whether it errored."""
+
+    name: str
+    arguments: str
+    result: str = ""
+    ok: int = TOOL_UNKNOWN
+    label: int | None = None
+
+
+@dataclass
+class StepRecord:
+    """One model turn: its text, the observation it caused, its tool calls."""
+
+    action: str
+    observation: str = ""
+    calls: list[CallRecord] = field(default_factory=list)
+    reward: float = 0.0
+    label: int | None = None
+    state: int | None = None
+    kind: StepKind | None = None  # None: derived (TOOL_CALL if calls, ANSWER if last, else REASON)
+
+
+@dataclass
+class TrajectoryRecord:
+    """One trajectory as parsed from a log, before packing."""
+
+    id: str
+    group: str
+    outcome: float
+    steps: list[StepRecord]
+    prompt: str = ""
+    source: str = ""
+
+
+def _key(digest: bytes) -> int:
+    return int.from_bytes(digest[:8], "little", signed=True)
+
+
+def history_states(record: TrajectoryRecord) -> list[int]:
+    """Decision-point keys from the action history: step ``t``'s key hashes the group and every earlier
+    step's actions (each tool call as ``name + canonical arguments``; a text-only turn as one marker).
+
+    Steps of the same group whose earlier *tool calls* are identical therefore share a key — e.g. the
+    first step of every trajectory of a task (the same prompt). Observations are not hashed: for
+    deterministic tools the call history determines them, and free-text user turns would make every
+    key unique. Stable across processes and machines (BLAKE2b, not Python's salted ``hash``).
+    """
+    h = hashlib.blake2b(record.group.encode(), digest_size=8)
+    keys = []
+    for step in record.steps:
+        keys.append(_key(h.digest()))
+        if step.calls:
+            for call in step.calls:
+                h.update(b"\x1ecall\x1f" + call.name.encode() + b"\x1f" + call.arguments.encode())
+        else:
+            h.update(b"\x1etext")
+    return keys
+
+
+def _step_kind(step: StepRecord, is_last: bool) -> int:
+    if step.kind is not None:
+        return int(step.kind)
+    if step.calls:
+        return int(StepKind.TOOL_CALL)
+    return int(StepKind.ANSWER if is_last else StepKind.REASON)
+
+
+def pack(records: Sequence[TrajectoryRecord], *, states: StatePolicy = "history") -> Rollouts:
+    """Build one validated ``Rollouts`` from records.
+
+    Groups are numbered densely in order of first appearance. ``states="history"`` keys each step by
+    its action history (``history_states``) unless the record gives a ``state``; ``"distinct"`` gives
+    every step its own key. A step's ``tool_ok`` follows from its calls. Labels: when any step (call)
+    has a label the column exists and unlabelled steps (calls) count as 0 (neutral).
+    """
+    group_index: dict[str, int] = {}
+    group, outcome, step_counts = [], [], []
+    kind, reward, state, step_label, call_counts = [], [], [], [], []
+    call_ok, call_label = [], []
+    texts: dict[str, list[str]] = {
+        k: [] for k in ("ids", "prompt", "action", "observation", "call_name", "call_arguments", "call_result")
+    }
+    any_label = any_call_label = False
+    next_state = 0
+    for rec in records:
+        group.append(group_index.setdefault(rec.group, len(group_index)))
+        outcome.append(rec.outcome)
+        step_counts.append(len(rec.steps))
+        texts["ids"].append(rec.id)
+        texts["prompt"].append(rec.prompt)
+        derived = history_states(rec) if states == "history" else None
+        for t, step in enumerate(rec.steps):
+            kind.append(_step_kind(step, t == len(rec.steps) - 1))
+            reward.append(step.reward)
+            if step.state is not None:
+                state.append(step.state)
+            elif derived is not None:
+                state.append(derived[t])
+            else:
+                state.append(next_state)
+                next_state += 1
+            any_label |= step.label is not None
+            step_label.append(step.label or 0)
+            call_counts.append(len(step.calls))
+            texts["action"].append(step.action)
+            texts["observation"].append(step.observation)
+            for call in step.calls:
+                call_ok.append(call.ok)
+                any_call_label |= call.label is not None
+                call_label.append(call.label or 0)
+                texts["call_name"].append(call.name)
+                texts["call_arguments"].append(call.arguments)
+                texts["call_result"].append(call.result)
+    zero = torch.zeros(1, dtype=torch.int64)
+    offsets = lambda counts: torch.cat([zero, torch.cumsum(torch.tensor(counts, dtype=torch.int64), 0)])  # noqa: E731
+    n, s, c = len(group), len(kind), len(call_ok)
+    return Rollouts(
+        group=torch.tensor(group, dtype=torch.int64),
+        outcome=torch.tensor(outcome, dtype=torch.float32),
+        step_offsets=offsets(step_counts),
+        kind=torch.tensor(kind, dtype=torch.int8),
+        reward=torch.tensor(reward, dtype=torch.float32),
+        state=torch.tensor(state, dtype=torch.int64),
+        call_offsets=offsets(call_counts),
+        call_ok=torch.tensor(call_ok, dtype=torch.int8),
+        label=torch.tensor(step_label, dtype=torch.int8) if any_label else None,
+        call_label=torch.tensor(call_label, dtype=torch.int8) if any_call_label else None,
+        texts=Texts.create(n, len(group_index), s, c, group_names=list(group_index), **texts),
+    )

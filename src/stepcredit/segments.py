@@ -1,0 +1,175 @@
+"""Group and segment reductions shared by every estimator.
+
+Everything here works on flat tensors plus an index that says which segment (group, trajectory,
+decision point) each row belongs to, or on CSR offsets. All functions are vectorized with
+``index_add_`` / ``scatter_reduce_`` / cumulative sums: no Python loop over rows, steps or tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Norm = Literal["std", "mean", "none"]
+Singleton = Literal["raw", "zero"]
+
+
+def segment_ids(offsets: Tensor) -> Tensor:
+    """Segment index of every element for CSR ``offsets`` ``[K+1]`` → ``[offsets[-1]]`` (int64)."""
+    counts = offsets[1:] - offsets[:-1]
+    return torch.repeat_interleave(torch.arange(counts.numel(), device=offsets.device), counts)
+
+
+def ranges(starts: Tensor, counts: Tensor) -> Tensor:
+    """Concatenation of ``arange(starts[k], starts[k] + counts[k])`` over ``k``, without a loop."""
+    total = int(counts.sum())
+    if total == 0:
+        return torch.zeros(0, dtype=torch.long, device=starts.device)
+    seg = torch.repeat_interleave(torch.arange(counts.numel(), device=starts.device), counts)
+    first = torch.cumsum(counts, 0) - counts
+    return starts[seg] + torch.arange(total, device=starts.device) - first[seg]
+
+
+def segment_count(index: Tensor, num_segments: int) -> Tensor:
+    """Number of rows in each segment ``[num_segments]`` (int64)."""
+    return torch.bincount(index, minlength=num_segments)[:num_segments]
+
+
+def segment_sum(values: Tensor, index: Tensor, num_segments: int) -> Tensor:
+    """Sum of ``values`` within each segment ``[num_segments]``; empty segments sum to 0."""
+    out = torch.zeros(num_segments, dtype=values.dtype, device=values.device)
+    return out.index_add_(0, index, values)
+
+
+def segment_mean(values: Tensor, index: Tensor, num_segments: int) -> Tensor:
+    """Mean of ``values`` within each segment; empty segments get 0."""
+    count = segment_count(index, num_segments).to(values.dtype)
+    return segment_sum(values, index, num_segments) / count.clamp_min(1)
+
+
+def segment_min_max(values: Tensor, index: Tensor, num_segments: int) -> tuple[Tensor, Tensor]:
+    """Per-segment minimum and maximum (empty segments: +inf / -inf)."""
+    lo = torch.full((num_segments,), float("inf"), dtype=values.dtype, device=values.device)
+    hi = torch.full((num_segments,), float("-inf"), dtype=values.dtype, device=values.device)
+    lo.scatter_reduce_(0, index, values, reduce="amin")
+    hi.scatter_reduce_(0, index, values, reduce="amax")
+    return lo, hi
+
+
+def segment_std(values: Tensor, index: Tensor, num_segments: int, *, unbiased: bool = True) -> Tensor:
+    """Standard deviation within each segment, two-pass (sum of squared deviations from the mean).
+
+    ``unbiased=True`` is Bessel's (N−1) estimator, as ``torch.std``; segments too small for the
+    estimator (N ≤ 1 unbiased, N = 0 biased) get 0.
+    """
+    count = segment_count(index, num_segments)
+    mean = segment_mean(values, index, num_segments)
+    sq = segment_sum((values - mean[index]) ** 2, index, num_segments)
+    denom = (count - 1 if unbiased else count).clamp_min(1).to(values.dtype)
+    return torch.sqrt(sq / denom)
+
+
+def group_normalize(
+    values: Tensor,
+    index: Tensor,
+    num_segments: int,
+    *,
+    norm: Norm = "std",
+    eps: float = 1e-6,
+    unbiased: bool = True,
+    singleton: Singleton = "raw",
+) -> Tensor:
+    """Group-relative values: ``(x − mean_g) / (std_g + eps)`` (``norm="std"``), ``x − mean_g``
+    (``norm="mean"``, Dr.GRPO) or ``x`` unchanged (``norm="none"``).
+
+    * ``singleton="raw"`` (verl): a group with one member uses mean 0 and std 1, so it keeps its raw
+      value (divided by ``1 + eps`` under ``"std"``); ``"zero"`` gives it 0.
+    * A group whose values are all equal gets exactly 0 (not ``O(ulp / eps)`` rounding noise of the
+      mean, which ``(x − mean) / (0 + eps)`` would otherwise amplify).
+    """
+    if norm not in ("std", "mean", "none"):
+        raise ValueError(f"norm must be 'std', 'mean' or 'none', got {norm!r}")
+    if singleton not in ("raw", "zero"):
+        raise ValueError(f"singleton must be 'raw' or 'zero', got {singleton!r}")
+    if norm == "none":
+        return values.clone()
+    count = segment_count(index, num_segments)
+    mean = segment_mean(values, index, num_segments)
+    single = count <= 1
+    mean = torch.where(single, torch.zeros_like(mean), mean)
+    centered = values - mean[index]
+    if norm == "std":
+        std = segment_std(values, index, num_segments, unbiased=unbiased)
+        std = torch.where(single, torch.ones_like(std), std)
+        centered = centered / (std[index] + eps)
+    lo, hi = segment_min_max(values, index, num_segments)
+    constant = (lo == hi) & ~single
+    if singleton == "zero":
+        constant = constant | single
+    return torch.where(constant[index], torch.zeros_like(centered), centered)
+
+
+def leave_one_out_mean(values: Tensor, index: Tensor, num_segments: int) -> Tensor:
+    """Per row, the mean of the *other* members of its segment: ``(Σ_g x − x_i) / (n_g − 1)``.
+
+    A row alone in its segment has no other member; its baseline is 0 (verl's RLOO convention).
+    """
+    count = segment_count(index, num_segments)[index]
+    total = segment_sum(values, index, num_segments)[index]
+    others = (count - 1).clamp_min(1).to(values.dtype)
+    return torch.where(count > 1, (total - values) / others, torch.zeros_like(values))
+
+
+def reverse_discounted_cumsum(rewards: Tensor, offsets: Tensor, gamma: float | Tensor) -> Tensor:
+    """Returns within each segment: ``G_t = Σ_{k≥t} γ^{k−t} r_k`` (summing to the segment's end).
+
+    ``offsets`` are CSR offsets ``[K+1]`` of the segments (e.g. ``Rollouts.step_offsets``). Computed as
+    a log-depth doubling scan of ``G_t = r_t + γ G_{t+1}``, so the cost is ``O(S log L)`` with ``L`` the
+    longest segment, and no power ``γ^k`` is ever formed (stable for any length and ``0 ≤ γ ≤ 1``).
+    ``gamma`` may be a scalar or a per-row tensor (the discount applied from row t to row t+1).
+    """
+    n = rewards.numel()
+    out = rewards.clone()
+    if n == 0:
+        return out
+    seg = segment_ids(offsets)
+    same_next = torch.zeros(n, dtype=torch.bool, device=rewards.device)
+    same_next[:-1] = seg[1:] == seg[:-1]
+    g = torch.as_tensor(gamma, dtype=rewards.dtype, device=rewards.device).expand(n)
+    coef = torch.where(same_next, g, torch.zeros_like(out))  # G_t = out_t + coef_t * G_{t+d}
+    d = 1
+    while d < n:
+        shifted_out = torch.zeros_like(out)
+        shifted_out[:-d] = out[d:]
+        shifted_coef = torch.zeros_like(coef)
+        shifted_coef[:-d] = coef[d:]
+        out = out + coef * shifted_out
+        coef = coef * shifted_coef
+        if not bool(coef.any()):
+            break
+        d *= 2
+    return out
+
+
+def span_index_map(starts: Tensor, ends: Tensor, rows: Tensor, shape: tuple[int, int]) -> Tensor:
+    """A ``(B, T)`` int64 map holding, at every token, the index of the span covering it, else −1.
+
+    Spans ``[starts[k], ends[k])`` of row ``rows[k]`` must not overlap (checked by the caller).
+    """
+    b, t = shape
+    marks = torch.zeros(b, t + 1, dtype=torch.int64, device=starts.device)
+    ids = torch.arange(1, starts.numel() + 1, dtype=torch.int64, device=starts.device)
+    marks.index_put_((rows, starts), ids, accumulate=True)
+    marks.index_put_((rows, ends), -ids, accumulate=True)
+    return torch.cumsum(marks, dim=1)[:, :t] - 1
+
+
+def broadcast_to_tokens(values: Tensor, index_map: Tensor) -> Tensor:
+    """Per-span ``values [K]`` spread to a ``(B, T)`` tensor through ``index_map`` (−1 → exactly 0)."""
+    if values.numel() == 0:
+        return torch.zeros(index_map.shape, dtype=values.dtype, device=values.device)
+    covered = index_map >= 0
+    out = values[index_map.clamp_min(0)]
+    return torch.where(covered, out, torch.zeros((), dtype=values.dtype, device=values.device))

@@ -1,0 +1,79 @@
+"""A small synthetic tool-use task family with ground-truth step labels, for demos and tests.
+
+Each task (group) needs a plan of ``plan_length`` write calls, in order, with specific arguments.
+An agent of a given ``skill`` walks the plan: at each turn it may look something up (a read call,
+label 0), make the next planned call correctly (+1), make a write with wrong arguments (−1; the task
+is then lost), or make a call the tool rejects (error result, label 0). It stops after the plan, after
+a wrong write, or at ``max_steps``, with a final text answer. Outcome 1 iff the whole plan was made and
+no wrong write happened. Every random choice comes from one seeded ``numpy`` generator.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stepcredit.io.records import CallRecord, StepRecord, TrajectoryRecord, canonical_json, pack
+from stepcredit.rollouts import TOOL_ERROR, TOOL_OK, Rollouts
+
+WRITE_TOOLS = ("book", "cancel", "update", "refund")
+READ_TOOLS = ("lookup_user", "search", "get_details")
+
+
+def make_records(
+    num_groups: int = 16,
+    group_size: int = 8,
+    *,
+    plan_length: int = 3,
+    max_steps: int = 10,
+    skill: tuple[float, float] = (0.55, 0.95),
+    p_read: float = 0.25,
+    p_error: float = 0.1,
+    seed: int = 0,
+) -> list[TrajectoryRecord]:
+    """Synthetic trajectories; each agent's skill is drawn uniformly from the ``skill`` range."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for g in range(num_groups):
+        plan = [
+            (str(rng.choice(WRITE_TOOLS)), {"id": int(rng.integers(1000)), "amount": int(rng.integers(1, 9))})
+            for _ in range(plan_length)
+        ]
+        for k in range(group_size):
+            p_ok = rng.uniform(*skill)
+            steps: list[StepRecord] = []
+            done, lost = 0, False
+            while len(steps) < max_steps - 1 and done < plan_length and not lost:
+                u = rng.random()
+                if u < p_read:
+                    tool = str(rng.choice(READ_TOOLS))
+                    call = CallRecord(tool, canonical_json({"id": plan[done][1]["id"]}), "{...}", TOOL_OK, 0)
+                elif u < p_read + p_error:
+                    name, args = plan[done]
+                    call = CallRecord(name, canonical_json({"id": args["id"]}), "Error: missing amount", TOOL_ERROR, 0)
+                elif rng.random() < p_ok:
+                    name, args = plan[done]
+                    call = CallRecord(name, canonical_json(args), "ok", TOOL_OK, 1)
+                    done += 1
+                else:
+                    name, args = plan[done]
+                    wrong = dict(args, amount=int(args["amount"]) + int(rng.integers(1, 5)))
+                    call = CallRecord(name, canonical_json(wrong), "ok", TOOL_OK, -1)
+                    lost = True
+                steps.append(StepRecord(action=f"Calling {call.name}.", calls=[call], label=call.label))
+            success = done == plan_length and not lost
+            steps.append(StepRecord(action="All done." if success else "I could not finish.", label=0))
+            records.append(
+                TrajectoryRecord(
+                    id=f"task{g}-agent{k}",
+                    group=f"task{g}",
+                    outcome=float(success),
+                    steps=steps,
+                    prompt=f"Task {g}: make {plan_length} changes.",
+                )
+            )
+    return records
+
+
+def make_rollouts(num_groups: int = 16, group_size: int = 8, *, seed: int = 0, **kwargs: object) -> Rollouts:
+    """``make_records`` packed into a ``Rollouts`` (history-derived states)."""
+    return pack(make_records(num_groups, group_size, seed=seed, **kwargs))  # type: ignore[arg-type]

@@ -1,0 +1,101 @@
+"""JSONL and Parquet round trips."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from stepcredit import RolloutError, Rollouts
+from stepcredit.io import from_trainer_tensors, load, write_chat_jsonl, write_parquet
+from stepcredit.rollouts import Texts
+from stepcredit.synthetic import make_rollouts
+
+TENSOR_FIELDS = (
+    "group",
+    "outcome",
+    "step_offsets",
+    "kind",
+    "reward",
+    "tool_ok",
+    "state",
+    "call_offsets",
+    "call_ok",
+    "label",
+    "call_label",
+    "response_mask",
+    "step_token_start",
+    "step_token_end",
+    "call_token_start",
+    "call_token_end",
+)
+
+
+def assert_same(a: Rollouts, b: Rollouts, *, tokens: bool = True) -> None:
+    for name in TENSOR_FIELDS:
+        x, y = getattr(a, name), getattr(b, name)
+        if not tokens and (name.startswith(("step_token", "call_token")) or name == "response_mask"):
+            continue
+        assert (x is None) == (y is None), name
+        if x is not None:
+            assert torch.equal(x, y), name
+    for name in Texts.__dataclass_fields__:
+        assert getattr(a.texts, name).to_pylist() == getattr(b.texts, name).to_pylist(), name
+
+
+@pytest.fixture
+def synthetic():
+    r = make_rollouts(6, 4, seed=3)
+    reward = torch.linspace(-1, 1, r.num_steps)
+    call_ok = r.call_ok.clone()
+    call_ok[::5] = -1
+    cols = {k: getattr(r, k) for k in TENSOR_FIELDS if k != "tool_ok"}  # tool_ok follows the calls
+    return Rollouts(**{**cols, "reward": reward, "call_ok": call_ok, "texts": r.texts})
+
+
+def test_jsonl_round_trip(tmp_path, synthetic):
+    path = tmp_path / "s.jsonl"
+    write_chat_jsonl(synthetic, path)
+    assert_same(synthetic, load(path))
+
+
+def test_parquet_round_trip(tmp_path, synthetic):
+    path = tmp_path / "s.parquet"
+    write_parquet(synthetic, path)
+    assert_same(synthetic, load(path))
+
+
+def test_parquet_round_trip_with_tokens(tmp_path):
+    tokens = torch.tensor([[7, 8, 3, 9, 0, 5], [5, 5, 7, 8, 9, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 0, 1], [1, 1, 1, 1, 1, 0]])
+    r = from_trainer_tensors(
+        mask, ["a", "b"], outcome=torch.tensor([1.0, 0.0]), responses=tokens, tool_call_start=[7, 8], tool_call_end=[9]
+    )
+    path = tmp_path / "t.parquet"
+    write_parquet(r, path)
+    assert_same(r, load(path))
+
+
+def test_real_logs_round_trip(tmp_path, tau2_rollouts):
+    for name, writer in (("t.jsonl", write_chat_jsonl), ("t.parquet", write_parquet)):
+        writer(tau2_rollouts, tmp_path / name)
+        assert_same(tau2_rollouts, load(tmp_path / name))
+
+
+def test_kind_that_differs_from_derived_round_trips(tmp_path):
+    r = Rollouts(group=[0], outcome=[0.0], step_offsets=[0, 2], kind=[1, 0])
+    write_chat_jsonl(r, tmp_path / "k.jsonl")
+    assert load(tmp_path / "k.jsonl").kind.tolist() == [1, 0]
+
+
+def test_bad_parquet(tmp_path, synthetic):
+    path = tmp_path / "bad.parquet"
+    path.write_bytes(b"not parquet at all")
+    with pytest.raises(RolloutError, match="cannot read Parquet"):
+        load(path)
+    table = pq.read_table(write_parquet(synthetic, tmp_path / "ok.parquet") or tmp_path / "ok.parquet")
+    pq.write_table(table.drop_columns(["outcome"]), tmp_path / "no_outcome.parquet")
+    with pytest.raises(RolloutError, match="missing column 'outcome'"):
+        load(tmp_path / "no_outcome.parquet")
+    with pytest.raises(RolloutError, match="on its own"):
+        load([tmp_path / "ok.parquet", tmp_path / "no_outcome.parquet"])

@@ -1,0 +1,84 @@
+"""The command line, run as a user runs it (subprocess for exit codes and stderr)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from stepcredit.synthetic import make_rollouts
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "stepcredit.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_help_on_every_command():
+    for args in ([], ["inspect"], ["convert"], ["demo"]):
+        out = run(*args, "--help")
+        assert out.returncode == 0, out.stderr
+        assert "Usage" in out.stdout
+
+
+@pytest.mark.realdata
+def test_inspect_tau2_json(tau2_dir):
+    out = run("inspect", str(tau2_dir), "--json")
+    assert out.returncode == 0, out.stderr
+    s = json.loads(out.stdout)
+    assert (s["trajectories"], s["groups"], s["successes"]) == (279, 50, 162)
+    assert s["call_labels"]["failure"]["+1"] == 286
+
+
+@pytest.mark.realdata
+def test_inspect_tau2_table(tau2_dir):
+    out = run("inspect", str(tau2_dir), "--format", "tau2")
+    assert out.returncode == 0, out.stderr
+    assert "279" in out.stdout and "162 (58.1%" in out.stdout and "31 mixed" in out.stdout
+
+
+def test_inspect_bad_record_one_line_exit_2(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"id": "x", "group": "g", "reward": NaN, "messages": []}\n')
+    out = run("inspect", str(p))
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr
+    assert "trajectory 'x'" in lines[0] and "'reward'" in lines[0]
+
+
+def test_inspect_unknown_format_and_missing_path(tmp_path):
+    assert run("inspect", str(tmp_path), "--format", "csv").returncode == 2
+    out = run("inspect", str(tmp_path / "missing"))
+    assert out.returncode == 2 and "no such file" in out.stderr
+
+
+def test_convert_and_inspect_round_trip(tmp_path):
+    from stepcredit.io import write_chat_jsonl
+
+    src = tmp_path / "s.jsonl"
+    write_chat_jsonl(make_rollouts(4, 3, seed=1), src)
+    for name in ("s.parquet", "t.jsonl"):
+        out = run("convert", str(src), "-o", str(tmp_path / name))
+        assert out.returncode == 0, out.stderr
+    a = json.loads(run("inspect", str(src), "--json").stdout)
+    b = json.loads(run("inspect", str(tmp_path / "s.parquet"), "--json").stdout)
+    assert a == b and a["trajectories"] == 12
+    assert run("convert", str(src), "-o", str(tmp_path / "x.csv")).returncode == 2
+
+
+def test_chat_field_options(tmp_path):
+    p = tmp_path / "c.jsonl"
+    p.write_text(json.dumps({"task": "t", "score": {"v": 1}, "traj": [{"role": "assistant", "content": "x"}]}) + "\n")
+    out = run(
+        "inspect", str(p), "--group-field", "task", "--reward-field", "score.v", "--messages-field", "traj", "--json"
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["successes"] == 1
+
+
+def test_demo_runs():
+    out = run("demo", "--groups", "4", "--group-size", "3")
+    assert out.returncode == 0, out.stderr
+    assert "synthetic" in out.stdout and "12" in out.stdout

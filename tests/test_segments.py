@@ -1,0 +1,185 @@
+"""Segment ops against naive Python loops on hypothesis-generated ragged batches."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stepcredit import segments
+
+finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, width=32)
+
+
+@st.composite
+def grouped(draw, max_groups: int = 8, max_rows: int = 40):
+    """Values with a segment index; some segments empty, some singletons, values up to 1e6."""
+    k = draw(st.integers(1, max_groups))
+    n = draw(st.integers(0, max_rows))
+    index = draw(st.lists(st.integers(0, k - 1), min_size=n, max_size=n))
+    values = draw(st.lists(st.one_of(finite, st.sampled_from([0.0, 1.0, 0.5])), min_size=n, max_size=n))
+    return torch.tensor(values, dtype=torch.float64), torch.tensor(index, dtype=torch.int64), k
+
+
+def members(values, index, k):
+    out = [[] for _ in range(k)]
+    for v, i in zip(values.tolist(), index.tolist(), strict=True):
+        out[i].append(v)
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(grouped())
+def test_count_sum_mean_std_match_loops(batch):
+    values, index, k = batch
+    groups = members(values, index, k)
+    count = segments.segment_count(index, k)
+    total = segments.segment_sum(values, index, k)
+    mean = segments.segment_mean(values, index, k)
+    std = segments.segment_std(values, index, k)
+    pop = segments.segment_std(values, index, k, unbiased=False)
+    for g, xs in enumerate(groups):
+        assert count[g] == len(xs)
+        assert total[g].item() == pytest.approx(math.fsum(xs), rel=1e-9, abs=1e-6)
+        m = math.fsum(xs) / len(xs) if xs else 0.0
+        assert mean[g].item() == pytest.approx(m, rel=1e-9, abs=1e-6)
+        ss = math.fsum((x - m) ** 2 for x in xs)
+        assert std[g].item() == pytest.approx(math.sqrt(ss / (len(xs) - 1)) if len(xs) > 1 else 0.0, rel=1e-6, abs=1e-4)
+        assert pop[g].item() == pytest.approx(math.sqrt(ss / len(xs)) if xs else 0.0, rel=1e-6, abs=1e-4)
+
+
+def naive_normalize(values, index, k, norm, eps, singleton):
+    groups = members(values, index, k)
+    out = []
+    for v, g in zip(values.tolist(), index.tolist(), strict=True):
+        xs = groups[g]
+        if len(xs) == 1:
+            out.append(0.0 if singleton == "zero" else (v / (1 + eps) if norm == "std" else v))
+            continue
+        if min(xs) == max(xs):
+            out.append(0.0)
+            continue
+        m = math.fsum(xs) / len(xs)
+        if norm == "mean":
+            out.append(v - m)
+        else:
+            s = math.sqrt(math.fsum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+            out.append((v - m) / (s + eps))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(grouped(), st.sampled_from(["std", "mean"]), st.sampled_from(["raw", "zero"]))
+def test_group_normalize_matches_loop(batch, norm, singleton):
+    values, index, k = batch
+    got = segments.group_normalize(values, index, k, norm=norm, singleton=singleton)
+    want = naive_normalize(values, index, k, norm, 1e-6, singleton)
+    assert torch.isfinite(got).all()
+    np.testing.assert_allclose(got.numpy(), np.array(want), rtol=1e-6, atol=1e-6)
+
+
+def test_group_normalize_none_and_bad_args():
+    x = torch.tensor([1.0, 2.0])
+    i = torch.tensor([0, 0])
+    assert torch.equal(segments.group_normalize(x, i, 1, norm="none"), x)
+    with pytest.raises(ValueError, match="norm"):
+        segments.group_normalize(x, i, 1, norm="max")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="singleton"):
+        segments.group_normalize(x, i, 1, singleton="nan")  # type: ignore[arg-type]
+
+
+def test_constant_group_is_exactly_zero_even_when_mean_rounds():
+    # 0.1 is not representable: sum/3 differs from 0.1 by an ulp, which /eps would blow up
+    x = torch.tensor([0.1, 0.1, 0.1], dtype=torch.float32)
+    out = segments.group_normalize(x, torch.zeros(3, dtype=torch.long), 1)
+    assert torch.equal(out, torch.zeros(3))
+
+
+@settings(max_examples=200, deadline=None)
+@given(grouped())
+def test_leave_one_out_mean_matches_loop(batch):
+    values, index, k = batch
+    groups = members(values, index, k)
+    got = segments.leave_one_out_mean(values, index, k)
+    for j, (v, g) in enumerate(zip(values.tolist(), index.tolist(), strict=True)):
+        xs = groups[g]
+        want = (math.fsum(xs) - v) / (len(xs) - 1) if len(xs) > 1 else 0.0
+        assert got[j].item() == pytest.approx(want, rel=1e-6, abs=1e-3)
+
+
+@st.composite
+def ragged(draw):
+    lengths = draw(st.lists(st.integers(0, 12), min_size=0, max_size=10))
+    s = sum(lengths)
+    rewards = draw(st.lists(finite, min_size=s, max_size=s))
+    return torch.tensor(rewards, dtype=torch.float64), lengths
+
+
+@settings(max_examples=200, deadline=None)
+@given(ragged(), st.sampled_from([0.0, 0.5, 0.95, 1.0]))
+def test_reverse_discounted_cumsum_matches_loop(batch, gamma):
+    rewards, lengths = batch
+    offsets = torch.tensor([0, *np.cumsum(lengths).tolist()], dtype=torch.int64)
+    got = segments.reverse_discounted_cumsum(rewards, offsets, gamma)
+    want, start = [], 0
+    for n in lengths:
+        seg = rewards[start : start + n].tolist()
+        g, out = 0.0, []
+        for r in reversed(seg):
+            g = r + gamma * g
+            out.append(g)
+        want.extend(reversed(out))
+        start += n
+    np.testing.assert_allclose(got.numpy(), np.array(want), rtol=1e-9, atol=1e-3)
+
+
+def test_reverse_discounted_cumsum_long_segment_is_stable():
+    rewards = torch.zeros(5000, dtype=torch.float64)
+    rewards[-1] = 1.0
+    out = segments.reverse_discounted_cumsum(rewards, torch.tensor([0, 5000]), 0.9)
+    assert out[-1] == 1.0
+    assert out[-2] == pytest.approx(0.9)
+    assert torch.isfinite(out).all() and out[0] >= 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 6), min_size=0, max_size=8), st.integers(0, 4))
+def test_ranges_and_segment_ids(counts, pad):
+    counts_t = torch.tensor(counts, dtype=torch.int64)
+    starts = torch.tensor([pad + 10 * i for i in range(len(counts))], dtype=torch.int64)
+    got = segments.ranges(starts, counts_t).tolist()
+    assert got == [s + j for s, c in zip(starts.tolist(), counts, strict=True) for j in range(c)]
+    offsets = torch.tensor([0, *np.cumsum(counts).tolist()], dtype=torch.int64)
+    assert segments.segment_ids(offsets).tolist() == [k for k, c in enumerate(counts) for _ in range(c)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_span_broadcast_matches_loop(data):
+    b = data.draw(st.integers(1, 5))
+    t = data.draw(st.integers(1, 20))
+    rows, starts, ends = [], [], []
+    for row in range(b):
+        cuts = sorted(set(data.draw(st.lists(st.integers(0, t), max_size=8))))
+        for a, z in zip(cuts[::2], cuts[1::2], strict=False):
+            if z > a:
+                rows.append(row)
+                starts.append(a)
+                ends.append(z)
+    values = torch.tensor(data.draw(st.lists(finite, min_size=len(rows), max_size=len(rows))), dtype=torch.float32)
+    index_map = segments.span_index_map(
+        torch.tensor(starts, dtype=torch.int64),
+        torch.tensor(ends, dtype=torch.int64),
+        torch.tensor(rows, dtype=torch.int64),
+        (b, t),
+    )
+    out = segments.broadcast_to_tokens(values, index_map)
+    want = torch.zeros(b, t)
+    for k, (r, a, z) in enumerate(zip(rows, starts, ends, strict=True)):
+        want[r, a:z] = values[k]
+    assert torch.equal(out, want)
+    assert torch.equal(index_map >= 0, want != 0) or bool((values == 0).any())
