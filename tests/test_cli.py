@@ -16,7 +16,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_help_on_every_command():
-    for args in ([], ["inspect"], ["convert"], ["demo"]):
+    for args in ([], ["inspect"], ["convert"], ["credit"], ["recipes"], ["demo"]):
         out = run(*args, "--help")
         assert out.returncode == 0, out.stderr
         assert "Usage" in out.stdout
@@ -82,3 +82,47 @@ def test_demo_runs():
     out = run("demo", "--groups", "4", "--group-size", "3")
     assert out.returncode == 0, out.stderr
     assert "synthetic" in out.stdout and "12" in out.stdout
+
+
+@pytest.mark.realdata
+def test_credit_on_tau2_round_trips(tau2_dir, tmp_path):
+    from stepcredit.estimators import grpo
+    from stepcredit.io import load, read_credit_jsonl
+
+    out = tmp_path / "credit.jsonl"
+    res = run("credit", str(tau2_dir), "--recipe", "grpo", "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    records = read_credit_jsonl(out)
+    r = load(tau2_dir)
+    credit = grpo(r)
+    assert [rec["id"] for rec in records] == r.texts.ids.to_pylist()
+    steps = [s["credit"] for rec in records for s in rec["steps"]]
+    calls = [c["credit"] for rec in records for s in rec["steps"] for c in s["calls"]]
+    assert steps == credit.per_step(r).tolist()
+    assert calls == credit.per_call(r).tolist()
+    assert [rec["credit"]["trajectory"] for rec in records] == credit.trajectory.tolist()
+    assert records[0]["recipe"] == "grpo" and "action" in records[0]["steps"][0]
+
+
+def test_credit_with_yaml_recipe_and_errors(tmp_path):
+    from stepcredit.io import write_chat_jsonl
+
+    src = tmp_path / "s.jsonl"
+    write_chat_jsonl(make_rollouts(4, 3, seed=1), src)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("credit:\n  - grpo: {norm: mean}\n  - rloo: {weight: 0.5}\n")
+    out = run("credit", str(src), "--recipe", str(recipe), "-o", str(tmp_path / "c.jsonl"))
+    assert out.returncode == 0, out.stderr
+    assert "credited 12 of 12" in out.stdout
+    bad = run("credit", str(src), "--recipe", "nope", "-o", str(tmp_path / "c.jsonl"))
+    assert bad.returncode == 2 and "unknown recipe 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+    recipe.write_text("credit:\n  - grpo: {norm: max}\n")
+    bad = run("credit", str(src), "--recipe", str(recipe))
+    assert bad.returncode == 2 and "grpo.norm must be" in bad.stderr
+
+
+def test_recipes_lists_builtins_and_components():
+    out = run("recipes")
+    assert out.returncode == 0, out.stderr
+    for name in ("grpo", "dr_grpo", "rloo", "ms_grpo", "abs_adv_sampling"):
+        assert name in out.stdout

@@ -131,18 +131,108 @@ def convert(
     console.print(f"wrote {rollouts.num_trajectories} trajectories to {output}")
 
 
+RecipeOpt = Annotated[
+    str, typer.Option("--recipe", "-r", help="A built-in recipe name (see `stepcredit recipes`) or a YAML file.")
+]
+
+
+def _recipe(spec: str) -> Any:
+    from stepcredit.recipe import Recipe, RecipeError
+
+    try:
+        return Recipe.load(spec)
+    except RecipeError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def credit(
+    path: PathArg,
+    recipe: RecipeOpt = "grpo",
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the credit JSONL.")] = Path(
+        "credit.jsonl"
+    ),
+    format: FormatOpt = "auto",
+    group_field: GroupField = "group",
+    reward_field: RewardField = "reward",
+    messages_field: MessagesField = "messages",
+    id_field: IdField = "id",
+) -> None:
+    """Run a recipe on a log and write per-step / per-call credit next to the step texts (JSONL)."""
+    from stepcredit.io import write_credit_jsonl
+
+    rec = _recipe(recipe)
+    rollouts = _load(path, format, group_field, reward_field, messages_field, id_field)
+    result = rec.run(rollouts)
+    write_credit_jsonl(result.rollouts, result.credit, output, rec.name)
+    steps = result.credit.per_step(result.rollouts)
+    console.print(
+        f"{rec.name}: credited {result.rollouts.num_trajectories} of {rollouts.num_trajectories} trajectories, "
+        f"{result.rollouts.num_steps} steps (non-zero {100 * float((steps != 0).float().mean()):.1f}%), "
+        f"wrote {output}"
+    )
+
+
+@app.command()
+def recipes() -> None:
+    """List the built-in recipes and the registered components with their parameters."""
+    import yaml
+
+    from stepcredit.recipe import Recipe, builtin_recipes, component_params
+    from stepcredit.registry import KINDS, REGISTRY
+
+    table = Table(title="built-in recipes (--recipe NAME)", title_justify="left")
+    table.add_column("name", style="bold")
+    table.add_column("pipeline")
+    for name in sorted(builtin_recipes()):
+        r = Recipe.builtin(name)
+        body = {k: v for k, v in r.to_dict().items() if k not in ("name", "description")}
+        table.add_row(name, f"{r.description}\n[dim]{yaml.safe_dump(body, default_flow_style=True).strip()}[/]")
+    console.print(table)
+    comp = Table(title="components", title_justify="left")
+    for col in ("kind", "name", "parameters", "what"):
+        comp.add_column(col)
+    for kind in KINDS:
+        for name, c in sorted(REGISTRY[kind].items()):
+            params = ", ".join(f"{k}={d!r}" for k, (_, d) in component_params(c).items())
+            comp.add_row(kind, name, params, c.summary)
+    console.print(comp)
+
+
 @app.command()
 def demo(
     seed: Annotated[int, typer.Option(help="Seed of the synthetic rollouts.")] = 0,
     groups: Annotated[int, typer.Option(help="Number of tasks (groups).")] = 32,
     group_size: Annotated[int, typer.Option(help="Rollouts per task.")] = 8,
 ) -> None:
-    """Run the pipeline on built-in synthetic tool-use rollouts (labelled) and print the summary."""
+    """Run every built-in recipe on synthetic tool-use rollouts (labelled) and show where credit lands."""
+    from stepcredit.audit import blame_rate
+    from stepcredit.recipe import Recipe, builtin_recipes
     from stepcredit.stats import summarize
     from stepcredit.synthetic import make_rollouts
 
     rollouts = make_rollouts(groups, group_size, seed=seed)
     console.print(summary_table(summarize(rollouts), f"synthetic tool-use rollouts (seed {seed})"))
+    table = Table(
+        title="credit of correct (+1) tool calls inside failed trajectories (blamed: credit < 0)",
+        title_justify="left",
+    )
+    for col in ("recipe", "traj.", "credit ≠ 0", "+1 in fails", "mean", "blamed"):
+        table.add_column(col, justify="right" if col != "recipe" else "left")
+    for name in sorted(builtin_recipes()):
+        result = Recipe.builtin(name).run(rollouts)
+        b = blame_rate(result.rollouts, result.credit)
+        nonzero = float((result.credit.per_step(result.rollouts) != 0).float().mean())
+        table.add_row(
+            name,
+            str(result.rollouts.num_trajectories),
+            f"{100 * nonzero:.0f}%",
+            str(b["n"]),
+            "–" if b["mean_credit"] is None else f"{b['mean_credit']:+.3f}",
+            "–" if b["rate"] is None else f"{100 * b['rate']:.0f}%",
+        )
+    console.print(table)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from typing import Literal
 
 from stepcredit.errors import RolloutError
 from stepcredit.io.chat import ChatFields, iter_json_records, parse_record, read_chat_records, read_json
+from stepcredit.io.credit_jsonl import credit_records, read_credit_jsonl, write_credit_jsonl
 from stepcredit.io.labels import AIRLINE_WRITE_TOOLS, label_calls
 from stepcredit.io.records import (
     CallRecord,
@@ -34,6 +35,7 @@ __all__ = [
     "StepRecord",
     "TrajectoryRecord",
     "canonical_json",
+    "credit_records",
     "dense_groups",
     "from_arrow",
     "from_trainer_tensors",
@@ -46,12 +48,14 @@ __all__ = [
     "parse_record",
     "parse_tau2",
     "read_chat_records",
+    "read_credit_jsonl",
     "read_json",
     "read_parquet",
     "read_tau2_records",
     "to_arrow",
     "to_chat_records",
     "write_chat_jsonl",
+    "write_credit_jsonl",
     "write_parquet",
 ]
 

@@ -1,0 +1,128 @@
+"""Outcome-level estimators: one advantage per trajectory, shared by all of its steps and tokens.
+
+These are the baselines the rest of the library argues against, reproduced exactly (verl's
+conventions are the defaults; tests compare with verl 0.9.1's ``compute_*`` functions).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from stepcredit import segments
+from stepcredit.credit import Credit
+from stepcredit.registry import register
+from stepcredit.rollouts import Rollouts
+from stepcredit.segments import Norm, Singleton
+
+
+@register("credit")
+def grpo(
+    rollouts: Rollouts,
+    *,
+    norm: Norm = "std",
+    eps: float = 1e-6,
+    unbiased: bool = True,
+    singleton: Singleton = "raw",
+) -> Credit:
+    """Group Relative Policy Optimization: the outcome, normalised within its group.
+
+        A_i = (R_i − mean_{j∈g(i)} R_j) / (std_{j∈g(i)} R_j + ε)        (norm="std")
+        A_i =  R_i − mean_{j∈g(i)} R_j                                   (norm="mean", Dr.GRPO)
+
+    Every step and token of trajectory i gets A_i. Shao et al. 2024 (DeepSeekMath), arXiv:2402.03300;
+    Dr.GRPO: Liu et al. 2025, arXiv:2503.20783.
+
+    Args:
+        norm: "std" (GRPO), "mean" (Dr.GRPO: no division by std) or "none" (raw outcome).
+        eps: added to the std (verl: 1e-6).
+        unbiased: Bessel-corrected (N−1) std, as ``torch.std`` and verl.
+        singleton: a group with one trajectory uses mean 0 / std 1 ("raw", verl: A = R / (1 + ε)) or
+            gets 0 ("zero").
+    A group whose outcomes are all equal gets exactly 0.
+    """
+    adv = segments.group_normalize(
+        rollouts.outcome,
+        rollouts.group,
+        rollouts.num_groups,
+        norm=norm,
+        eps=eps,
+        unbiased=unbiased,
+        singleton=singleton,
+    )
+    return Credit(adv)
+
+
+@register("credit")
+def rloo(rollouts: Rollouts) -> Credit:
+    """REINFORCE Leave-One-Out: the outcome minus the mean outcome of the *other* group members.
+
+        A_i = R_i − (1 / (n_g − 1)) Σ_{j∈g(i), j≠i} R_j
+
+    A trajectory alone in its group keeps A_i = R_i (baseline 0, as verl). Kool et al. 2019; Ahmadian
+    et al. 2024 ("Back to Basics"), arXiv:2402.14740.
+    """
+    r = rollouts
+    return Credit(r.outcome - segments.leave_one_out_mean(r.outcome, r.group, r.num_groups))
+
+
+@register("credit")
+def reinforce_pp_baseline(
+    rollouts: Rollouts,
+    *,
+    weighting: Literal["auto", "tokens", "trajectories"] = "auto",
+) -> Credit:
+    """REINFORCE++ with a group baseline: subtract the group mean, then whiten over the batch.
+
+        a_i = R_i − mean_{j∈g(i)} R_j        (a trajectory alone in its group: a_i = R_i)
+        A_i = (a_i − μ) / sqrt(σ² + 1e-8),   μ, σ² the weighted mean and unbiased variance of a
+
+    verl whitens the broadcast ``(B, T)`` tensor over the response mask, so each trajectory weighs by
+    its number of response tokens (``weighting="tokens"``; μ and σ² with verl's 1e-8 terms). Logs
+    without token columns can only weigh each trajectory once (``"trajectories"``); ``"auto"`` picks
+    tokens when the batch has them. Hu 2025, arXiv:2501.03262.
+    """
+    r = rollouts
+    if weighting not in ("auto", "tokens", "trajectories"):
+        raise ValueError(f"weighting must be 'auto', 'tokens' or 'trajectories', got {weighting!r}")
+    if weighting == "tokens" and r.response_mask is None:
+        raise ValueError("weighting='tokens' needs token columns; use 'trajectories' for logs without tokens")
+    by_tokens = r.response_mask is not None and weighting != "trajectories"
+    a = segments.group_normalize(r.outcome, r.group, r.num_groups, norm="mean").double()
+    if by_tokens:
+        assert r.response_mask is not None
+        w = r.response_mask.sum(1).double()
+    else:
+        w = torch.ones_like(a)
+    total = w.sum()
+    mean = (w * a).sum() / (total + 1e-8)
+    var = (w * (a - mean) ** 2).sum() / (total + 1e-8)
+    if total > 1:
+        var = var * total / (total - 1)
+    return Credit(((a - mean) * torch.rsqrt(var + 1e-8)).to(r.outcome.dtype))
+
+
+@register("credit")
+def ms_grpo(
+    rollouts: Rollouts,
+    *,
+    norm: Norm = "std",
+    eps: float = 1e-6,
+    unbiased: bool = True,
+    singleton: Singleton = "raw",
+) -> Credit:
+    """Multi-Step GRPO: the episode's cumulative reward, group-normalised, credited to every step.
+
+        R_i = outcome_i + Σ_t r_{i,t}        A_i = (R_i − mean_{g(i)} R) / (std_{g(i)} R + ε)
+
+    Every step (s_{i,t}, a_{i,t}) of episode i inherits A_i. Pair with the ``abs_adv_sampling``
+    selection for the paper's |A|-weighted episode sampling. Dilkes, Yazdanpanah & Stein 2025,
+    arXiv:2508.10839. Normalisation options as in ``grpo``; with no intermediate rewards this is GRPO.
+    """
+    r = rollouts
+    episode = r.outcome + segments.segment_sum(r.reward, r.step_traj, r.num_trajectories)
+    adv = segments.group_normalize(
+        episode, r.group, r.num_groups, norm=norm, eps=eps, unbiased=unbiased, singleton=singleton
+    )
+    return Credit(adv)

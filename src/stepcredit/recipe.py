@@ -1,0 +1,241 @@
+"""Recipes: a whole credit pipeline named in one small config.
+
+    shaping:   [...]                                   # reward transforms, in order
+    selection: [{zero_variance_filter: {}}, ...]       # gates / samplers, in order
+    credit:    [{grpo: {norm: std}}, {toolpo: {weight: 0.5}}]   # weighted sum of estimators
+
+An item is a component name or ``{name: {param: value, ...}}``; credit items may carry ``weight``
+(default 1). Selections that need credit (e.g. ``abs_adv_sampling``) come last in their list and run
+after the credit stage. Everything is checked when the recipe is built: unknown stages, components or
+parameters, and parameter values of the wrong type, each with a message that lists what is accepted.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor
+
+import stepcredit.estimators
+import stepcredit.selection  # noqa: F401 - registers the selections
+from stepcredit.credit import Credit
+from stepcredit.registry import KINDS, Component, Kind, get
+from stepcredit.rollouts import Rollouts
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be built as written."""
+
+
+@dataclass(frozen=True)
+class RecipeStep:
+    """One component of a recipe with its parameters (and, for credit, its weight)."""
+
+    component: Component
+    params: Mapping[str, Any]
+    weight: float = 1.0
+
+    @property
+    def name(self) -> str:
+        return self.component.name
+
+    def to_item(self) -> dict[str, dict[str, Any]]:
+        params = dict(self.params)
+        if self.component.kind == "credit" and self.weight != 1.0:
+            params["weight"] = self.weight
+        return {self.name: params}
+
+
+@dataclass(frozen=True)
+class RecipeResult:
+    """What running a recipe gives: the (selected) rollouts, their credit, and which of the input's
+    trajectories were kept (indices into the input batch, in output order)."""
+
+    rollouts: Rollouts
+    credit: Credit
+    kept: Tensor
+
+
+def _accepts(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True  # an annotation we do not check (callables and the like)
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " | ".join(_describe(h) for h in typing.get_args(hint))
+    return getattr(hint, "__name__", str(hint))
+
+
+def component_params(component: Component) -> dict[str, tuple[Any, Any]]:
+    """Keyword parameters of a component: name → (type hint, default)."""
+    sig = inspect.signature(component.fn)
+    hints = typing.get_type_hints(component.fn)
+    return {
+        name: (hints.get(name, Any), p.default)
+        for name, p in sig.parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+def _step(kind: Kind, item: Any, where: str) -> RecipeStep:
+    if isinstance(item, str):
+        name, params = item, {}
+    elif isinstance(item, Mapping) and len(item) == 1:
+        name, params = next(iter(item.items()))
+        params = {} if params is None else params
+        if not isinstance(params, Mapping):
+            raise RecipeError(f"{where}: parameters of {name!r} must be a mapping, got {type(params).__name__}")
+    else:
+        raise RecipeError(f"{where}: expected a component name or {{name: {{params}}}}, got {item!r}")
+    try:
+        component = get(kind, str(name))
+    except KeyError as exc:
+        raise RecipeError(f"{where}: {exc.args[0]}") from None
+    params = dict(params)
+    weight = 1.0
+    if kind == "credit" and "weight" in params:
+        weight = params.pop("weight")
+        if not _accepts(weight, float):
+            raise RecipeError(f"{where}: weight of {name!r} must be a number, got {weight!r}")
+    accepted = component_params(component)
+    for key, value in params.items():
+        if key not in accepted:
+            listed = ", ".join(accepted) or "none"
+            extra = ", weight" if kind == "credit" else ""
+            raise RecipeError(f"{where}: {name!r} has no parameter {key!r}; accepted: {listed}{extra}")
+        hint = accepted[key][0]
+        if not _accepts(value, hint):
+            raise RecipeError(f"{where}: {name}.{key} must be {_describe(hint)}, got {value!r}")
+    return RecipeStep(component, types.MappingProxyType(params), float(weight))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """An ordered composition: shaping → selection → weighted sum of credit components."""
+
+    name: str
+    shaping: tuple[RecipeStep, ...] = ()
+    selection: tuple[RecipeStep, ...] = ()
+    credit: tuple[RecipeStep, ...] = field(default=())
+    description: str = ""
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any], name: str = "recipe") -> Recipe:
+        if not isinstance(config, Mapping):
+            raise RecipeError(f"{name}: a recipe is a mapping of stages, got {type(config).__name__}")
+        unknown = set(config) - {*KINDS, "name", "description"}
+        if unknown:
+            raise RecipeError(f"{name}: unknown stage(s) {sorted(unknown)}; expected shaping, selection, credit")
+        name = str(config.get("name", name))
+        stages: dict[str, tuple[RecipeStep, ...]] = {}
+        for kind in KINDS:
+            items = config.get(kind) or []
+            if not isinstance(items, list):
+                raise RecipeError(f"{name}: {kind} must be a list, got {type(items).__name__}")
+            stages[kind] = tuple(_step(kind, item, f"{name}: {kind}[{i}]") for i, item in enumerate(items))
+        if not stages["credit"]:
+            raise RecipeError(f"{name}: a recipe needs at least one credit component")
+        needs = [s.component.needs_credit for s in stages["selection"]]
+        if any(needs[i] and not needs[i + 1] for i in range(len(needs) - 1)):
+            raise RecipeError(f"{name}: selections that need credit (e.g. abs_adv_sampling) must come last")
+        return cls(name, stages["shaping"], stages["selection"], stages["credit"], str(config.get("description", "")))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Recipe:
+        p = Path(path)
+        try:
+            config = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise RecipeError(f"{p}: cannot read recipe ({exc})") from None
+        return cls.from_dict(config, name=p.stem)
+
+    @classmethod
+    def builtin(cls, name: str) -> Recipe:
+        files = builtin_recipes()
+        if name not in files:
+            raise RecipeError(f"unknown recipe {name!r}; built-in: {', '.join(sorted(files))} (or a YAML file path)")
+        return cls.from_dict(yaml.safe_load(files[name]), name=name)
+
+    @classmethod
+    def load(cls, spec: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
+        """A recipe from a built-in name, a YAML path or a dict."""
+        if isinstance(spec, Recipe):
+            return spec
+        if isinstance(spec, Mapping):
+            return cls.from_dict(spec)
+        path = Path(spec)
+        if path.suffix in (".yaml", ".yml") or path.exists():
+            return cls.from_yaml(path)
+        return cls.builtin(str(spec))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name}
+        if self.description:
+            out["description"] = self.description
+        for kind in KINDS:
+            steps = getattr(self, kind)
+            if steps:
+                out[kind] = [s.to_item() for s in steps]
+        return out
+
+    def run(self, rollouts: Rollouts) -> RecipeResult:
+        """Shaping, then selection, then the weighted sum of credit, then credit-aware selection."""
+        r = rollouts
+        kept = torch.arange(r.num_trajectories, device=r.device)
+        for s in self.shaping:
+            shaped = s.component.fn(r, **s.params)
+            if not isinstance(shaped, Rollouts) or shaped.num_trajectories != r.num_trajectories:
+                raise RuntimeError(f"shaping component {s.name!r} must return Rollouts with the same trajectories")
+            r = shaped
+        late = [s for s in self.selection if s.component.needs_credit]
+        for s in self.selection:
+            if s.component.needs_credit:
+                continue
+            idx = s.component.fn(r, **s.params)
+            r, kept = r.select(idx), kept[idx]
+        credit: Credit | None = None
+        for s in self.credit:
+            part = s.component.fn(r, **s.params).check(r, s.name)
+            part = part if s.weight == 1.0 else part.scale(s.weight)
+            credit = part if credit is None else credit + part
+        assert credit is not None
+        for s in late:
+            idx = s.component.fn(r, credit, **s.params)
+            credit, r, kept = credit.select(r, idx), r.select(idx), kept[idx]
+        return RecipeResult(r, credit, kept)
+
+
+def builtin_recipes() -> dict[str, str]:
+    """Built-in recipe name → YAML text (``src/stepcredit/recipes/*.yaml``)."""
+    folder = resources.files("stepcredit") / "recipes"
+    return {
+        entry.name.removesuffix(".yaml"): entry.read_text(encoding="utf-8")
+        for entry in folder.iterdir()
+        if entry.name.endswith(".yaml")
+    }

@@ -1,0 +1,136 @@
+"""Recipes: loading, validation, composition."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stepcredit import Rollouts
+from stepcredit.estimators import grpo, rloo
+from stepcredit.recipe import Recipe, RecipeError, builtin_recipes
+from stepcredit.registry import REGISTRY, register
+from stepcredit.synthetic import make_rollouts
+
+
+@pytest.fixture(scope="module")
+def rollouts():
+    return make_rollouts(6, 4, seed=2)
+
+
+def test_builtin_recipes_load_and_run(rollouts):
+    names = builtin_recipes()
+    assert {"grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "ms_grpo", "ms_grpo_sampled"} <= set(names)
+    for name in names:
+        result = Recipe.builtin(name).run(rollouts)
+        result.credit.check(result.rollouts)
+        assert result.kept.numel() == result.rollouts.num_trajectories
+
+
+def test_builtin_grpo_equals_estimator(rollouts):
+    assert torch.equal(Recipe.load("grpo").run(rollouts).credit.trajectory, grpo(rollouts).trajectory)
+    assert torch.equal(Recipe.load("dr_grpo").run(rollouts).credit.trajectory, grpo(rollouts, norm="mean").trajectory)
+
+
+def test_weighted_sum(rollouts):
+    recipe = Recipe.from_dict({"credit": [{"grpo": {"weight": 0.5}}, {"rloo": {"weight": 2}}]})
+    want = grpo(rollouts).trajectory * 0.5 + rloo(rollouts).trajectory * 2
+    assert torch.allclose(recipe.run(rollouts).credit.trajectory, want)
+    assert recipe.to_dict()["credit"] == [{"grpo": {"weight": 0.5}}, {"rloo": {"weight": 2.0}}]
+    assert Recipe.from_dict(recipe.to_dict()).to_dict() == recipe.to_dict()
+
+
+def test_yaml_file(tmp_path, rollouts):
+    p = tmp_path / "mine.yaml"
+    p.write_text("credit:\n  - grpo: {norm: mean, eps: 0.0}\n")
+    recipe = Recipe.load(str(p))
+    assert recipe.name == "mine"
+    assert torch.equal(recipe.run(rollouts).credit.trajectory, grpo(rollouts, norm="mean", eps=0.0).trajectory)
+
+
+def test_sampling_runs_after_credit_on_full_groups(rollouts):
+    result = Recipe.load("ms_grpo_sampled").run(rollouts)
+    full = Recipe.load("ms_grpo").run(rollouts).credit.trajectory
+    assert torch.equal(result.credit.trajectory, full[result.kept])  # advantages from the full groups
+    assert result.rollouts.num_trajectories <= rollouts.num_trajectories // 2
+
+
+@pytest.mark.parametrize(
+    ("config", "fragment"),
+    [
+        ({"credit": [{"nope": {}}]}, "unknown credit component 'nope'; known: "),
+        ({"credit": [{"grpo": {"nrom": "std"}}]}, "'grpo' has no parameter 'nrom'; accepted: norm, eps"),
+        ({"credit": [{"grpo": {"norm": "max"}}]}, "grpo.norm must be 'std' | 'mean' | 'none'"),
+        ({"credit": [{"grpo": {"eps": "small"}}]}, "grpo.eps must be float"),
+        ({"credit": [{"grpo": {"unbiased": 1}}]}, "grpo.unbiased must be bool"),
+        ({"credit": [{"grpo": {"weight": "x"}}]}, "weight of 'grpo' must be a number"),
+        ({"credit": [{"grpo": 3}]}, "must be a mapping"),
+        ({"credit": [["grpo"]]}, "expected a component name"),
+        ({"credit": "grpo"}, "credit must be a list"),
+        ({"credit": []}, "needs at least one credit component"),
+        ({"credits": [{"grpo": {}}]}, "unknown stage(s) ['credits']"),
+        ({"selection": [{"grpo": {}}], "credit": ["grpo"]}, "unknown selection component 'grpo'"),
+        ({"selection": [{"abs_adv_sampling": {"seed": 1.5}}], "credit": ["grpo"]}, "seed must be int"),
+        ("grpo", "a recipe is a mapping"),
+    ],
+)
+def test_bad_recipes(config, fragment):
+    with pytest.raises(RecipeError) as info:
+        Recipe.from_dict(config, name="r") if not isinstance(config, str) else Recipe.from_dict(config)  # type: ignore[arg-type]
+    assert fragment in str(info.value)
+
+
+def test_unknown_builtin_and_bad_yaml(tmp_path):
+    with pytest.raises(RecipeError, match=r"unknown recipe 'grop'; built-in: .*grpo"):
+        Recipe.load("grop")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("credit: [grpo\n")
+    with pytest.raises(RecipeError, match="cannot read recipe"):
+        Recipe.load(bad)
+
+
+def test_custom_shaping_and_selection_components(rollouts):
+    @register("shaping", "test_flip_outcome")
+    def flip(r: Rollouts, *, scale: float = 1.0) -> Rollouts:
+        """Test component: outcome → scale · (1 − outcome)."""
+        return Rollouts(**{**_cols(r), "outcome": scale * (1 - r.outcome)})
+
+    @register("selection", "test_first_half")
+    def first_half(r: Rollouts) -> torch.Tensor:
+        """Test component: the first half of the batch."""
+        return torch.arange(r.num_trajectories // 2)
+
+    try:
+        recipe = Recipe.from_dict(
+            {"shaping": [{"test_flip_outcome": {"scale": 2}}], "selection": ["test_first_half"], "credit": ["grpo"]}
+        )
+        result = recipe.run(rollouts)
+        half = rollouts.select(torch.arange(rollouts.num_trajectories // 2))
+        flipped = Rollouts(**{**_cols(half), "outcome": 2 * (1 - half.outcome)})
+        assert torch.equal(result.credit.trajectory, grpo(flipped).trajectory)
+        assert result.kept.tolist() == list(range(rollouts.num_trajectories // 2))
+        with pytest.raises(ValueError, match="already registered"):
+            register("shaping", "test_flip_outcome")(lambda r: r)
+    finally:
+        REGISTRY["shaping"].pop("test_flip_outcome", None)
+        REGISTRY["selection"].pop("test_first_half", None)
+
+
+def _cols(r: Rollouts) -> dict:
+    from dataclasses import fields
+
+    return {f.name: getattr(r, f.name) for f in fields(r)}
+
+
+def test_credit_selection_must_come_last():
+    @register("selection", "test_keep_all")
+    def keep_all(r: Rollouts) -> torch.Tensor:
+        """Test component: keep everything."""
+        return torch.arange(r.num_trajectories)
+
+    try:
+        late_then_plain = [{"abs_adv_sampling": {"fraction": 0.5}}, "test_keep_all"]
+        with pytest.raises(RecipeError, match="must come last"):
+            Recipe.from_dict({"selection": late_then_plain, "credit": ["grpo"]})
+        Recipe.from_dict({"selection": late_then_plain[::-1], "credit": ["grpo"]})  # the right order builds
+    finally:
+        REGISTRY["selection"].pop("test_keep_all", None)
