@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VERL   := verl==0.9.1
 
-.PHONY: run test lint bench-load clean
+.PHONY: run test lint bench-load bench-grpo clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ lint: $(STAMP)
 
 bench-load: $(STAMP)
 	$(BIN)/python benchmarks/bench_load.py
+
+bench-grpo: $(STAMP)
+	$(BIN)/python benchmarks/bench_grpo.py
 
 clean:
 	rm -rf $(VENV)

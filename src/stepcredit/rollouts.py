@@ -406,7 +406,7 @@ class Rollouts:
                 f"step {self._step_in_traj(i)}: span starts at {int(start[i])}, before the previous step ends "
                 f"({int(end[i - 1])}); spans must be ordered and not overlap",
             )
-        covered = self.token_step_index >= 0
+        covered = segments.span_coverage(start, end, self.step_traj, (n, t))
         disagree = covered != mask
         if bool(disagree.any()):
             row, col = (int(x) for x in torch.nonzero(disagree)[0])

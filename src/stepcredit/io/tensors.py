@@ -91,8 +91,9 @@ def from_trainer_tensors(
     group = group.to(device)
     mask = response_mask != 0
     edges = torch.diff(F.pad(mask.to(torch.int8), (1, 1)), dim=1)
-    rows, starts = torch.nonzero(edges == 1, as_tuple=True)
-    _, ends = torch.nonzero(edges == -1, as_tuple=True)
+    # row-major, so each row alternates run start (+1) and run end (−1)
+    edge_rows, edge_cols = torch.nonzero(edges, as_tuple=True)
+    rows, starts, ends = edge_rows[0::2], edge_cols[0::2], edge_cols[1::2]
     s = rows.numel()
     zero = torch.zeros(1, dtype=torch.int64, device=device)
     step_offsets = torch.cat([zero, torch.cumsum(torch.bincount(rows, minlength=n), 0)])
