@@ -126,3 +126,17 @@ def test_recipes_lists_builtins_and_components():
     assert out.returncode == 0, out.stderr
     for name in ("grpo", "dr_grpo", "rloo", "ms_grpo", "abs_adv_sampling"):
         assert name in out.stdout
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("recipe", ["action_anchor", "toolpo", "gigpo", "tree_grpo", "mt_grpo", "treerl"])
+def test_structural_recipes_run_on_tau2(tau2_dir, tmp_path, recipe):
+    from stepcredit.io import read_credit_jsonl
+
+    out = tmp_path / f"{recipe}.jsonl"
+    res = run("credit", str(tau2_dir), "--recipe", recipe, "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    records = read_credit_jsonl(out)
+    assert len(records) == 279
+    calls = [c["credit"] for rec in records for s in rec["steps"] for c in s["calls"]]
+    assert len(calls) == 2832 and all(isinstance(x, float) for x in calls)

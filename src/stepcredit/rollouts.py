@@ -2,7 +2,8 @@
 
 Four levels, each a set of equal-length columns; ragged levels are linked by CSR offsets:
 
-* **trajectory** ``[N]``: ``group`` (dense task/prompt id), ``outcome``, ``step_offsets [N+1]``;
+* **trajectory** ``[N]``: ``group`` (dense task/prompt id), ``outcome``, ``step_offsets [N+1]``,
+  optional ``tree`` (which rollout tree of its group a trajectory is a root→leaf path of);
 * **step** ``[S]``: one model turn (thought + action) and the observation it caused: ``kind``,
   intermediate ``reward``, ``tool_ok``, ``state`` (key of the decision point the step was taken from),
   optional ``label``; ``call_offsets [S+1]`` link it to its tool calls;
@@ -153,6 +154,7 @@ class Rollouts:
     call_ok: Tensor | None = None
     label: Tensor | None = None
     call_label: Tensor | None = None
+    tree: Tensor | None = None
     response_mask: Tensor | None = None
     step_token_start: Tensor | None = None
     step_token_end: Tensor | None = None
@@ -202,6 +204,7 @@ class Rollouts:
         else:
             put("tool_ok", _as_tensor(self.tool_ok, torch.int8, "tool_ok").to(device))
         optional = {
+            "tree": torch.int64,
             "label": torch.int8,
             "call_label": torch.int8,
             "response_mask": torch.bool,
@@ -269,6 +272,10 @@ class Rollouts:
             raise RolloutError(
                 f"group ids must be dense 0..{g - 1}; group {k} ({texts.group_names[k].as_py()!r}) has no trajectory",
                 field="group",
+            )
+        if self.tree is not None and self.tree.shape != (n,):
+            raise RolloutError(
+                f"expected {n} tree ids (one per trajectory), got {tuple(self.tree.shape)}", field="tree"
             )
         bad = ~torch.isfinite(self.outcome)
         if bool(bad.any()):
@@ -538,6 +545,7 @@ class Rollouts:
             call_offsets=torch.cat([zero, torch.cumsum(ccounts, 0)]),
             call_ok=self.call_ok[calls],
             label=opt(self.label, steps),
+            tree=opt(self.tree, idx),
             call_label=opt(self.call_label, calls),
             response_mask=opt(self.response_mask, idx),
             step_token_start=opt(self.step_token_start, steps),

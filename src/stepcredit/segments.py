@@ -71,6 +71,31 @@ def segment_std(values: Tensor, index: Tensor, num_segments: int, *, unbiased: b
     return torch.sqrt(sq / denom)
 
 
+def group_stats(
+    values: Tensor, index: Tensor, num_segments: int, *, weights: Tensor | None = None, unbiased: bool = True
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-segment ``(count, mean, std, constant)`` with optional row multiplicities ``weights``.
+
+    With ``weights`` every row counts as if it were repeated ``weights[i]`` times (so statistics over
+    steps can be taken from one row per trajectory, weighted by its step count). ``count`` is the
+    total weight; ``std`` is Bessel-corrected when ``unbiased`` (0 when ``count <= 1``); ``constant``
+    marks segments whose positively weighted values are all equal.
+    """
+    w = torch.ones_like(values) if weights is None else weights.to(values.dtype)
+    count = segment_sum(w, index, num_segments)
+    mean = segment_sum(w * values, index, num_segments) / count.clamp_min(torch.finfo(values.dtype).tiny)
+    mean = torch.where(count > 0, mean, torch.zeros_like(mean))
+    sq = segment_sum(w * (values - mean[index]) ** 2, index, num_segments)
+    denom = (count - 1 if unbiased else count).clamp_min(1)
+    std = torch.sqrt(sq / denom)
+    std = torch.where(count > (1 if unbiased else 0), std, torch.zeros_like(std))
+    live = w > 0
+    inf = torch.full_like(values, float("inf"))
+    lo, _ = segment_min_max(torch.where(live, values, inf), index, num_segments)
+    _, hi = segment_min_max(torch.where(live, values, -inf), index, num_segments)
+    return count, mean, std, lo == hi
+
+
 def group_normalize(
     values: Tensor,
     index: Tensor,
@@ -80,14 +105,16 @@ def group_normalize(
     eps: float = 1e-6,
     unbiased: bool = True,
     singleton: Singleton = "raw",
+    weights: Tensor | None = None,
 ) -> Tensor:
     """Group-relative values: ``(x − mean_g) / (std_g + eps)`` (``norm="std"``), ``x − mean_g``
     (``norm="mean"``, Dr.GRPO) or ``x`` unchanged (``norm="none"``).
 
-    * ``singleton="raw"`` (verl): a group with one member uses mean 0 and std 1, so it keeps its raw
-      value (divided by ``1 + eps`` under ``"std"``); ``"zero"`` gives it 0.
+    * ``singleton="raw"`` (verl): a group with one member (total weight ≤ 1) uses mean 0 and std 1,
+      so it keeps its raw value (divided by ``1 + eps`` under ``"std"``); ``"zero"`` gives it 0.
     * A group whose values are all equal gets exactly 0 (not ``O(ulp / eps)`` rounding noise of the
       mean, which ``(x − mean) / (0 + eps)`` would otherwise amplify).
+    * ``weights``: row multiplicities for the statistics (see ``group_stats``).
     """
     if norm not in ("std", "mean", "none"):
         raise ValueError(f"norm must be 'std', 'mean' or 'none', got {norm!r}")
@@ -95,20 +122,40 @@ def group_normalize(
         raise ValueError(f"singleton must be 'raw' or 'zero', got {singleton!r}")
     if norm == "none":
         return values.clone()
-    count = segment_count(index, num_segments)
-    mean = segment_mean(values, index, num_segments)
+    count, mean, std, constant = group_stats(values, index, num_segments, weights=weights, unbiased=unbiased)
     single = count <= 1
     mean = torch.where(single, torch.zeros_like(mean), mean)
     centered = values - mean[index]
     if norm == "std":
-        std = segment_std(values, index, num_segments, unbiased=unbiased)
         std = torch.where(single, torch.ones_like(std), std)
         centered = centered / (std[index] + eps)
-    lo, hi = segment_min_max(values, index, num_segments)
-    constant = (lo == hi) & ~single
-    if singleton == "zero":
-        constant = constant | single
-    return torch.where(constant[index], torch.zeros_like(centered), centered)
+    zero = (constant & ~single) | (single if singleton == "zero" else torch.zeros_like(single))
+    return torch.where(zero[index], torch.zeros_like(centered), centered)
+
+
+def whiten(values: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Batch whitening as verl's ``masked_whiten`` over a broadcast ``(B, T)`` tensor: weighted mean μ
+    and unbiased variance σ² (each with verl's ``+1e-8`` in the denominators), ``(x − μ) / sqrt(σ² + 1e-8)``.
+
+    ``weights`` are row multiplicities (a trajectory's token count reproduces verl exactly); computed
+    in float64 and returned in the input dtype.
+    """
+    x = values.double()
+    w = torch.ones_like(x) if weights is None else weights.double()
+    total = w.sum()
+    mean = (w * x).sum() / (total + 1e-8)
+    var = (w * (x - mean) ** 2).sum() / (total + 1e-8)
+    if total > 1:
+        var = var * total / (total - 1)
+    return ((x - mean) * torch.rsqrt(var + 1e-8)).to(values.dtype)
+
+
+def unique_pairs(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Dense ids of the distinct ``(a[i], b[i])`` pairs: ``(pair_id [n], num_pairs)`` (int64)."""
+    if a.numel() == 0:
+        return torch.zeros(0, dtype=torch.int64, device=a.device), 0
+    _, inverse = torch.unique(torch.stack([a.to(torch.int64), b.to(torch.int64)], 1), dim=0, return_inverse=True)
+    return inverse, int(inverse.max()) + 1
 
 
 def leave_one_out_mean(values: Tensor, index: Tensor, num_segments: int) -> Tensor:

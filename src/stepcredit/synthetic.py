@@ -77,3 +77,64 @@ def make_records(
 def make_rollouts(num_groups: int = 16, group_size: int = 8, *, seed: int = 0, **kwargs: object) -> Rollouts:
     """``make_records`` packed into a ``Rollouts`` (history-derived states)."""
     return pack(make_records(num_groups, group_size, seed=seed, **kwargs))  # type: ignore[arg-type]
+
+
+def make_tree_records(
+    num_tasks: int = 8,
+    *,
+    trees_per_task: int = 2,
+    leaves_per_tree: int = 3,
+    depth: int = 5,
+    p_good: float = 0.8,
+    seed: int = 0,
+) -> list[TrajectoryRecord]:
+    """Tree rollouts in the shape of Tree-GRPO's search: each tree starts as one chain of ``depth``
+    steps; further leaves branch off an existing path at a random step (a new path shares that path's
+    first ``b`` nodes, ``0 ≤ b < depth``). Every node (step) is a tool call that is good with
+    probability ``p_good``; a leaf succeeds iff all nodes on its path are good. A step's ``state`` is
+    its node id, so steps on a shared prefix share it; ``tree`` names the tree."""
+    rng = np.random.default_rng(seed)
+    records = []
+    next_node = 0
+    for task in range(num_tasks):
+        for tree in range(trees_per_task):
+            paths: list[list[int]] = []
+            good: dict[int, bool] = {}
+            while len(paths) < leaves_per_tree:
+                if paths:
+                    base = paths[int(rng.integers(len(paths)))]
+                    branch = int(rng.integers(depth))
+                    path = base[:branch]
+                else:
+                    path = []
+                while len(path) < depth:
+                    good[next_node] = bool(rng.random() < p_good)
+                    path.append(next_node)
+                    next_node += 1
+                paths.append(path)
+            for leaf, path in enumerate(paths):
+                steps = [
+                    StepRecord(
+                        action=f"step {t}",
+                        calls=[
+                            CallRecord("act", canonical_json({"node": node}), "ok", TOOL_OK, 1 if good[node] else -1)
+                        ],
+                        state=node,
+                    )
+                    for t, node in enumerate(path)
+                ]
+                records.append(
+                    TrajectoryRecord(
+                        id=f"task{task}-tree{tree}-leaf{leaf}",
+                        group=f"task{task}",
+                        outcome=float(all(good[node] for node in path)),
+                        steps=steps,
+                        tree=str(tree),
+                    )
+                )
+    return records
+
+
+def make_tree_rollouts(num_tasks: int = 8, *, seed: int = 0, **kwargs: object) -> Rollouts:
+    """``make_tree_records`` packed into a ``Rollouts``."""
+    return pack(make_tree_records(num_tasks, seed=seed, **kwargs))  # type: ignore[arg-type]

@@ -1,5 +1,28 @@
-"""Credit estimators: pure functions ``(Rollouts, **params) -> Credit``, one module per family."""
+"""Credit estimators: pure functions ``(Rollouts, **params) -> Credit``, one module per family.
 
+* ``outcome``: one advantage per trajectory — grpo (Dr.GRPO), rloo, reinforce_pp_baseline, ms_grpo;
+* ``anchor``: steps compared within a decision point — gigpo;
+* ``tree``: rollout trees — tree_grpo, treerl, treepo;
+* ``turn``: turn-level rewards — mt_grpo;
+* ``tool``: tool calls — toolpo, action_anchor.
+"""
+
+from stepcredit.estimators.anchor import gigpo
 from stepcredit.estimators.outcome import grpo, ms_grpo, reinforce_pp_baseline, rloo
+from stepcredit.estimators.tool import action_anchor, toolpo
+from stepcredit.estimators.tree import tree_grpo, treepo, treerl
+from stepcredit.estimators.turn import mt_grpo
 
-__all__ = ["grpo", "ms_grpo", "reinforce_pp_baseline", "rloo"]
+__all__ = [
+    "action_anchor",
+    "gigpo",
+    "grpo",
+    "ms_grpo",
+    "mt_grpo",
+    "reinforce_pp_baseline",
+    "rloo",
+    "toolpo",
+    "tree_grpo",
+    "treepo",
+    "treerl",
+]

@@ -8,13 +8,27 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
+from torch import Tensor
 
 from stepcredit import segments
 from stepcredit.credit import Credit
 from stepcredit.registry import register
 from stepcredit.rollouts import Rollouts
 from stepcredit.segments import Norm, Singleton
+
+Weighting = Literal["auto", "tokens", "trajectories"]
+
+
+def token_weights(rollouts: Rollouts, weighting: Weighting) -> Tensor | None:
+    """Row weights for batch whitening: each trajectory's token count ("tokens"; "auto" when the batch
+    has token columns) or none, i.e. each trajectory once ("trajectories")."""
+    if weighting not in ("auto", "tokens", "trajectories"):
+        raise ValueError(f"weighting must be 'auto', 'tokens' or 'trajectories', got {weighting!r}")
+    if weighting == "tokens" and rollouts.response_mask is None:
+        raise ValueError("weighting='tokens' needs token columns; use 'trajectories' for logs without tokens")
+    if rollouts.response_mask is None or weighting == "trajectories":
+        return None
+    return rollouts.response_mask.sum(1)
 
 
 @register("credit")
@@ -71,7 +85,7 @@ def rloo(rollouts: Rollouts) -> Credit:
 def reinforce_pp_baseline(
     rollouts: Rollouts,
     *,
-    weighting: Literal["auto", "tokens", "trajectories"] = "auto",
+    weighting: Weighting = "auto",
 ) -> Credit:
     """REINFORCE++ with a group baseline: subtract the group mean, then whiten over the batch.
 
@@ -84,23 +98,8 @@ def reinforce_pp_baseline(
     tokens when the batch has them. Hu 2025, arXiv:2501.03262.
     """
     r = rollouts
-    if weighting not in ("auto", "tokens", "trajectories"):
-        raise ValueError(f"weighting must be 'auto', 'tokens' or 'trajectories', got {weighting!r}")
-    if weighting == "tokens" and r.response_mask is None:
-        raise ValueError("weighting='tokens' needs token columns; use 'trajectories' for logs without tokens")
-    by_tokens = r.response_mask is not None and weighting != "trajectories"
-    a = segments.group_normalize(r.outcome, r.group, r.num_groups, norm="mean").double()
-    if by_tokens:
-        assert r.response_mask is not None
-        w = r.response_mask.sum(1).double()
-    else:
-        w = torch.ones_like(a)
-    total = w.sum()
-    mean = (w * a).sum() / (total + 1e-8)
-    var = (w * (a - mean) ** 2).sum() / (total + 1e-8)
-    if total > 1:
-        var = var * total / (total - 1)
-    return Credit(((a - mean) * torch.rsqrt(var + 1e-8)).to(r.outcome.dtype))
+    a = segments.group_normalize(r.outcome, r.group, r.num_groups, norm="mean")
+    return Credit(segments.whiten(a, token_weights(r, weighting)))
 
 
 @register("credit")

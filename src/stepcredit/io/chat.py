@@ -17,6 +17,7 @@ How messages become steps:
 * **user** / **system** / **developer** messages before the first assistant turn form the prompt;
   later ones are the observation of the step before them.
 
+An optional record field ``tree`` names the rollout tree a trajectory (a root→leaf path) belongs to.
 Optional per-step fields on assistant messages: an intermediate ``reward``, a ``label`` (−1/0/1, for
 audits only), a ``state`` key and a ``kind`` (``reason``/``tool_call``/``answer``); a call object may
 carry a ``label``.
@@ -52,6 +53,7 @@ class ChatFields:
     label: str = "label"
     state: str = "state"
     kind: str = "kind"
+    tree: str = "tree"
 
 
 def get_path(obj: dict[str, Any], path: str) -> Any:
@@ -271,8 +273,10 @@ def parse_record(obj: Any, source: str, fields: ChatFields = ChatFields()) -> Tr
     if messages is _MISSING:
         raise where.error(fields.messages, "missing message list (set the messages field name)")
     prompt, steps = parse_messages(messages, where, fields)
+    raw_tree = get_path(obj, fields.tree)
+    tree = None if raw_tree is _MISSING or raw_tree is None else _name(raw_tree, where, fields.tree)
     return TrajectoryRecord(
-        id=where.trajectory, group=where.group, outcome=outcome, steps=steps, prompt=prompt, source=source
+        id=where.trajectory, group=where.group, outcome=outcome, steps=steps, prompt=prompt, source=source, tree=tree
     )
 
 

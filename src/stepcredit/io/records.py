@@ -58,6 +58,7 @@ class TrajectoryRecord:
     steps: list[StepRecord]
     prompt: str = ""
     source: str = ""
+    tree: str | None = None
 
 
 def _key(digest: bytes) -> int:
@@ -98,10 +99,14 @@ def pack(records: Sequence[TrajectoryRecord], *, states: StatePolicy = "history"
 
     Groups are numbered densely in order of first appearance. ``states="history"`` keys each step by
     its action history (``history_states``) unless the record gives a ``state``; ``"distinct"`` gives
-    every step its own key. A step's ``tool_ok`` follows from its calls. Labels: when any step (call)
+    every step its own key. Trees are numbered in order of first appearance; when any record names a
+    tree, the column exists and a record without one is a tree of its own. A step's ``tool_ok``
+    follows from its calls. Labels: when any step (call)
     has a label the column exists and unlabelled steps (calls) count as 0 (neutral).
     """
     group_index: dict[str, int] = {}
+    tree_index: dict[tuple[str, str], int] = {}
+    tree: list[int] = []
     group, outcome, step_counts = [], [], []
     kind, reward, state, step_label, call_counts = [], [], [], [], []
     call_ok, call_label = [], []
@@ -112,6 +117,9 @@ def pack(records: Sequence[TrajectoryRecord], *, states: StatePolicy = "history"
     next_state = 0
     for rec in records:
         group.append(group_index.setdefault(rec.group, len(group_index)))
+        # a trajectory without a tree id is a tree of its own (a chain)
+        tkey = (rec.group, rec.tree) if rec.tree is not None else ("\x00own", rec.id)
+        tree.append(tree_index.setdefault(tkey, len(tree_index)))
         outcome.append(rec.outcome)
         step_counts.append(len(rec.steps))
         texts["ids"].append(rec.id)
@@ -152,6 +160,7 @@ def pack(records: Sequence[TrajectoryRecord], *, states: StatePolicy = "history"
         call_offsets=offsets(call_counts),
         call_ok=torch.tensor(call_ok, dtype=torch.int8),
         label=torch.tensor(step_label, dtype=torch.int8) if any_label else None,
+        tree=torch.tensor(tree, dtype=torch.int64) if any(rec.tree is not None for rec in records) else None,
         call_label=torch.tensor(call_label, dtype=torch.int8) if any_call_label else None,
         texts=Texts.create(n, len(group_index), s, c, group_names=list(group_index), **texts),
     )

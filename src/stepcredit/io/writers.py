@@ -37,6 +37,7 @@ def to_chat_records(rollouts: Rollouts) -> list[dict[str, Any]]:
     kind, reward, state = _np(r.kind).tolist(), _np(r.reward).tolist(), _np(r.state).tolist()
     call_ok = _np(r.call_ok).tolist()
     label = _np(r.label).tolist() if r.label is not None else None
+    tree = _np(r.tree).tolist() if r.tree is not None else None
     call_label = _np(r.call_label).tolist() if r.call_label is not None else None
     records = []
     for i in range(r.num_trajectories):
@@ -81,9 +82,10 @@ def to_chat_records(rollouts: Rollouts) -> list[dict[str, Any]]:
                 )
             if t["observation"][s]:
                 messages.append({"role": "user", "content": t["observation"][s]})
-        records.append(
-            {"id": t["ids"][i], "group": t["group_names"][group[i]], "reward": outcome[i], "messages": messages}
-        )
+        record = {"id": t["ids"][i], "group": t["group_names"][group[i]], "reward": outcome[i], "messages": messages}
+        if tree is not None:
+            record["tree"] = str(tree[i])
+        records.append(record)
     return records
 
 
@@ -137,6 +139,7 @@ def to_arrow(rollouts: Rollouts) -> pa.Table:
             "outcome": pa.array(_np(r.outcome)),
             "prompt": r.texts.prompt,
             "steps": _list(r.step_offsets, steps),
+            **({"tree": pa.array(_np(r.tree))} if r.tree is not None else {}),
         }
     )
     meta = {b"stepcredit.format": FORMAT_VERSION.encode()}
@@ -217,6 +220,9 @@ def from_arrow(table: pa.Table, source: str = "<table>") -> Rollouts:
         call_offsets=torch.as_tensor(call_off, dtype=torch.int64),
         call_ok=_tensor(_field(calls, "ok", source), torch.int8, "ok", source),
         label=opt(steps, "label", torch.int8),
+        tree=_tensor(table.column("tree").combine_chunks(), torch.int64, "tree", source)
+        if "tree" in table.column_names
+        else None,
         call_label=opt(calls, "label", torch.int8),
         response_mask=mask,
         step_token_start=step_start if mask is not None else None,

@@ -1,0 +1,81 @@
+"""Anchor-state credit: compare steps taken from the same decision point (GiGPO)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from stepcredit import segments
+from stepcredit.credit import Credit
+from stepcredit.registry import register
+from stepcredit.rollouts import Rollouts
+
+
+def step_returns(rollouts: Rollouts, gamma: float) -> segments.Tensor:
+    """``G_t = Σ_{k≥t} γ^{k−t} r_k`` within each trajectory, where ``r_k`` is the step's intermediate
+    reward and the outcome is the reward of the trajectory's last step."""
+    r = rollouts
+    rewards = r.reward.clone()
+    last = r.step_offsets[1:][r.steps_per_trajectory > 0] - 1
+    rewards[last] += r.outcome[r.steps_per_trajectory > 0]
+    return segments.reverse_discounted_cumsum(rewards, r.step_offsets, gamma)
+
+
+def state_groups(rollouts: Rollouts, similarity: float | None = None) -> tuple[segments.Tensor, int]:
+    """Dense id of every step's ``(group, state)`` decision point; with ``similarity`` the states come
+    from anchor-observation similarity (``states.observation_states``)."""
+    r = rollouts
+    if similarity is None:
+        state = r.state
+    else:
+        from stepcredit.states import observation_states
+
+        state = observation_states(r, similarity=similarity)
+    return segments.unique_pairs(r.step_group, state)
+
+
+@register("credit")
+def gigpo(
+    rollouts: Rollouts,
+    *,
+    step_weight: float = 1.0,
+    mode: Literal["mean_norm", "mean_std_norm"] = "mean_norm",
+    gamma: float = 0.95,
+    eps: float = 1e-6,
+    episode_weighting: Literal["steps", "trajectories"] = "steps",
+    similarity: float | None = None,
+) -> Credit:
+    """Group-in-Group Policy Optimization: episode-level GRPO plus a step-level comparison among steps
+    that share an anchor state.
+
+        A_E(i)  = (R_i − mean_{g(i)} R) [/ (std_{g(i)} R + ε)]                      (episode, Eq. 3)
+        R_i     = outcome_i + Σ_t r_{i,t}                     (the episode's total reward)
+        G_t     = Σ_{k≥t} γ^{k−t} r_k     (r_k: step reward; the outcome is the last step's reward)
+        A_S(t)  = (G_t − mean_{(g, s_t)} G) [/ (std_{(g, s_t)} G + ε)]            (step, Eq. 7)
+        A(t)    = A_E(i) + ω · A_S(t)                                              (Eq. 8)
+
+    ``(g, s_t)`` is the step group: steps of the same task taken from the same anchor state
+    (``Rollouts.state``; or, with ``similarity``, anchor observations whose ``difflib`` ratio is at
+    least that threshold, e.g. 0.95). Feng et al. 2025, arXiv:2505.10978; conventions of verl-agent's
+    ``compute_gigpo_outcome_advantage``:
+
+    * ``mode``: "mean_norm" (default, no std division) or "mean_std_norm";
+    * ``episode_weighting="steps"`` (verl-agent's default): the episode statistics count each
+      trajectory once per step row, so long trajectories weigh more; "trajectories" counts each once;
+    * an episode group with a single row uses mean 0 / std 1; a step group with a single step gets
+      A_S = 0; a group of equal values gets exactly 0.
+    With all states distinct, no intermediate rewards and ``episode_weighting="trajectories"`` this is
+    ``grpo`` with the same norm.
+    """
+    r = rollouts
+    if mode not in ("mean_norm", "mean_std_norm"):
+        raise ValueError(f"mode must be 'mean_norm' or 'mean_std_norm', got {mode!r}")
+    if episode_weighting not in ("steps", "trajectories"):
+        raise ValueError(f"episode_weighting must be 'steps' or 'trajectories', got {episode_weighting!r}")
+    norm = "mean" if mode == "mean_norm" else "std"
+    weights = r.steps_per_trajectory if episode_weighting == "steps" else None
+    total = r.outcome + segments.segment_sum(r.reward, r.step_traj, r.num_trajectories)
+    episode = segments.group_normalize(total, r.group, r.num_groups, norm=norm, eps=eps, weights=weights)
+    ids, k = state_groups(r, similarity)
+    returns = step_returns(r, gamma)
+    step = segments.group_normalize(returns, ids, k, norm=norm, eps=eps, singleton="zero")
+    return Credit(episode, step=step * step_weight)

@@ -1,0 +1,96 @@
+"""GiGPO against a slow, obviously-correct loop oracle written from the description of verl-agent's
+``compute_gigpo_outcome_advantage`` (shared/research/anchors.md §3), plus hand-computed cases."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stepcredit import Rollouts
+from stepcredit.estimators import gigpo, grpo
+from stepcredit.rollouts import Texts
+
+from .oracles import gigpo_oracle
+
+
+@st.composite
+def anchored_batches(draw):
+    """Random groups of trajectories whose steps revisit a few states; dyadic rewards."""
+    n = draw(st.integers(1, 14))
+    groups = sorted(draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)))
+    dense = {g: k for k, g in enumerate(dict.fromkeys(groups))}
+    lengths = draw(st.lists(st.integers(0, 6), min_size=n, max_size=n))
+    s = sum(lengths)
+    outcome = draw(st.lists(st.sampled_from([0.0, 1.0, 0.5]), min_size=n, max_size=n))
+    reward = draw(st.lists(st.sampled_from([0.0, 0.0, -1.0, 0.25]), min_size=s, max_size=s))
+    state = draw(st.lists(st.integers(0, 4), min_size=s, max_size=s))
+    offsets = [0]
+    for length in lengths:
+        offsets.append(offsets[-1] + length)
+    return Rollouts(
+        group=[dense[g] for g in groups],
+        outcome=outcome,
+        step_offsets=offsets,
+        reward=reward,
+        state=state,
+        texts=Texts.create(n, len(dense), s, 0),
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    anchored_batches(),
+    st.sampled_from(["mean_norm", "mean_std_norm"]),
+    st.sampled_from(["steps", "trajectories"]),
+    st.sampled_from([0.5, 1.0]),
+    st.sampled_from([1.0, 0.5]),
+)
+def test_gigpo_matches_loop_oracle(r, mode, weighting, gamma, w):
+    got = gigpo(r, step_weight=w, mode=mode, gamma=gamma, episode_weighting=weighting).per_step(r)
+    want = gigpo_oracle(r, step_weight=w, mode=mode, gamma=gamma, eps=1e-6, episode_weighting=weighting)
+    assert torch.allclose(got.double(), want, atol=1e-5), (got, want)
+
+
+def test_gigpo_by_hand():
+    # one task, two trajectories that both start from state 7; trajectory 0 succeeds after 2 steps
+    r = Rollouts(group=[0, 0], outcome=[1.0, 0.0], step_offsets=[0, 2, 3], state=[7, 8, 7])
+    credit = gigpo(r, gamma=0.5, episode_weighting="trajectories")
+    # A_E = R − 0.5; returns: traj0 [0.5, 1], traj1 [0]; state 7 holds 0.5 and 0 → mean 0.25
+    assert credit.per_step(r).tolist() == pytest.approx([0.5 + 0.25, 0.5 + 0.0, -0.5 - 0.25])
+    # steps weighting: the 2-step trajectory counts twice → mean R = 2/3
+    steps = gigpo(r, gamma=0.5).trajectory.tolist()
+    assert steps == pytest.approx([1 / 3, -2 / 3])
+
+
+def test_gigpo_is_grpo_when_states_are_distinct():
+    r = Rollouts(group=[0, 0, 0, 1], outcome=[1.0, 0.0, 0.0, 1.0], step_offsets=[0, 2, 3, 5, 6])
+    for mode, norm in (("mean_norm", "mean"), ("mean_std_norm", "std")):
+        credit = gigpo(r, mode=mode, episode_weighting="trajectories")
+        assert torch.equal(credit.per_step(r), grpo(r, norm=norm).per_step(r))
+
+
+def test_gigpo_similarity_groups_near_identical_observations():
+    texts = Texts.create(
+        3,
+        1,
+        3,
+        0,
+        prompt=["You are in room 12 with a red door.", "You are in room 12 with a red door!", "Elsewhere."],
+    )
+    r = Rollouts(group=[0, 0, 0], outcome=[1.0, 0.0, 0.0], step_offsets=[0, 1, 2, 3], texts=texts)
+    exact = gigpo(r, episode_weighting="trajectories").step
+    similar = gigpo(r, episode_weighting="trajectories", similarity=0.9).step
+    assert exact.tolist() == [0.0, 0.0, 0.0]  # all states distinct: no step signal
+    assert similar[0] > 0 > similar[1] and similar[2] == 0.0  # the two rooms are one anchor state
+
+
+def test_gigpo_bad_arguments():
+    r = Rollouts(group=[0], outcome=[1.0], step_offsets=[0, 1])
+    with pytest.raises(ValueError, match="mode"):
+        gigpo(r, mode="std")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="episode_weighting"):
+        gigpo(r, episode_weighting="tokens")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="similarity"):
+        gigpo(r, similarity=1.5)
