@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VERL   := verl==0.9.1
 
-.PHONY: run test lint bench-load bench-grpo clean
+.PHONY: run test lint bench-load bench-grpo bench-structural clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ bench-load: $(STAMP)
 
 bench-grpo: $(STAMP)
 	$(BIN)/python benchmarks/bench_grpo.py
+
+bench-structural: $(STAMP)
+	$(BIN)/python benchmarks/bench_structural.py
 
 clean:
 	rm -rf $(VENV)

@@ -183,3 +183,46 @@ def test_span_broadcast_matches_loop(data):
         want[r, a:z] = values[k]
     assert torch.equal(out, want)
     assert torch.equal(index_map >= 0, want != 0) or bool((values == 0).any())
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(-3, 3), st.integers(-(2**62), 2**62) | st.integers(0, 3)), max_size=30))
+def test_unique_pairs_matches_dict(pairs):
+    a = torch.tensor([p[0] for p in pairs], dtype=torch.int64)
+    b = torch.tensor([p[1] for p in pairs], dtype=torch.int64)
+    ids, count = segments.unique_pairs(a, b)
+    seen = {}
+    for p, i in zip(pairs, ids.tolist(), strict=True):
+        assert seen.setdefault(p, i) == i  # equal pairs share an id
+    assert len(set(seen.values())) == len(seen) == count  # distinct pairs get distinct ids
+
+
+@settings(max_examples=150, deadline=None)
+@given(grouped(), st.data())
+def test_weighted_group_stats_equal_repeated_rows(batch, data):
+    values, index, k = batch
+    weights = torch.tensor(
+        data.draw(st.lists(st.integers(0, 3), min_size=len(values), max_size=len(values))), dtype=torch.int64
+    )
+    count, mean, std, constant = segments.group_stats(values, index, k, weights=weights)
+    rep_values = torch.repeat_interleave(values, weights)
+    rep_index = torch.repeat_interleave(index, weights)
+    c2, m2, s2, k2 = segments.group_stats(rep_values, rep_index, k)
+    assert torch.equal(count, c2) and torch.equal(constant, k2)
+    assert torch.allclose(mean, m2, rtol=1e-9, atol=1e-6) and torch.allclose(std, s2, rtol=1e-6, atol=1e-4)
+    got = segments.group_normalize(values, index, k, weights=weights)
+    rows = weights > 0
+    want = segments.group_normalize(rep_values, rep_index, k)
+    first = torch.cumsum(weights, 0) - weights  # position of each kept row's first copy
+    assert torch.allclose(got[rows], want[first[rows]], rtol=1e-6, atol=1e-4)
+
+
+def test_whiten_matches_verl_masked_whiten_formula():
+    x = torch.tensor([1.0, -0.5, 2.0])
+    w = torch.tensor([3, 1, 2])
+    tokens = torch.repeat_interleave(x, w).double()
+    n = tokens.numel()
+    mean = tokens.sum() / (n + 1e-8)
+    var = ((tokens - mean) ** 2).sum() / (n + 1e-8) * n / (n - 1)
+    want = ((x.double() - mean) * torch.rsqrt(var + 1e-8)).float()
+    assert torch.allclose(segments.whiten(x, w), want)

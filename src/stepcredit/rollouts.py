@@ -477,6 +477,11 @@ class Rollouts:
         return self.group[self.step_traj]
 
     @cached_property
+    def decision_points(self) -> tuple[Tensor, int]:
+        """Dense id of every step's ``(group, state)`` decision point ``[S]``, and how many there are."""
+        return segments.unique_pairs(self.step_group, self.state, a_size=self.num_groups)
+
+    @cached_property
     def steps_per_trajectory(self) -> Tensor:
         return self.step_offsets[1:] - self.step_offsets[:-1]
 

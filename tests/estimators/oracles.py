@@ -142,3 +142,64 @@ def gigpo_oracle(r: Rollouts, *, step_weight, mode, gamma, eps, episode_weightin
             a_s = returns[s] - mean if mode == "mean_norm" else (returns[s] - mean) / (std + eps)
         out.append(episode[step_traj[s]] + step_weight * a_s)
     return torch.tensor(out, dtype=torch.float64)
+
+
+def gigpo_verl_agent_style(r: Rollouts, *, step_weight, mode, gamma, eps, episode_weighting):
+    """The same computation in the *cost structure* of verl-agent's reference code: one row per step,
+    per-row torch scalars gathered into dicts, ``torch.mean`` / ``torch.std`` per group, per-row
+    tensor writes (the token broadcast ``scores[:, None] * mask`` is left out). Used by the benchmark
+    as the reference implementation's speed; tests check it agrees."""
+    offsets = r.step_offsets.tolist()
+    n, s_total = r.num_trajectories, offsets[-1]
+    step_traj = r.step_traj.tolist()
+    group = r.group.tolist()
+    index = [group[i] for i in step_traj]
+    total = (r.outcome + torch.zeros(n).index_add_(0, r.step_traj, r.reward)).double()
+    scores = total[r.step_traj].clone()
+    remove_std = mode == "mean_norm"
+    id2score = defaultdict(list)
+    seen = set()
+    for i in range(s_total):
+        if (index[i], step_traj[i]) in seen:
+            continue
+        id2score[index[i]].append(scores[i])
+        if episode_weighting == "trajectories":
+            seen.add((index[i], step_traj[i]))
+    id2mean, id2std = {}, {}
+    for idx, xs in id2score.items():
+        if len(xs) == 1:
+            id2mean[idx], id2std[idx] = torch.tensor(0.0), torch.tensor(1.0)
+        else:
+            id2mean[idx], id2std[idx] = torch.mean(torch.tensor(xs)), torch.std(torch.tensor([xs]))
+    episode = scores.clone()
+    for i in range(s_total):
+        if remove_std:
+            episode[i] = scores[i] - id2mean[index[i]]
+        else:
+            episode[i] = (scores[i] - id2mean[index[i]]) / (id2std[index[i]] + eps)
+    rewards = r.reward.double().clone()
+    last = r.step_offsets[1:][r.steps_per_trajectory > 0] - 1
+    rewards[last] += r.outcome[r.steps_per_trajectory > 0].double()
+    returns = torch.zeros(s_total, dtype=torch.float64)
+    for i in range(n):
+        g = 0.0
+        for t in reversed(range(offsets[i], offsets[i + 1])):
+            g = float(rewards[t]) + gamma * g
+            returns[t] = g
+    state = r.state.tolist()
+    uid = {}
+    step_uid = [uid.setdefault((index[i], state[i]), len(uid)) for i in range(s_total)]
+    id2score = defaultdict(list)
+    for i in range(s_total):
+        id2score[step_uid[i]].append(returns[i])
+    id2mean, id2std = {}, {}
+    for idx, xs in id2score.items():
+        id2mean[idx] = torch.mean(torch.tensor(xs))
+        id2std[idx] = torch.tensor(1.0) if len(xs) == 1 else torch.std(torch.tensor([xs]))
+    step = returns.clone()
+    for i in range(s_total):
+        if remove_std:
+            step[i] = returns[i] - id2mean[step_uid[i]]
+        else:
+            step[i] = (returns[i] - id2mean[step_uid[i]]) / (id2std[step_uid[i]] + eps)
+    return episode + step_weight * step

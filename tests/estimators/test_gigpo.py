@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from stepcredit import Rollouts
@@ -94,3 +94,14 @@ def test_gigpo_bad_arguments():
         gigpo(r, episode_weighting="tokens")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="similarity"):
         gigpo(r, similarity=1.5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(anchored_batches(), st.sampled_from(["steps", "trajectories"]))
+def test_verl_agent_style_reference_agrees(r, weighting):
+    """(verl-agent has one row per step, so a trajectory without steps cannot exist there.)"""
+    from .oracles import gigpo_verl_agent_style
+
+    assume(bool((r.steps_per_trajectory > 0).all()))
+    kw = dict(step_weight=1.0, mode="mean_norm", gamma=0.5, eps=1e-6, episode_weighting=weighting)
+    assert torch.allclose(gigpo_verl_agent_style(r, **kw), gigpo_oracle(r, **kw), atol=1e-6)

@@ -25,12 +25,10 @@ def state_groups(rollouts: Rollouts, similarity: float | None = None) -> tuple[s
     from anchor-observation similarity (``states.observation_states``)."""
     r = rollouts
     if similarity is None:
-        state = r.state
-    else:
-        from stepcredit.states import observation_states
+        return r.decision_points
+    from stepcredit.states import observation_states
 
-        state = observation_states(r, similarity=similarity)
-    return segments.unique_pairs(r.step_group, state)
+    return segments.unique_pairs(r.step_group, observation_states(r, similarity=similarity), a_size=r.num_groups)
 
 
 @register("credit")

@@ -91,7 +91,7 @@ def call_keys(rollouts: Rollouts) -> tuple[Tensor, int]:
         r.texts.call_name, r.texts.call_arguments, pa.scalar("\x1f", pa.large_string())
     )
     codes = torch.from_numpy(pc.dictionary_encode(joined).indices.to_numpy().astype("int64")).to(r.device)
-    return segments.unique_pairs(r.step_group[r.call_step], codes)
+    return segments.unique_pairs(r.step_group[r.call_step], codes, a_size=r.num_groups)
 
 
 @register("credit")
@@ -138,7 +138,7 @@ def action_anchor(
     scale = torch.where(count > 1, std + eps, torch.ones_like(std)) if norm == "std" else torch.ones_like(std)
     keys, k = call_keys(r)
     call_traj = r.step_traj[r.call_step]
-    pair, num_pairs = segments.unique_pairs(keys, call_traj)
+    pair, num_pairs = segments.unique_pairs(keys, call_traj, a_size=k)
     pair_key = torch.zeros(num_pairs, dtype=torch.int64, device=r.device).scatter_(0, pair, keys)
     pair_traj = torch.zeros(num_pairs, dtype=torch.int64, device=r.device).scatter_(0, pair, call_traj)
     n_key = segments.segment_count(pair_key, k).to(r.outcome.dtype)

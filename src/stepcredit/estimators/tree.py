@@ -26,9 +26,9 @@ class Nodes:
 
     def __init__(self, rollouts: Rollouts) -> None:
         r = rollouts
-        self.of_step, self.count = segments.unique_pairs(r.step_group, r.state)
+        self.of_step, self.count = r.decision_points
         # (node, leaf) pairs, each counted once even if a path visits a node twice
-        self.pair_of_step, num_pairs = segments.unique_pairs(self.of_step, r.step_traj)
+        self.pair_of_step, num_pairs = segments.unique_pairs(self.of_step, r.step_traj, a_size=self.count)
         self.pair_node = torch.zeros(num_pairs, dtype=torch.int64, device=r.device)
         self.pair_node[self.pair_of_step] = self.of_step
         self.pair_leaf = torch.zeros(num_pairs, dtype=torch.int64, device=r.device)
