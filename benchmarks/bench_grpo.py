@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable
 
 import numpy as np
 import torch
+
+from timing import median_ms  # benchmarks/timing.py
 
 SIZES = [(1024, 1024), (1024, 4096), (8192, 1024), (8192, 4096)]
 GROUP = 8
@@ -70,16 +70,6 @@ def method(name: str, rewards: torch.Tensor, mask: torch.Tensor, index: np.ndarr
         return lambda: from_trainer_tensors(mask, index, token_level_rewards=rewards)
     rollouts = from_trainer_tensors(mask, index, token_level_rewards=rewards)
     return lambda: grpo(rollouts).to_tokens(rollouts)
-
-
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
 
 
 def _status(key: str) -> int:

@@ -8,26 +8,14 @@ Reports the median of repeated runs after one warm-up, and the ratio of each sta
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from stepcredit.io import load, log_files, pack, read_tau2_records, write_parquet
+from timing import median_ms  # benchmarks/timing.py
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tau2-bench" / "airline"
-
-
-def median_ms(fn: Callable[[], object], repeats: int = 7) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
 
 
 def main() -> None:

@@ -16,14 +16,13 @@ Each method: median of repeats after a warm-up; loops are run 3 times. Outputs a
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from timing import median_ms  # benchmarks/timing.py
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -80,16 +79,6 @@ def fresh(r: Rollouts) -> Rollouts:
     """Forget the cached (group, state) index, so every timed call pays for it as a first call does."""
     r.__dict__.pop("decision_points", None)
     return r
-
-
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from stepcredit.credit import Credit
 from stepcredit.errors import RolloutError
+from stepcredit.io.chat import iter_json_records
 from stepcredit.rollouts import Rollouts, StepKind
 
 
@@ -80,15 +81,8 @@ def write_credit_jsonl(rollouts: Rollouts, credit: Credit, path: str | Path, rec
 def read_credit_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """The records of a credit file (``RolloutError`` on a line that is not a credit record)."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RolloutError(f"invalid JSON ({exc})", source=f"{path}:{lineno}") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("steps"), list) or "credit" not in rec:
-                raise RolloutError("not a credit record (needs 'credit' and 'steps')", source=f"{path}:{lineno}")
-            out.append(rec)
+    for rec, source in iter_json_records(Path(path)):
+        if not isinstance(rec, dict) or not isinstance(rec.get("steps"), list) or "credit" not in rec:
+            raise RolloutError("not a credit record (needs 'credit' and 'steps')", source=source)
+        out.append(rec)
     return out
