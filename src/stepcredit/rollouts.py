@@ -3,10 +3,12 @@
 Four levels, each a set of equal-length columns; ragged levels are linked by CSR offsets:
 
 * **trajectory** ``[N]``: ``group`` (dense task/prompt id), ``outcome``, ``step_offsets [N+1]``,
-  optional ``tree`` (which rollout tree of its group a trajectory is a root→leaf path of);
+  optional ``tree`` (which rollout tree of its group a trajectory is a root→leaf path of),
+  ``confidence`` (stated confidence in [0, 1]; NaN: none stated), ``rubric [N, K]`` (verdicts);
 * **step** ``[S]``: one model turn (thought + action) and the observation it caused: ``kind``,
   intermediate ``reward``, ``tool_ok``, ``state`` (key of the decision point the step was taken from),
-  optional ``label``; ``call_offsets [S+1]`` link it to its tool calls;
+  optional ``label``, ``prm`` (process-reward score), ``abandoned`` (an abandoned branch / backtrack);
+  ``call_offsets [S+1]`` link it to its tool calls;
 * **call** ``[C]``: the tool calls a step made (several when calls run in parallel): ``call_ok``,
   optional ``call_label``;
 * **token** (optional, for trainers): ``response_mask (N, T)`` and the token span ``[start, end)`` of
@@ -155,6 +157,10 @@ class Rollouts:
     label: Tensor | None = None
     call_label: Tensor | None = None
     tree: Tensor | None = None
+    confidence: Tensor | None = None
+    rubric: Tensor | None = None
+    prm: Tensor | None = None
+    abandoned: Tensor | None = None
     response_mask: Tensor | None = None
     step_token_start: Tensor | None = None
     step_token_end: Tensor | None = None
@@ -205,6 +211,10 @@ class Rollouts:
             put("tool_ok", _as_tensor(self.tool_ok, torch.int8, "tool_ok").to(device))
         optional = {
             "tree": torch.int64,
+            "confidence": torch.float32,
+            "rubric": torch.bool,
+            "prm": torch.float32,
+            "abandoned": torch.bool,
             "label": torch.int8,
             "call_label": torch.int8,
             "response_mask": torch.bool,
@@ -277,6 +287,17 @@ class Rollouts:
             raise RolloutError(
                 f"expected {n} tree ids (one per trajectory), got {tuple(self.tree.shape)}", field="tree"
             )
+        if self.confidence is not None:
+            if self.confidence.shape != (n,):
+                raise RolloutError(f"expected {n} confidences, got {tuple(self.confidence.shape)}", field="confidence")
+            bad = torch.isinf(self.confidence)
+            if bool(bad.any()):
+                i = self._first(bad)
+                raise self._fail(i, "confidence", "expected a number or NaN (not stated), got infinity")
+        if self.rubric is not None and (self.rubric.dim() != 2 or self.rubric.shape[0] != n):
+            raise RolloutError(
+                f"expected rubric verdicts of shape ({n}, K), got {tuple(self.rubric.shape)}", field="rubric"
+            )
         bad = ~torch.isfinite(self.outcome)
         if bool(bad.any()):
             i = self._first(bad)
@@ -307,6 +328,19 @@ class Rollouts:
                 "reward",
                 f"step {self._step_in_traj(i)}: expected a finite number, got {float(self.reward[i])}",
             )
+        if self.prm is not None:
+            if self.prm.shape != (s,):
+                raise RolloutError(f"expected {s} PRM scores (one per step), got {tuple(self.prm.shape)}", field="prm")
+            bad = ~torch.isfinite(self.prm)
+            if bool(bad.any()):
+                i = self._first(bad)
+                raise self._fail(
+                    int(self.step_traj[i]),
+                    "prm",
+                    f"step {self._step_in_traj(i)}: expected a finite score, got {float(self.prm[i])}",
+                )
+        if self.abandoned is not None and self.abandoned.shape != (s,):
+            raise RolloutError(f"expected {s} abandoned flags, got {tuple(self.abandoned.shape)}", field="abandoned")
         if self.label is not None:
             if self.label.shape != (s,):
                 raise RolloutError(f"expected {s} step labels, got {tuple(self.label.shape)}", field="label")
@@ -551,6 +585,10 @@ class Rollouts:
             call_ok=self.call_ok[calls],
             label=opt(self.label, steps),
             tree=opt(self.tree, idx),
+            confidence=opt(self.confidence, idx),
+            rubric=opt(self.rubric, idx),
+            prm=opt(self.prm, steps),
+            abandoned=opt(self.abandoned, steps),
             call_label=opt(self.call_label, calls),
             response_mask=opt(self.response_mask, idx),
             step_token_start=opt(self.step_token_start, steps),

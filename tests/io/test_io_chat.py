@@ -313,3 +313,22 @@ def test_typed_non_text_part_is_a_placeholder():
         {"role": "assistant", "content": [{"type": "text", "text": "see "}, {"type": "image_url", "image_url": {}}]}
     ]
     assert parse_record(record(messages=msgs), "x").steps[0].action == "see [image_url]"
+
+
+def test_optional_columns_and_all_or_none_rules():
+    a = parse_record(record(id="a", confidence=0.7, rubric=[True, False]), "x")
+    b = parse_record(record(id="b", rubric=[False, False]), "x")
+    r = pack([a, b])
+    assert r.confidence[0].item() == pytest.approx(0.7) and r.confidence[1].isnan()
+    assert r.rubric.tolist() == [[True, False], [False, False]]
+    c = parse_record(record(id="c"), "f.jsonl:3")
+    with pytest.raises(RolloutError, match="expected 2 rubric verdicts") as info:
+        pack([a, c])
+    assert info.value.trajectory == "c" and info.value.field == "rubric"
+    msgs = [{"role": "assistant", "content": "x", "prm": 0.9}, {"role": "assistant", "content": "y"}]
+    with pytest.raises(RolloutError, match="no PRM score") as info:
+        pack([parse_record(record(id="p", messages=msgs), "x")])
+    assert info.value.field == "prm"
+    msgs = [{"role": "assistant", "content": "x", "prm": 0.9, "abandoned": True}]
+    r = pack([parse_record(record(id="p", messages=msgs), "x")])
+    assert r.prm.tolist() == pytest.approx([0.9]) and r.abandoned.tolist() == [True]

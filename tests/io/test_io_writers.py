@@ -38,7 +38,9 @@ def assert_same(a: Rollouts, b: Rollouts, *, tokens: bool = True) -> None:
             continue
         assert (x is None) == (y is None), name
         if x is not None:
-            assert torch.equal(x, y), name
+            assert torch.equal(x, y) or (
+                x.is_floating_point() and torch.allclose(x, y, equal_nan=True, rtol=0, atol=0)
+            ), name
     for name in Texts.__dataclass_fields__:
         assert getattr(a.texts, name).to_pylist() == getattr(b.texts, name).to_pylist(), name
 
@@ -50,7 +52,15 @@ def synthetic():
     call_ok = r.call_ok.clone()
     call_ok[::5] = -1
     cols = {k: getattr(r, k) for k in TENSOR_FIELDS if k != "tool_ok"}  # tool_ok follows the calls
-    return Rollouts(**{**cols, "reward": reward, "call_ok": call_ok, "texts": r.texts})
+    n, s = r.num_trajectories, r.num_steps
+    extra = {
+        "tree": torch.arange(n) // 2,  # pairs of leaves, numbered in order of first appearance
+        "confidence": torch.where(torch.arange(n) % 3 == 0, torch.tensor(float("nan")), torch.linspace(0, 1, n)),
+        "rubric": torch.arange(2 * n).reshape(n, 2) % 3 == 0,
+        "prm": torch.linspace(0, 1, s),
+        "abandoned": torch.arange(s) % 4 == 1,
+    }
+    return Rollouts(**{**cols, **extra, "reward": reward, "call_ok": call_ok, "texts": r.texts})
 
 
 def test_jsonl_round_trip(tmp_path, synthetic):

@@ -17,10 +17,11 @@ How messages become steps:
 * **user** / **system** / **developer** messages before the first assistant turn form the prompt;
   later ones are the observation of the step before them.
 
-An optional record field ``tree`` names the rollout tree a trajectory (a root→leaf path) belongs to.
+Optional record fields: ``tree`` (the rollout tree a trajectory, a root→leaf path, belongs to),
+``confidence`` (a stated confidence; null: none) and ``rubric`` (a list of boolean verdicts).
 Optional per-step fields on assistant messages: an intermediate ``reward``, a ``label`` (−1/0/1, for
-audits only), a ``state`` key and a ``kind`` (``reason``/``tool_call``/``answer``); a call object may
-carry a ``label``.
+audits only), a ``state`` key, a ``kind`` (``reason``/``tool_call``/``answer``), a ``prm`` score and
+an ``abandoned`` flag; a call object may carry a ``label``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ class ChatFields:
     state: str = "state"
     kind: str = "kind"
     tree: str = "tree"
+    confidence: str = "confidence"
+    rubric: str = "rubric"
+    prm: str = "prm"
+    abandoned: str = "abandoned"
 
 
 def get_path(obj: dict[str, Any], path: str) -> Any:
@@ -85,6 +90,18 @@ def _number(value: Any, where: _Record, field: str) -> float:
     if not math.isfinite(x):
         raise where.error(field, f"expected a finite number, got {x}")
     return x
+
+
+def _optional_number(value: Any, where: _Record, field: str) -> float | None:
+    return None if value is _MISSING or value is None else _number(value, where, field)
+
+
+def _flag(value: Any, where: _Record, field: str) -> bool:
+    if value is _MISSING or value is None:
+        return False
+    if not isinstance(value, bool):
+        raise where.error(field, f"expected a boolean, got {value!r:.60}")
+    return value
 
 
 def _name(value: Any, where: _Record, field: str) -> str:
@@ -219,6 +236,8 @@ def parse_messages(messages: Any, where: _Record, fields: ChatFields) -> tuple[s
                     label=_label(get_path(msg, fields.label), where, f"{at}.{fields.label}"),
                     state=None if state is _MISSING else state,
                     kind=_kind(get_path(msg, fields.kind), where, f"{at}.{fields.kind}"),
+                    prm=_optional_number(get_path(msg, fields.prm), where, f"{at}.{fields.prm}"),
+                    abandoned=_flag(get_path(msg, fields.abandoned), where, f"{at}.{fields.abandoned}"),
                 )
             )
             observation.append([])
@@ -275,8 +294,24 @@ def parse_record(obj: Any, source: str, fields: ChatFields = ChatFields()) -> Tr
     prompt, steps = parse_messages(messages, where, fields)
     raw_tree = get_path(obj, fields.tree)
     tree = None if raw_tree is _MISSING or raw_tree is None else _name(raw_tree, where, fields.tree)
+    raw_rubric = get_path(obj, fields.rubric)
+    rubric = None
+    if raw_rubric is not _MISSING and raw_rubric is not None:
+        if not isinstance(raw_rubric, list) or not all(isinstance(v, bool) for v in raw_rubric):
+            raise where.error(
+                fields.rubric, f"expected a list of booleans (one verdict per rubric), got {raw_rubric!r:.60}"
+            )
+        rubric = raw_rubric
     return TrajectoryRecord(
-        id=where.trajectory, group=where.group, outcome=outcome, steps=steps, prompt=prompt, source=source, tree=tree
+        id=where.trajectory,
+        group=where.group,
+        outcome=outcome,
+        steps=steps,
+        prompt=prompt,
+        source=source,
+        tree=tree,
+        confidence=_optional_number(get_path(obj, fields.confidence), where, fields.confidence),
+        rubric=rubric,
     )
 
 

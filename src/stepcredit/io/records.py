@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import torch
 
+from stepcredit.errors import RolloutError
 from stepcredit.rollouts import TOOL_UNKNOWN, Rollouts, StepKind, Texts
 
 StatePolicy = Literal["history", "distinct"]
@@ -46,6 +47,8 @@ class StepRecord:
     label: int | None = None
     state: int | None = None
     kind: StepKind | None = None  # None: derived (TOOL_CALL if calls, ANSWER if last, else REASON)
+    prm: float | None = None
+    abandoned: bool = False
 
 
 @dataclass
@@ -59,6 +62,8 @@ class TrajectoryRecord:
     prompt: str = ""
     source: str = ""
     tree: str | None = None
+    confidence: float | None = None
+    rubric: list[bool] | None = None
 
 
 def _key(digest: bytes) -> int:
@@ -102,7 +107,9 @@ def pack(records: Sequence[TrajectoryRecord], *, states: StatePolicy = "history"
     every step its own key. Trees are numbered in order of first appearance; when any record names a
     tree, the column exists and a record without one is a tree of its own. A step's ``tool_ok``
     follows from its calls. Labels: when any step (call)
-    has a label the column exists and unlabelled steps (calls) count as 0 (neutral).
+    has a label the column exists and unlabelled steps (calls) count as 0 (neutral). Confidence:
+    records without one get NaN (not stated). Rubric verdicts and PRM scores are all-or-none: when one
+    record has them, every record (step) must. Abandoned flags default to False.
     """
     group_index: dict[str, int] = {}
     tree_index: dict[tuple[str, str], int] = {}
@@ -114,9 +121,28 @@ def pack(records: Sequence[TrajectoryRecord], *, states: StatePolicy = "history"
         k: [] for k in ("ids", "prompt", "action", "observation", "call_name", "call_arguments", "call_result")
     }
     any_label = any_call_label = False
+    confidence: list[float] = []
+    rubric: list[list[bool]] = []
+    prm: list[float] = []
+    abandoned: list[bool] = []
+    with_rubric = next((rec for rec in records if rec.rubric is not None), None)
+    with_prm = next((rec for rec in records if any(step.prm is not None for step in rec.steps)), None)
     next_state = 0
     for rec in records:
         group.append(group_index.setdefault(rec.group, len(group_index)))
+        confidence.append(float("nan") if rec.confidence is None else rec.confidence)
+        if with_rubric is not None:
+            assert with_rubric.rubric is not None
+            if rec.rubric is None or len(rec.rubric) != len(with_rubric.rubric):
+                raise RolloutError(
+                    f"expected {len(with_rubric.rubric)} rubric verdicts (as trajectory {with_rubric.id!r} has), "
+                    f"got {None if rec.rubric is None else len(rec.rubric)}",
+                    source=rec.source or None,
+                    trajectory=rec.id,
+                    group=rec.group,
+                    field="rubric",
+                )
+            rubric.append(rec.rubric)
         # a trajectory without a tree id is a tree of its own (a chain)
         tkey = (rec.group, rec.tree) if rec.tree is not None else ("\x00own", rec.id)
         tree.append(tree_index.setdefault(tkey, len(tree_index)))
@@ -127,6 +153,17 @@ def pack(records: Sequence[TrajectoryRecord], *, states: StatePolicy = "history"
         derived = history_states(rec) if states == "history" else None
         for t, step in enumerate(rec.steps):
             kind.append(_step_kind(step, t == len(rec.steps) - 1))
+            abandoned.append(step.abandoned)
+            if with_prm is not None:
+                if step.prm is None:
+                    raise RolloutError(
+                        f"step {t} has no PRM score while other steps (e.g. of trajectory {with_prm.id!r}) have",
+                        source=rec.source or None,
+                        trajectory=rec.id,
+                        group=rec.group,
+                        field="prm",
+                    )
+                prm.append(step.prm)
             reward.append(step.reward)
             if step.state is not None:
                 state.append(step.state)
@@ -161,6 +198,12 @@ def pack(records: Sequence[TrajectoryRecord], *, states: StatePolicy = "history"
         call_ok=torch.tensor(call_ok, dtype=torch.int8),
         label=torch.tensor(step_label, dtype=torch.int8) if any_label else None,
         tree=torch.tensor(tree, dtype=torch.int64) if any(rec.tree is not None for rec in records) else None,
+        confidence=torch.tensor(confidence) if any(rec.confidence is not None for rec in records) else None,
+        rubric=torch.tensor(rubric, dtype=torch.bool).reshape(n, len(with_rubric.rubric or []))
+        if with_rubric is not None
+        else None,
+        prm=torch.tensor(prm, dtype=torch.float32) if with_prm is not None else None,
+        abandoned=torch.tensor(abandoned, dtype=torch.bool) if any(abandoned) else None,
         call_label=torch.tensor(call_label, dtype=torch.int8) if any_call_label else None,
         texts=Texts.create(n, len(group_index), s, c, group_names=list(group_index), **texts),
     )

@@ -38,6 +38,10 @@ def to_chat_records(rollouts: Rollouts) -> list[dict[str, Any]]:
     call_ok = _np(r.call_ok).tolist()
     label = _np(r.label).tolist() if r.label is not None else None
     tree = _np(r.tree).tolist() if r.tree is not None else None
+    confidence = _np(r.confidence).tolist() if r.confidence is not None else None
+    rubric = _np(r.rubric).tolist() if r.rubric is not None else None
+    prm = _np(r.prm).tolist() if r.prm is not None else None
+    abandoned = _np(r.abandoned).tolist() if r.abandoned is not None else None
     call_label = _np(r.call_label).tolist() if r.call_label is not None else None
     records = []
     for i in range(r.num_trajectories):
@@ -58,6 +62,10 @@ def to_chat_records(rollouts: Rollouts) -> list[dict[str, Any]]:
                 msg["kind"] = StepKind(kind[s]).name.lower()
             if label is not None:
                 msg["label"] = label[s]
+            if prm is not None:
+                msg["prm"] = prm[s]
+            if abandoned is not None and abandoned[s]:
+                msg["abandoned"] = True
             if calls:
                 msg["tool_calls"] = []
                 for c in calls:
@@ -85,6 +93,10 @@ def to_chat_records(rollouts: Rollouts) -> list[dict[str, Any]]:
         record = {"id": t["ids"][i], "group": t["group_names"][group[i]], "reward": outcome[i], "messages": messages}
         if tree is not None:
             record["tree"] = str(tree[i])
+        if confidence is not None:
+            record["confidence"] = None if confidence[i] != confidence[i] else confidence[i]  # NaN → null
+        if rubric is not None:
+            record["rubric"] = rubric[i]
         records.append(record)
     return records
 
@@ -127,6 +139,10 @@ def to_arrow(rollouts: Rollouts) -> pa.Table:
     }
     if r.label is not None:
         step_cols["label"] = pa.array(_np(r.label))
+    if r.prm is not None:
+        step_cols["prm"] = pa.array(_np(r.prm))
+    if r.abandoned is not None:
+        step_cols["abandoned"] = pa.array(_np(r.abandoned))
     if r.step_token_start is not None and r.step_token_end is not None:
         step_cols["token_start"] = pa.array(_np(r.step_token_start))
         step_cols["token_end"] = pa.array(_np(r.step_token_end))
@@ -140,6 +156,8 @@ def to_arrow(rollouts: Rollouts) -> pa.Table:
             "prompt": r.texts.prompt,
             "steps": _list(r.step_offsets, steps),
             **({"tree": pa.array(_np(r.tree))} if r.tree is not None else {}),
+            **({"confidence": pa.array(_np(r.confidence))} if r.confidence is not None else {}),
+            **({"rubric": pa.array(_np(r.rubric).tolist(), type=pa.list_(pa.bool_()))} if r.rubric is not None else {}),
         }
     )
     meta = {b"stepcredit.format": FORMAT_VERSION.encode()}
@@ -169,6 +187,16 @@ def _tensor(arr: pa.Array, dtype: torch.dtype, name: str, source: str) -> torch.
     if arr.null_count:
         raise RolloutError("contains nulls", source=source, field=name)
     return torch.from_numpy(arr.to_numpy(zero_copy_only=False).copy()).to(dtype)
+
+
+def _rubric(table: pa.Table, source: str) -> torch.Tensor | None:
+    if "rubric" not in table.column_names:
+        return None
+    offsets, values = _flat(table.column("rubric"))
+    counts = set((offsets[1:] - offsets[:-1]).tolist())
+    if len(counts) > 1:
+        raise RolloutError("rubric lists differ in length across trajectories", source=source, field="rubric")
+    return _tensor(values, torch.bool, "rubric", source).reshape(table.num_rows, counts.pop() if counts else 0)
 
 
 def from_arrow(table: pa.Table, source: str = "<table>") -> Rollouts:
@@ -220,6 +248,12 @@ def from_arrow(table: pa.Table, source: str = "<table>") -> Rollouts:
         call_offsets=torch.as_tensor(call_off, dtype=torch.int64),
         call_ok=_tensor(_field(calls, "ok", source), torch.int8, "ok", source),
         label=opt(steps, "label", torch.int8),
+        prm=opt(steps, "prm", torch.float32),
+        abandoned=opt(steps, "abandoned", torch.bool),
+        confidence=_tensor(table.column("confidence").combine_chunks(), torch.float32, "confidence", source)
+        if "confidence" in table.column_names
+        else None,
+        rubric=_rubric(table, source),
         tree=_tensor(table.column("tree").combine_chunks(), torch.int64, "tree", source)
         if "tree" in table.column_names
         else None,
