@@ -234,6 +234,15 @@ MALFORMED = [
         "messages[0].kind",
         "expected one of",
     ),
+    ("rubric not booleans", record(rubric=[1, 0]), "rubric", "list of booleans"),
+    ("confidence a string", record(confidence="high"), "confidence", "expected a number"),
+    ("bad prm", bad_messages({"role": "assistant", "content": "x", "prm": "good"}), "messages[0].prm", "number"),
+    (
+        "bad abandoned flag",
+        bad_messages({"role": "assistant", "content": "x", "abandoned": 1}),
+        "messages[0].abandoned",
+        "boolean",
+    ),
     (
         "error flag a number",
         bad_messages(
