@@ -134,3 +134,26 @@ def test_credit_selection_must_come_last():
         Recipe.from_dict({"selection": late_then_plain[::-1], "credit": ["grpo"]})  # the right order builds
     finally:
         REGISTRY["selection"].pop("test_keep_all", None)
+
+
+@pytest.mark.realdata
+def test_gated_example_recipe_runs_on_tau2(tau2_rollouts):
+    from pathlib import Path
+
+    from stepcredit.estimators import grpo, toolpo
+
+    recipe = Recipe.load(str(Path(__file__).resolve().parents[1] / "examples" / "tau2_gated.yaml"))
+    assert [s.name for s in recipe.selection] == ["rubric_gate", "resample_on_correct"]
+    result = recipe.run(tau2_rollouts)
+    r = result.rollouts
+    assert 0 < r.num_trajectories < tau2_rollouts.num_trajectories
+    sizes = torch.bincount(r.group)
+    assert int(sizes.max()) <= 4
+    # rubric: every kept trajectory ends with a non-blank answer
+    last = r.step_offsets[1:] - 1
+    assert bool((r.kind[last] == 2).all())
+    # no confidence tags in tau2: every trajectory scores c − 1, so Brier adds 0.5 · (c − mean_g c)
+    want = grpo(r).trajectory + 0.5 * toolpo(r).trajectory + 0.5 * grpo(r, norm="mean").trajectory
+    assert torch.allclose(result.credit.trajectory, want, atol=1e-6)
+    assert torch.equal(result.credit.call, 0.5 * toolpo(r).call)
+    assert torch.equal(recipe.run(tau2_rollouts).kept, result.kept)  # seeded

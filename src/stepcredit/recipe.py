@@ -16,7 +16,7 @@ import inspect
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,9 @@ import torch
 import yaml
 from torch import Tensor
 
-import stepcredit.estimators
-import stepcredit.selection  # noqa: F401 - registers the selections
+import stepcredit.estimators  # registers the estimators
+import stepcredit.selection  # registers the selections
+import stepcredit.shaping  # noqa: F401 - registers the shaping components
 from stepcredit.credit import Credit
 from stepcredit.registry import KINDS, Component, Kind, get
 from stepcredit.rollouts import Rollouts
@@ -75,6 +76,9 @@ def _accepts(value: Any, hint: Any) -> bool:
         return any(_accepts(value, h) for h in typing.get_args(hint))
     if hint is type(None):
         return value is None
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return isinstance(value, list) and all(_accepts(v, item) for v in value)
     if hint is float:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if hint is int:
@@ -89,6 +93,8 @@ def _describe(hint: Any) -> str:
         return " | ".join(repr(a) for a in typing.get_args(hint))
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return " | ".join(_describe(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return f"a list of {_describe(typing.get_args(hint)[0])}"
     return getattr(hint, "__name__", str(hint))
 
 
@@ -217,8 +223,11 @@ class Recipe:
         for s in self.selection:
             if s.component.needs_credit:
                 continue
-            idx = s.component.fn(r, **s.params)
+            picked = s.component.fn(r, **s.params)
+            idx, outcome = picked if isinstance(picked, tuple) else (picked, None)
             r, kept = r.select(idx), kept[idx]
+            if outcome is not None:  # a gate that re-scores what it keeps (e.g. infeasible rollouts)
+                r = replace(r, outcome=outcome)
         credit: Credit | None = None
         for s in self.credit:
             part = s.component.fn(r, **s.params).check(r, s.name)

@@ -1,8 +1,9 @@
 """The registry of named recipe components: shaping, selection and credit.
 
 * **shaping** ``fn(rollouts, **params) -> Rollouts`` — transforms rewards (same trajectories);
-* **selection** ``fn(rollouts, **params) -> Tensor`` — indices of the trajectories to keep; a selection
-  registered with ``needs_credit=True`` is ``fn(rollouts, credit, **params)`` and runs after credit;
+* **selection** ``fn(rollouts, **params) -> Tensor`` — indices of the trajectories to keep (or
+  ``(indices, outcome)`` to also re-score the kept ones); a selection registered with
+  ``needs_credit=True`` is ``fn(rollouts, credit, **params)`` and runs after credit;
 * **credit** ``fn(rollouts, **params) -> Credit`` — an estimator.
 
 Components are pure functions; a recipe is their composition. No component knows about another.

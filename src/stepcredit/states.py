@@ -19,21 +19,7 @@ import torch
 from torch import Tensor
 
 from stepcredit.rollouts import Rollouts
-
-
-def anchor_observations(rollouts: Rollouts) -> list[str]:
-    """The observation each step acted on: the prompt for a trajectory's first step, else the previous
-    step's tool results (in call order) followed by its observation text."""
-    r = rollouts
-    assert r.texts is not None
-    prompt = r.texts.prompt.to_pylist()
-    obs = r.texts.observation.to_pylist()
-    results = r.texts.call_result.to_pylist()
-    coff = r.call_offsets.tolist()
-    after = ["\n".join([*results[coff[s] : coff[s + 1]], obs[s]]) for s in range(r.num_steps)]
-    first = set(r.step_offsets[:-1].tolist())
-    traj = r.step_traj.tolist()
-    return [prompt[traj[s]] if s in first else after[s - 1] for s in range(r.num_steps)]
+from stepcredit.texts import anchor_observations
 
 
 def _key(group: int, text: str) -> int:

@@ -1,5 +1,6 @@
-"""Measuring credit against step / call labels."""
+"""Measuring credit against step / call labels, and calibration of stated confidences."""
 
-from stepcredit.audit.metrics import blame_rate
+from stepcredit.audit.calibration import brier_score, confidence_auroc, expected_calibration_error
+from stepcredit.audit.metrics import auroc, blame_rate
 
-__all__ = ["blame_rate"]
+__all__ = ["auroc", "blame_rate", "brier_score", "confidence_auroc", "expected_calibration_error"]

@@ -1,0 +1,93 @@
+"""Process-reward scores from a Hugging Face model: P(positive) at step-separator tokens.
+
+ReasonFlux-PRM and the Qwen-Math PRMs read a step's score at a separator token placed after it
+(``<extra_0>``): the model's logits there, softmaxed over its classes, give P(step is good). This
+adapter renders each trajectory as ``prompt`` then every step's action followed by the separator,
+runs the model once per batch of trajectories, and returns one score per step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from stepcredit.rollouts import Rollouts
+from stepcredit.texts import step_action_texts
+
+
+class HFProcessRewardScorer:
+    """A ``Rollouts -> [S]`` scorer (``prm_mix(scorer=...)``) around a HF model and tokenizer.
+
+    Args:
+        model: any HF model whose output ``logits`` are ``(batch, length, classes)`` (e.g. a
+            ``*ForTokenClassification`` PRM head, or a causal LM with ``positive_index`` naming the
+            token whose probability is the score).
+        tokenizer: its tokenizer; the separator must encode to exactly one token.
+        separator: the step separator text (ReasonFlux / Qwen-Math PRM: ``<extra_0>``).
+        positive_index: the class (or vocabulary id) whose softmax probability is the score.
+        batch_size: trajectories per forward pass.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        separator: str = "<extra_0>",
+        positive_index: int = 1,
+        batch_size: int = 8,
+        max_length: int | None = None,
+    ) -> None:
+        ids = tokenizer(separator, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"separator {separator!r} must be one token of the tokenizer, got {len(ids)} tokens")
+        self.model, self.tokenizer = model, tokenizer
+        self.separator, self.separator_id = separator, ids[0]
+        self.positive_index, self.batch_size, self.max_length = positive_index, batch_size, max_length
+
+    def render(self, rollouts: Rollouts) -> list[str]:
+        """One text per trajectory: the prompt, then each step's action followed by the separator."""
+        assert rollouts.texts is not None
+        prompts = rollouts.texts.prompt.to_pylist()
+        actions = step_action_texts(rollouts)
+        off = rollouts.step_offsets.tolist()
+        return [
+            prompts[i] + "\n" + "".join(f"{actions[s]}{self.separator}" for s in range(off[i], off[i + 1]))
+            for i in range(rollouts.num_trajectories)
+        ]
+
+    @torch.no_grad()
+    def __call__(self, rollouts: Rollouts) -> Tensor:
+        texts = self.render(rollouts)
+        counts = rollouts.steps_per_trajectory.tolist()
+        scores: list[Tensor] = []
+        was_training = getattr(self.model, "training", False)
+        self.model.eval()
+        try:
+            for start in range(0, len(texts), self.batch_size):
+                batch = self.tokenizer(
+                    texts[start : start + self.batch_size],
+                    return_tensors="pt",
+                    padding=True,
+                    truncation=self.max_length is not None,
+                    max_length=self.max_length,
+                )
+                logits = self.model(**batch).logits
+                probs = torch.softmax(logits.float(), dim=-1)[..., self.positive_index]
+                at_sep = (batch["input_ids"] == self.separator_id) & batch["attention_mask"].bool()
+                for row in range(at_sep.shape[0]):
+                    found = probs[row][at_sep[row]]
+                    want = counts[start + row]
+                    if found.numel() != want:
+                        raise ValueError(
+                            f"trajectory {rollouts.trajectory_id(start + row)!r}: found {found.numel()} separators for "
+                            f"{want} steps (truncated by max_length, or the separator occurs in the text)"
+                        )
+                    scores.append(found)
+        finally:
+            self.model.train(was_training)
+        if not scores:
+            return torch.zeros(0)
+        return torch.cat(scores).to(rollouts.device)

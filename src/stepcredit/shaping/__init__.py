@@ -1,0 +1,7 @@
+"""Shaping components: reward transforms ``(Rollouts, **params) -> Rollouts`` (same trajectories)."""
+
+from stepcredit.shaping.calibration import brier, parse_confidence
+from stepcredit.shaping.expert import expert_similarity
+from stepcredit.shaping.prm import prm_mix
+
+__all__ = ["brier", "expert_similarity", "parse_confidence", "prm_mix"]
