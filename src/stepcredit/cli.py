@@ -201,6 +201,92 @@ def recipes() -> None:
 
 
 @app.command()
+def audit(
+    path: PathArg,
+    recipes: Annotated[
+        str, typer.Option(help="Comma-separated recipe names or YAML files (default: the standard set).")
+    ] = "",
+    labels: Annotated[
+        str, typer.Option(help="auto: the labels the log carries (tau2: computed by the labelling rule); none: refuse.")
+    ] = "auto",
+    references: Annotated[
+        Path | None,
+        typer.Option(help="JSON {group: [reference actions]}: label every call by the tau2 matching rule."),
+    ] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the HTML report.")] = Path(
+        "report.html"
+    ),
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of the groups for the intervals.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    success_threshold: Annotated[float, typer.Option(help="Outcome at or above which a trajectory succeeded.")] = 1.0,
+    open_report: Annotated[bool, typer.Option("--open", help="Open the report in a browser.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON instead of a table.")] = False,
+    format: FormatOpt = "auto",
+    group_field: GroupField = "group",
+    reward_field: RewardField = "reward",
+    messages_field: MessagesField = "messages",
+    id_field: IdField = "id",
+) -> None:
+    """Measure where each recipe's credit lands against step/call labels; write an HTML report."""
+    from stepcredit.audit.report import METRIC_NAMES, write_report
+    from stepcredit.audit.run import DEFAULT_RECIPES, run_audit
+    from stepcredit.io import ChatFields, load
+
+    specs = [x.strip() for x in recipes.split(",") if x.strip()] or list(DEFAULT_RECIPES)
+    loaded = [_recipe(spec) for spec in specs]
+    if labels not in ("auto", "none"):
+        err_console.print(f"[bold red]error:[/] --labels: expected auto or none, got {labels!r}")
+        raise typer.Exit(2)
+
+    def go() -> Any:
+        refs = None
+        if references is not None:
+            try:
+                refs = json.loads(references.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise RolloutError(f"cannot read reference actions ({exc})", source=str(references)) from None
+            if not isinstance(refs, dict) or not all(isinstance(v, list) for v in refs.values()):
+                raise RolloutError("expected a JSON object {group: [reference actions]}", source=str(references))
+        fields = ChatFields(id=id_field, group=group_field, reward=reward_field, messages=messages_field)
+        rollouts = load(path, format=format, fields=fields, references=refs)  # type: ignore[arg-type]
+        if labels == "none" or (rollouts.call_label is None and rollouts.label is None):
+            raise RolloutError(
+                "no step or call labels: audits need them (a per-step 'label' field, tau2 results, or --references)",
+                source=str(path),
+            )
+        return rollouts
+
+    rollouts = _guard(go)
+    result = run_audit(rollouts, loaded, success_threshold=success_threshold, bootstrap=bootstrap, seed=seed)
+    write_report(result, output, title=f"stepcredit audit — {path.name}", source=str(path))
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+    else:
+        table = Table(
+            title=f"{path}: credit of labelled {result.unit}s ({result.bootstrap} bootstrap resamples of groups)",
+            title_justify="left",
+        )
+        table.add_column("recipe", style="bold")
+        for name in METRIC_NAMES.values():
+            table.add_column(name, justify="right")
+        for a in result.recipes:
+            cells = []
+            for key in METRIC_NAMES:
+                v, (lo, hi) = a.metrics[key], a.intervals[key]
+                if key.startswith("auroc"):
+                    cells.append(f"{v:.2f} [{lo:.2f}, {hi:.2f}]")
+                else:
+                    cells.append(f"{100 * v:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]")
+            table.add_row(a.name, *cells)
+        console.print(table)
+        console.print(f"audited {len(result.recipes)} recipes in {result.seconds:.1f} s; wrote {output}")
+    if open_report:
+        import webbrowser
+
+        webbrowser.open(output.resolve().as_uri())
+
+
+@app.command()
 def demo(
     seed: Annotated[int, typer.Option(help="Seed of the synthetic rollouts.")] = 0,
     groups: Annotated[int, typer.Option(help="Number of tasks (groups).")] = 32,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from stepcredit.errors import RolloutError
 from stepcredit.io.chat import ChatFields, iter_json_records, parse_record, read_chat_records, read_json
@@ -93,13 +93,16 @@ def load(
     fields: ChatFields | None = None,
     labels: bool = True,
     states: StatePolicy = "history",
+    references: Mapping[str, Sequence[dict[str, Any]]] | None = None,
 ) -> Rollouts:
     """Load one file, a folder of files or a list of files into one ``Rollouts``.
 
     Trajectories from several files are packed together, so groups with the same name (e.g. a tau2
     task run by several agents) become one group. ``labels`` controls tau2 call labelling; ``states``
-    how decision-point keys are derived (see ``records.pack``). A Parquet file loads as written and
-    cannot be mixed with other files.
+    how decision-point keys are derived (see ``records.pack``). ``references`` maps group names to
+    reference actions (``{name, arguments, compare_args?}``): every call is then labelled by the rule of
+    ``labels.label_calls`` (a group without references labels its writes −1 when they succeed). A
+    Parquet file loads as written and cannot be mixed with other files.
     """
     paths = [path] if isinstance(path, str | Path) else list(path)
     files = [f for p in paths for f in log_files(p)]
@@ -114,4 +117,7 @@ def load(
         records.extend(_file_records(f, format, fields, labels))
     if not records:
         raise RolloutError("no trajectories found", source=", ".join(map(str, files)))
+    if references is not None:
+        for rec in records:
+            label_calls(rec, references.get(rec.group, []))
     return pack(records, states=states)

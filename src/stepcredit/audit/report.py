@@ -1,0 +1,270 @@
+"""The audit as a self-contained HTML file: inline CSS, plots as embedded PNG, no network."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stepcredit.audit.run import Audit
+from stepcredit.rollouts import StepKind
+
+METRIC_NAMES = {
+    "blame": "blame ↓",
+    "false_praise": "false praise ↓",
+    "bsa_failed": "BSA (failed) ↑",
+    "bsa_all": "BSA (all) ↑",
+    "auroc_failed": "AUROC +1 vs −1 (failed) ↑",
+    "auroc_all": "AUROC +1 vs −1 (all) ↑",
+}
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1400px;color:#1d2230}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #dde}
+h3{font-size:15px;margin:18px 0 6px}
+table{border-collapse:collapse;margin:6px 0 12px}th,td{border:1px solid #d7dae3;padding:3px 7px;vertical-align:top}
+th{background:#f1f3f8;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.ci{color:#667;font-size:12px}.muted{color:#667}.fail{color:#b42318}.ok{color:#067647}
+.lab1{background:#d1fadf}.lab-1{background:#fee4e2}.steps td.text{max-width:420px;white-space:pre-wrap;
+word-break:break-word;font-size:12.5px}.steps td.call{font-family:ui-monospace,monospace;font-size:12px;
+max-width:360px;white-space:pre-wrap;word-break:break-all}section.traj{border-top:2px solid #e3e6ee;margin-top:18px}
+nav a{margin-right:8px}img{max-width:100%}
+"""
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.{digits}f}"
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None or math.isnan(x) else f"{100 * x:.0f}%"
+
+
+def _colour(value: float, scale: float) -> str:
+    """Diverging red (negative) – white – green (positive) background for ``value / scale``."""
+    if math.isnan(value):
+        return "background:#f4f4f6;color:#99a"
+    t = max(-1.0, min(1.0, value / scale)) if scale > 0 else 0.0
+    if t >= 0:
+        r, g, b = 255 - int(150 * t), 255 - int(40 * t), 255 - int(150 * t)
+    else:
+        r, g, b = 255 + int(15 * t), 255 + int(170 * t), 255 + int(170 * t)
+    return f"background:rgb({r},{g},{b})"
+
+
+def _plot(audit: Audit) -> str:
+    """Credit of labelled units by label × outcome, one panel per recipe, as a base64 PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = audit.rollouts
+    n = len(audit.recipes)
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.2 * rows), squeeze=False)
+    if audit.unit == "call":
+        label, traj = r.call_label, r.step_traj[r.call_step]
+    else:
+        label, traj = r.label, r.step_traj
+    assert label is not None
+    failed = (r.outcome < audit.success_threshold)[traj]
+    cases = [("+1", 1, True), ("0", 0, True), ("−1", -1, True), ("+1", 1, False), ("0", 0, False), ("−1", -1, False)]
+    for k, a in enumerate(audit.recipes):
+        ax = axes[k // cols][k % cols]
+        values = a.call_credit if audit.unit == "call" else a.step_credit
+        data, names = [], []
+        for name, v, f in cases:
+            pick = (label == v) & (failed == f) & ~torch.isnan(values)
+            data.append(values[pick].double().numpy())
+            names.append(f"{name}\n{'fail' if f else 'succ'}")
+        ax.boxplot(data, showfliers=False)
+        ax.set_xticks(range(1, len(names) + 1), names, fontsize=8)
+        ax.axhline(0, color="#888", lw=0.8)
+        ax.set_title(a.name, fontsize=10)
+        ax.tick_params(axis="y", labelsize=8)
+    for k in range(n, rows * cols):
+        axes[k // cols][k % cols].axis("off")
+    fig.suptitle(f"credit of labelled {audit.unit}s by label × outcome", fontsize=11)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _metric_table(audit: Audit) -> str:
+    head = "".join(f"<th>{html.escape(v)}</th>" for v in METRIC_NAMES.values())
+    rows = []
+    for a in audit.recipes:
+        cells = []
+        for key in METRIC_NAMES:
+            lo, hi = a.intervals.get(key, (math.nan, math.nan))
+            value = _pct(a.metrics[key]) if not key.startswith("auroc") else _fmt(a.metrics[key])
+            ci = f"{_pct(lo)}–{_pct(hi)}" if not key.startswith("auroc") else f"{_fmt(lo)}–{_fmt(hi)}"
+            cells.append(f"<td class='num'>{value}<br><span class='ci'>{ci}</span></td>")
+        dens = a.density
+        cells.append(f"<td class='num'>{_pct(dens['steps_nonzero'])}</td>")
+        cells.append(f"<td class='num'>{_pct(dens['tokens_nonzero'])}</td>")
+        cells.append(f"<td class='num'>{a.kept.numel()}</td>")
+        rows.append(f"<tr><th title='{html.escape(a.description)}'>{html.escape(a.name)}</th>{''.join(cells)}</tr>")
+    return (
+        "<table class='metrics'><tr><th>recipe</th>"
+        + head
+        + "<th>steps ≠ 0</th><th>tokens ≠ 0</th><th>trajectories</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
+def _mean_table(audit: Audit) -> str:
+    head = "".join(f"<th>{lab} · {out}</th>" for lab in ("+1", "0", "−1") for out in ("failure", "success"))
+    rows = []
+    for a in audit.recipes:
+        cells = []
+        for lab in ("+1", "0", "-1"):
+            for out in ("failure", "success"):
+                c = a.mean_credit[lab][out]
+                cells.append(f"<td class='num'>{_fmt(c['mean'], 3)}<br><span class='ci'>n={c['n']}</span></td>")
+        rows.append(f"<tr><th>{html.escape(a.name)}</th>{''.join(cells)}</tr>")
+    return f"<table><tr><th>recipe</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _skew_table(audit: Audit) -> str:
+    if not audit.recipes:
+        return ""
+    buckets = [row["steps"] for row in audit.recipes[0].length_skew]
+    head = "".join(f"<th>{b} steps</th>" for b in buckets)
+    share = "".join(f"<td class='num'>{_pct(row['trajectory_share'])}</td>" for row in audit.recipes[0].length_skew)
+    rows = [f"<tr><th class='muted'>share of trajectories</th>{share}</tr>"]
+    for a in audit.recipes:
+        cells = "".join(f"<td class='num'>{_pct(row['credit_share'])}</td>" for row in a.length_skew)
+        rows.append(f"<tr><th>{html.escape(a.name)}</th>{cells}</tr>")
+    return f"<table><tr><th>share of total |credit|</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _label_text(label: int) -> str:
+    return {1: "+1", 0: "0", -1: "−1"}[label]
+
+
+def _clip(text: str, limit: int = 600) -> str:
+    return html.escape(text if len(text) <= limit else text[:limit] + " …")
+
+
+def _trajectories(audit: Audit) -> tuple[str, str]:
+    """(index, pages): one section per trajectory, failed trajectories with correct calls first."""
+    r = audit.rollouts
+    assert r.texts is not None
+    t = {
+        k: getattr(r.texts, k).to_pylist()
+        for k in ("ids", "group_names", "action", "observation", "call_name", "call_arguments", "call_result")
+    }
+    off, coff = r.step_offsets.tolist(), r.call_offsets.tolist()
+    kind, call_ok = r.kind.tolist(), r.call_ok.tolist()
+    group, outcome = r.group.tolist(), r.outcome.tolist()
+    failed = [x < audit.success_threshold for x in outcome]
+    call_label = r.call_label.tolist() if r.call_label is not None else None
+    step_label = r.label.tolist() if r.label is not None else None
+    good_calls = [0] * r.num_trajectories
+    if call_label is not None:
+        traj_of_call = r.step_traj[r.call_step].tolist()
+        for c, lab in enumerate(call_label):
+            good_calls[traj_of_call[c]] += lab == 1
+    elif step_label is not None:
+        for s, lab in enumerate(step_label):
+            good_calls[r.step_traj[s].item()] += lab == 1
+    order = sorted(range(r.num_trajectories), key=lambda i: (not (failed[i] and good_calls[i] > 0), not failed[i], i))
+    scales = []
+    for a in audit.recipes:
+        v = a.step_credit[~torch.isnan(a.step_credit)].abs()
+        scales.append(float(torch.quantile(v.double(), 0.95)) if v.numel() else 1.0)
+    steps_credit = [a.step_credit.tolist() for a in audit.recipes]
+    calls_credit = [a.call_credit.tolist() for a in audit.recipes]
+    index, pages = [], []
+    recipe_head = "".join(f"<th>{html.escape(a.name)}</th>" for a in audit.recipes)
+    for i in order:
+        status = "<span class='fail'>failed</span>" if failed[i] else "<span class='ok'>succeeded</span>"
+        index.append(
+            f"<li><a href='#t{i}'>{html.escape(t['ids'][i])}</a> — task {html.escape(t['group_names'][group[i]])},"
+            f" {status}, {good_calls[i]} correct</li>"
+        )
+        rows = []
+        for s in range(off[i], off[i + 1]):
+            calls = range(coff[s], coff[s + 1])
+            lab = None
+            if call_label is not None and calls:
+                labs = [call_label[c] for c in calls]
+                lab = -1 if -1 in labs else (1 if 1 in labs else 0)
+            elif step_label is not None:
+                lab = step_label[s]
+            call_text = "\n".join(
+                f"{t['call_name'][c]}({t['call_arguments'][c]})"
+                f"{'' if call_label is None else '  [' + _label_text(call_label[c]) + ']'}"
+                for c in calls
+            )
+            result_text = "\n".join(("ERROR " if call_ok[c] == 0 else "") + t["call_result"][c] for c in calls)
+            seen = result_text + ("\n" if result_text else "") + t["observation"][s]
+            cells = []
+            for k in range(len(audit.recipes)):
+                values = [calls_credit[k][c] for c in calls] if calls else [steps_credit[k][s]]
+                value = sum(values) / len(values)
+                cells.append(f"<td class='num' style='{_colour(value, scales[k])}'>{_fmt(value, 3)}</td>")
+            lab_cls = f" class='lab{lab}'" if lab in (1, -1) else ""
+            lab_txt = "" if lab is None else _label_text(lab)
+            rows.append(
+                f"<tr><td class='num'>{s - off[i]}</td><td>{StepKind(kind[s]).name.lower()}</td>"
+                f"<td class='text'>{_clip(t['action'][s])}</td><td class='call'>{_clip(call_text)}</td>"
+                f"<td class='text'>{_clip(seen, 400)}</td>"
+                f"<td{lab_cls}>{lab_txt}</td>{''.join(cells)}</tr>"
+            )
+        pages.append(
+            f"<section class='traj' id='t{i}'><h3>{html.escape(t['ids'][i])} — task "
+            f"{html.escape(t['group_names'][group[i]])}, outcome {outcome[i]:g} ({status})</h3>"
+            f"<table class='steps'><tr><th>#</th><th>kind</th><th>text</th><th>tool calls</th>"
+            f"<th>result / observation</th><th>label</th>{recipe_head}</tr>{''.join(rows)}</table>"
+            f"<a href='#top'>back to top</a></section>"
+        )
+    return "<ol>" + "".join(index) + "</ol>", "".join(pages)
+
+
+def render_html(audit: Audit, *, title: str = "stepcredit audit", source: str = "") -> str:
+    r = audit.rollouts
+    index, pages = _trajectories(audit)
+    failed = int((r.outcome < audit.success_threshold).sum())
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>{html.escape(title)}</title><style>{CSS}</style></head><body id="top">
+<h1>{html.escape(title)}</h1>
+<p class="muted">{html.escape(source)} · {r.num_trajectories} trajectories ({failed} failed) in {r.num_groups} groups ·
+audited unit: labelled {audit.unit}s · {len(audit.recipes)} recipes · 95% intervals from {audit.bootstrap}
+bootstrap resamples of the groups · computed in {audit.seconds:.1f} s</p>
+<h2>Does the credit land?</h2>
+<p class="muted">blame: share of correct (+1) {audit.unit}s in failed trajectories with credit &lt; 0 ·
+false praise: share of wrong (−1) {audit.unit}s in successful trajectories with credit &gt; 0 ·
+BSA: balanced sign accuracy ½[P(credit&gt;0 | +1) + P(credit&lt;0 | −1)] · AUROC: credit ranks +1 above −1.</p>
+{_metric_table(audit)}
+<h2>Mean credit by label × outcome</h2>{_mean_table(audit)}
+<h2>Credit distributions</h2><img alt="credit by label and outcome" src="data:image/png;base64,{_plot(audit)}">
+<h2>Length skew</h2>{_skew_table(audit)}
+<h2>Trajectories</h2><p class="muted">Failed trajectories with correct calls first. Cells: each recipe's
+credit of the step (of its calls, when it made any), coloured red (&lt; 0) to green (&gt; 0).</p>
+<nav>{index}</nav>{pages}
+</body></html>"""
+
+
+def write_report(audit: Audit, path: str | Path, *, title: str = "stepcredit audit", source: str = "") -> Path:
+    p = Path(path)
+    p.write_text(render_html(audit, title=title, source=source), encoding="utf-8")
+    return p
+
+
+def summary_rows(audit: Audit) -> list[dict[str, Any]]:
+    """One row per recipe with the headline metrics and their intervals (for tables and JSON)."""
+    return [{"recipe": a.name, **a.metrics, "intervals": a.intervals} for a in audit.recipes]

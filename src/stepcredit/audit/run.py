@@ -1,0 +1,123 @@
+"""Audit several recipes on one labelled batch."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from stepcredit import segments
+from stepcredit.audit import metrics as M
+from stepcredit.credit import Credit
+from stepcredit.recipe import Recipe
+from stepcredit.rollouts import Rollouts
+
+DEFAULT_RECIPES = ("grpo", "dr_grpo", "rloo", "gigpo", "tree_grpo", "treerl", "mt_grpo", "toolpo", "action_anchor")
+
+
+@dataclass
+class RecipeAudit:
+    """One recipe's credit on the batch and its metrics."""
+
+    name: str
+    description: str
+    kept: Tensor  # trajectories the recipe credited (indices into the batch)
+    step_credit: Tensor  # [S] of the full batch; NaN for steps of dropped trajectories
+    call_credit: Tensor  # [C] of the full batch; NaN likewise
+    metrics: dict[str, float]
+    intervals: dict[str, tuple[float, float]]
+    mean_credit: dict[str, Any]
+    density: dict[str, float | None]
+    length_skew: list[dict[str, Any]]
+
+
+@dataclass
+class Audit:
+    """The audit of every recipe on one batch."""
+
+    rollouts: Rollouts
+    unit: str
+    recipes: list[RecipeAudit] = field(default_factory=list)
+    seconds: float = 0.0
+    bootstrap: int = 0
+    success_threshold: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "unit": self.unit,
+            "trajectories": self.rollouts.num_trajectories,
+            "groups": self.rollouts.num_groups,
+            "bootstrap": self.bootstrap,
+            "seconds": self.seconds,
+            "recipes": {
+                a.name: {
+                    "metrics": a.metrics,
+                    "intervals": {k: list(v) for k, v in a.intervals.items()},
+                    "mean_credit": a.mean_credit,
+                    "density": a.density,
+                    "length_skew": a.length_skew,
+                    "kept": int(a.kept.numel()),
+                }
+                for a in self.recipes
+            },
+        }
+
+
+def _spread(values: Tensor, positions: Tensor, size: int) -> Tensor:
+    out = torch.full((size,), float("nan"), dtype=torch.float32, device=values.device)
+    out[positions] = values.to(torch.float32)
+    return out
+
+
+def audit_recipe(
+    rollouts: Rollouts,
+    recipe: Recipe,
+    *,
+    success_threshold: float = 1.0,
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> RecipeAudit:
+    r = rollouts
+    result = recipe.run(r)
+    kept, sub, credit = result.kept, result.rollouts, result.credit
+    steps = segments.ranges(r.step_offsets[kept], r.steps_per_trajectory[kept])
+    calls = segments.ranges(r.call_offsets[steps], r.calls_per_step[steps])
+    step_credit = _spread(credit.per_step(sub), steps, r.num_steps)
+    call_credit = _spread(credit.per_call(sub), calls, r.num_calls)
+    u = M.units(r, call_credit if r.call_label is not None else step_credit, success_threshold=success_threshold)
+    ones = torch.ones(1, u.label.numel(), dtype=torch.float64)
+    point = {k: float(v[0]) for k, v in M.headline(u, ones).items()}
+    return RecipeAudit(
+        name=recipe.name,
+        description=recipe.description,
+        kept=kept,
+        step_credit=step_credit,
+        call_credit=call_credit,
+        metrics=point,
+        intervals=M.bootstrap_intervals(u, r.num_groups, samples=bootstrap, seed=seed),
+        mean_credit=M.mean_credit_table(u),
+        density=M.signal_density(sub, credit),
+        length_skew=M.length_skew(sub, credit),
+    )
+
+
+def run_audit(
+    rollouts: Rollouts,
+    recipes: Sequence[str | Recipe] = DEFAULT_RECIPES,
+    *,
+    success_threshold: float = 1.0,
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> Audit:
+    """Run each recipe on ``rollouts`` and measure where its credit lands against the labels."""
+    start = time.perf_counter()
+    unit = M.units(rollouts, Credit.zeros(rollouts), success_threshold=success_threshold).kind
+    audits = [
+        audit_recipe(rollouts, Recipe.load(spec), success_threshold=success_threshold, bootstrap=bootstrap, seed=seed)
+        for spec in recipes
+    ]
+    return Audit(rollouts, unit, audits, time.perf_counter() - start, bootstrap, success_threshold)
