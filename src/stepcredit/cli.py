@@ -221,6 +221,7 @@ def audit(
     success_threshold: Annotated[float, typer.Option(help="Outcome at or above which a trajectory succeeded.")] = 1.0,
     open_report: Annotated[bool, typer.Option("--open", help="Open the report in a browser.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON instead of a table.")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the metrics as a Markdown table.")] = False,
     format: FormatOpt = "auto",
     group_field: GroupField = "group",
     reward_field: RewardField = "reward",
@@ -228,7 +229,7 @@ def audit(
     id_field: IdField = "id",
 ) -> None:
     """Measure where each recipe's credit lands against step/call labels; write an HTML report."""
-    from stepcredit.audit.report import METRIC_NAMES, write_report
+    from stepcredit.audit.report import METRIC_NAMES, markdown_table, write_report
     from stepcredit.audit.run import DEFAULT_RECIPES, run_audit
     from stepcredit.io import ChatFields, load
 
@@ -261,6 +262,8 @@ def audit(
     write_report(result, output, title=f"stepcredit audit — {path.name}", source=str(path))
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+    elif markdown:
+        sys.stdout.write(markdown_table(result) + "\n")
     else:
         table = Table(
             title=f"{path}: credit of labelled {result.unit}s ({result.bootstrap} bootstrap resamples of groups)",

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from stepcredit import Rollouts, segments
 from stepcredit.estimators import (
     action_anchor,
+    call_consensus,
     gigpo,
     grpo,
     ms_grpo,
@@ -42,6 +43,7 @@ ESTIMATORS = {
     "toolpo": toolpo,
     "action_anchor": action_anchor,
     "action_anchor_std": lambda r: action_anchor(r, norm="std"),
+    "call_consensus": call_consensus,
 }
 
 
@@ -168,6 +170,7 @@ def test_trivial_structure_reduces_to_grpo(r):
         assert torch.equal(mt_grpo(trivial, turns=turns).per_step(trivial), g_std)
     assert torch.equal(toolpo(trivial).per_step(trivial), g_mean)
     assert torch.equal(action_anchor(trivial).per_step(trivial), g_mean)
+    assert torch.equal(call_consensus(trivial).per_step(trivial), g_mean)
     assert torch.equal(ms_grpo(trivial).per_step(trivial), g_std)
     # TreeRL on chains: Dr.GRPO on every step, twice on a trajectory's first step
     first = torch.zeros(s, dtype=torch.bool)
@@ -207,6 +210,7 @@ def test_correct_call_in_failed_trajectory_is_not_blamed():
     assert grpo(r).per_call(r)[x_in_failed] < 0
     assert action_anchor(r).per_call(r)[x_in_failed] >= 0
     assert gigpo(r).per_call(r)[x_in_failed] >= 0
+    assert call_consensus(r).per_call(r)[x_in_failed] > 0
     # Tree-GRPO: X's node is shared by t0 and t1 — its credit is the sum of both leaves' advantages
     r_tree = Rollouts(**{**_cols(r), "state": [1, 2, 1, 3, 4, 5, 4, 6]})  # node of X = 1, shared by t0, t1
     assert tree_grpo(r_tree, prefix="sum").per_call(r_tree)[x_in_failed] >= 0

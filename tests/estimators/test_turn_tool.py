@@ -149,3 +149,58 @@ def test_action_anchor_std_norm_and_bad_args():
         action_anchor(r, norm="none")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="prior_strength"):
         action_anchor(r, prior_strength=-1)
+
+
+def consensus_batch():
+    """Task 0: X made by t0 (success) and t1 (fail); W only by t1; Y by t1 and t2 (both fail).
+    Task 1 (all fail): Z made by t3 and t4; V only by t4."""
+    names = ["X", "X", "W", "Y", "Y", "Z", "Z", "V"]
+    return Rollouts(
+        group=[0, 0, 0, 1, 1],
+        outcome=[1.0, 0.0, 0.0, 0.0, 0.0],
+        step_offsets=[0, 1, 3, 4, 5, 7],
+        kind=[1, 1, 1, 1, 1, 1, 1],
+        call_offsets=[0, 1, 2, 4, 5, 6, 7, 8],
+        call_ok=[1] * 8,
+        texts=Texts.create(5, 2, 7, 8, call_name=names, call_arguments=["{}"] * 8),
+    )
+
+
+def test_call_consensus_by_hand():
+    from stepcredit.estimators import call_consensus
+
+    r = consensus_batch()
+    s_has, s_lacks = math.log(0.9 / 0.05), math.log(0.1 / 0.95)
+    f_has, f_lacks = math.log(0.5 / 0.1), math.log(0.5 / 0.9)
+    v = lambda logit: math.tanh(logit / 2)  # noqa: E731
+    want = [
+        v(f_has + f_lacks),  # t0's X: failure t1 has it, failure t2 lacks it
+        v(s_has + f_lacks),  # t1's X: success t0 has it, failure t2 lacks it
+        v(s_lacks + f_lacks),  # t1's W: nobody else
+        v(s_lacks + f_has),  # t1's Y: t0 lacks, t2 has
+        v(s_lacks + f_has),  # t2's Y: t0 lacks, t1 has
+        v(f_has),  # t3's Z: t4 has
+        v(f_has),  # t4's Z
+        v(f_lacks),  # t4's V: t3 lacks
+    ]
+    credit = call_consensus(r)
+    assert credit.per_call(r).tolist() == pytest.approx(want, abs=1e-6)
+    # the correct call X in the failed t1 is credited, the idiosyncratic W is not
+    assert credit.per_call(r)[1] > 0 > credit.per_call(r)[2]
+    # all-fail task 1: grpo gives exactly 0, consensus still separates Z from V
+    assert grpo(r).per_call(r)[5:].tolist() == [0.0, 0.0, 0.0]
+    assert credit.per_call(r)[5] > 0 > credit.per_call(r)[7]
+    # a tool-call step gets the mean of its calls; a lone task's calls get tanh(logit(prior)/2) = 0
+    assert credit.per_step(r)[2].item() == pytest.approx((want[2] + want[3]) / 2, abs=1e-6)
+    lone = Rollouts(
+        group=[0],
+        outcome=[0.0],
+        step_offsets=[0, 1],
+        kind=[1],
+        call_offsets=[0, 1],
+        call_ok=[1],
+        texts=Texts.create(1, 1, 1, 1, call_name=["X"], call_arguments=["{}"]),
+    )
+    assert call_consensus(lone).per_call(lone).tolist() == [0.0]
+    with pytest.raises(ValueError, match="strictly between"):
+        call_consensus(r, success_has_wrong=0.0)

@@ -265,6 +265,23 @@ def write_report(audit: Audit, path: str | Path, *, title: str = "stepcredit aud
     return p
 
 
+def markdown_table(audit: Audit) -> str:
+    """The headline metrics as a Markdown table, 95% intervals in brackets."""
+    head = "| recipe | " + " | ".join(METRIC_NAMES.values()) + " |"
+    rule = "|---|" + "---:|" * len(METRIC_NAMES)
+    rows = [head, rule]
+    for a in audit.recipes:
+        cells = []
+        for key in METRIC_NAMES:
+            v, (lo, hi) = a.metrics[key], a.intervals[key]
+            if key.startswith("auroc"):
+                cells.append(f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]")
+            else:
+                cells.append(f"{_pct(v)} [{_pct(lo)}, {_pct(hi)}]")
+        rows.append(f"| {a.name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def summary_rows(audit: Audit) -> list[dict[str, Any]]:
     """One row per recipe with the headline metrics and their intervals (for tables and JSON)."""
     return [{"recipe": a.name, **a.metrics, "intervals": a.intervals} for a in audit.recipes]

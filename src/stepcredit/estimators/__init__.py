@@ -4,19 +4,20 @@
 * ``anchor``: steps compared within a decision point — gigpo;
 * ``tree``: rollout trees — tree_grpo, treerl, treepo;
 * ``turn``: turn-level rewards — mt_grpo;
-* ``tool``: tool calls — toolpo, action_anchor;
+* ``tool``: tool calls — toolpo, action_anchor, call_consensus;
 * ``step``: step rewards — step_grpo (SRL), prm_step (PRM-mixed step credit).
 """
 
 from stepcredit.estimators.anchor import gigpo
 from stepcredit.estimators.outcome import grpo, ms_grpo, reinforce_pp_baseline, rloo
 from stepcredit.estimators.step import prm_step, step_grpo
-from stepcredit.estimators.tool import action_anchor, toolpo
+from stepcredit.estimators.tool import action_anchor, call_consensus, toolpo
 from stepcredit.estimators.tree import tree_grpo, treepo, treerl
 from stepcredit.estimators.turn import mt_grpo
 
 __all__ = [
     "action_anchor",
+    "call_consensus",
     "gigpo",
     "grpo",
     "ms_grpo",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable
 from typing import Literal
 
@@ -152,3 +153,93 @@ def action_anchor(
     shift = value - adv[call_traj]
     step_shift = segments.segment_mean(shift, r.call_step, r.num_steps)
     return Credit(adv, step=step_shift, call=shift - step_shift[r.call_step])
+
+
+def _llr(p_has_if_correct: float, p_has_if_wrong: float) -> tuple[float, float]:
+    """Log-likelihood ratios (correct vs wrong) of another trajectory containing / not containing a call."""
+    for p in (p_has_if_correct, p_has_if_wrong):
+        if not 0.0 < p < 1.0:
+            raise ValueError(f"rates must lie strictly between 0 and 1, got {p}")
+    has = math.log(p_has_if_correct / p_has_if_wrong)
+    lacks = math.log((1 - p_has_if_correct) / (1 - p_has_if_wrong))
+    return has, lacks
+
+
+@register("credit")
+def call_consensus(
+    rollouts: Rollouts,
+    *,
+    success_has_correct: float = 0.9,
+    success_has_wrong: float = 0.05,
+    failure_has_correct: float = 0.5,
+    failure_has_wrong: float = 0.1,
+    prior_correct: float = 0.5,
+    success_threshold: float = 1.0,
+    norm: Literal["mean", "std"] = "mean",
+    eps: float = 1e-6,
+) -> Credit:
+    """Call consensus (stepcredit's own; label-free): a tool call's credit is how much more likely it is
+    correct than wrong, judged by which *other* trajectories of the task made the same call.
+
+    Every other trajectory j of the group is a witness for call c = (tool name, canonical arguments) of
+    trajectory i. Under a naive-Bayes model of how agents behave, its testimony is a likelihood ratio:
+
+        a successful run made c:  log(P(has | correct) / P(has | wrong))  with the success rates
+        a successful run lacks c: log(P(lacks | correct) / P(lacks | wrong))
+        a failed run made / lacks c: the same with the failure rates
+        logit P(correct | witnesses) = logit(prior_correct) + Σ_{j ≠ i} LLR_j
+        credit(c) = P(correct) − P(wrong) = tanh(logit / 2)        ∈ (−1, 1)
+
+    Tokens of a call get credit(c); a tool-call step gets the mean over its calls; every other step
+    gets the trajectory's outcome advantage norm_g(R) (mean-centred by default). The trajectory's own
+    outcome never votes for its own calls, so a correct call in a failed run can be credited, and in a
+    group where every run failed the failed witnesses still separate calls that agents converge on from
+    idiosyncratic ones (credit ≠ 0 where GRPO gives exactly 0).
+
+    The rates were fixed *a priori*, before any evaluation, from four assumptions about agents: a
+    successful run makes a required call with probability 0.9 and a given wrong call with 0.05 (wrong
+    writes are rare in successes); a failed run makes a required call with 0.5 (it gets part of the way)
+    and a given wrong call with 0.1 (mistakes are idiosyncratic: different agents err differently);
+    no prior preference (0.5). What it assumes and where it is biased: (1) a call is identified by its
+    exact name and arguments — a correct call written differently (argument order is canonicalised,
+    values are not) counts as another call; (2) witnesses are treated as independent, but runs of the
+    same agent family make correlated mistakes, which then look like consensus; (3) calls every run
+    makes regardless of the task (reads such as fetching the user) gather consensus too — harmless for
+    training signal, but they are not "correct" in any strong sense; (4) a task with a single run has no
+    witnesses: its calls get tanh(logit(prior) / 2) = 0.
+    """
+    r = rollouts
+    if not 0.0 < prior_correct < 1.0:
+        raise ValueError(f"prior_correct must lie strictly between 0 and 1, got {prior_correct}")
+    s_has, s_lacks = _llr(success_has_correct, success_has_wrong)
+    f_has, f_lacks = _llr(failure_has_correct, failure_has_wrong)
+    adv = segments.group_normalize(r.outcome, r.group, r.num_groups, norm=norm, eps=eps)
+    if r.num_calls == 0:
+        return Credit(adv)
+    success = r.outcome >= success_threshold
+    keys, k = call_keys(r)
+    call_traj = r.step_traj[r.call_step]
+    pair, num_pairs = segments.unique_pairs(keys, call_traj, a_size=k)
+    pair_key = torch.zeros(num_pairs, dtype=torch.int64, device=r.device).scatter_(0, pair, keys)
+    pair_traj = torch.zeros(num_pairs, dtype=torch.int64, device=r.device).scatter_(0, pair, call_traj)
+    dtype = torch.float64
+    key_s = segments.segment_sum(success[pair_traj].to(dtype), pair_key, k)  # successful runs with the call
+    key_f = segments.segment_sum((~success[pair_traj]).to(dtype), pair_key, k)
+    grp_s = segments.segment_sum(success.to(dtype), r.group, r.num_groups)
+    grp_f = segments.segment_sum((~success).to(dtype), r.group, r.num_groups)
+    own_s = success[call_traj].to(dtype)  # leave the call's own trajectory out
+    has_s, has_f = key_s[keys] - own_s, key_f[keys] - (1 - own_s)
+    g = r.group[call_traj]
+    lacks_s, lacks_f = grp_s[g] - own_s - has_s, grp_f[g] - (1 - own_s) - has_f
+    logit = (
+        math.log(prior_correct / (1 - prior_correct))
+        + has_s * s_has
+        + lacks_s * s_lacks
+        + has_f * f_has
+        + lacks_f * f_lacks
+    )
+    value = torch.tanh(logit / 2).to(r.outcome.dtype)
+    step_value = segments.segment_mean(value, r.call_step, r.num_steps)
+    has_calls = r.calls_per_step > 0
+    step = torch.where(has_calls, step_value - adv[r.step_traj], torch.zeros_like(step_value))
+    return Credit(adv, step=step, call=value - step_value[r.call_step])
