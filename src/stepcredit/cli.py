@@ -229,7 +229,7 @@ def audit(
     id_field: IdField = "id",
 ) -> None:
     """Measure where each recipe's credit lands against step/call labels; write an HTML report."""
-    from stepcredit.audit.report import METRIC_NAMES, markdown_table, write_report
+    from stepcredit.audit.report import METRIC_NAMES, markdown_table, metric_cells, write_report
     from stepcredit.audit.run import DEFAULT_RECIPES, run_audit
     from stepcredit.io import ChatFields, load
 
@@ -272,15 +272,8 @@ def audit(
         table.add_column("recipe", style="bold")
         for name in METRIC_NAMES.values():
             table.add_column(name, justify="right")
-        for a in result.recipes:
-            cells = []
-            for key in METRIC_NAMES:
-                v, (lo, hi) = a.metrics[key], a.intervals[key]
-                if key.startswith("auroc"):
-                    cells.append(f"{v:.2f} [{lo:.2f}, {hi:.2f}]")
-                else:
-                    cells.append(f"{100 * v:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]")
-            table.add_row(a.name, *cells)
+        for name, cells in metric_cells(result):
+            table.add_row(name, *cells)
         console.print(table)
         console.print(f"audited {len(result.recipes)} recipes in {result.seconds:.1f} s; wrote {output}")
     if open_report:

@@ -11,6 +11,7 @@ Components are pure functions; a recipe is their composition. No component knows
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -51,6 +52,20 @@ def register(kind: Kind, name: str | None = None, *, needs_credit: bool = False)
         return fn
 
     return deco
+
+
+def import_callable(spec: str | Callable[..., Any], what: str) -> Callable[..., Any]:
+    """``spec`` itself when callable, else the function named by ``"module:function"`` (how YAML
+    recipes name user code: verifiers, rubric checks, PRM scorers)."""
+    if callable(spec):
+        return spec
+    module, sep, name = str(spec).partition(":")
+    if not sep or not module or not name:
+        raise ValueError(f"{what} must be a callable or 'module:function', got {spec!r}")
+    fn = getattr(importlib.import_module(module), name, None)
+    if not callable(fn):
+        raise ValueError(f"{what} {spec!r} is not a callable")
+    return fn
 
 
 def get(kind: Kind, name: str) -> Component:

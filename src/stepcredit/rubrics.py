@@ -6,13 +6,13 @@ form ``module:function`` is imported. None of them reads audit labels.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from stepcredit import segments
+from stepcredit.registry import import_callable
 from stepcredit.rollouts import TOOL_ERROR, Rollouts, StepKind
 
 Rubric = Callable[[Rollouts], Tensor]
@@ -64,13 +64,9 @@ def resolve(name: str) -> Rubric:
     """A built-in check by name, or ``module:function``."""
     if name in BUILTIN:
         return BUILTIN[name]
-    module, sep, attr = name.partition(":")
-    if not sep:
+    if ":" not in name:
         raise ValueError(f"unknown rubric {name!r}; built-in: {', '.join(BUILTIN)} (or module:function)")
-    fn = getattr(importlib.import_module(module), attr, None)
-    if not callable(fn):
-        raise ValueError(f"rubric {name!r} is not a callable")
-    return fn
+    return import_callable(name, "rubric")
 
 
 def verdicts(rollouts: Rollouts, rubrics: list[str] | None) -> Tensor:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable
 from typing import Literal
@@ -14,22 +13,10 @@ from torch import Tensor
 
 from stepcredit import segments
 from stepcredit.credit import Credit
-from stepcredit.registry import register
+from stepcredit.registry import import_callable, register
 from stepcredit.rollouts import TOOL_OK, Rollouts
 
 Verifier = Callable[[str, str, str], bool]
-
-
-def _verifier(spec: str | Verifier) -> Verifier:
-    if callable(spec):
-        return spec
-    module, sep, name = spec.partition(":")
-    if not sep:
-        raise ValueError(f"correct must be 'tool_ok', a callable or 'module:function', got {spec!r}")
-    fn = getattr(importlib.import_module(module), name, None)
-    if not callable(fn):
-        raise ValueError(f"{spec!r} is not a callable")
-    return fn
 
 
 def correct_calls(rollouts: Rollouts, correct: str | Verifier = "tool_ok") -> Tensor:
@@ -39,7 +26,7 @@ def correct_calls(rollouts: Rollouts, correct: str | Verifier = "tool_ok") -> Te
     r = rollouts
     if correct == "tool_ok":
         return r.call_ok == TOOL_OK
-    fn = _verifier(correct)
+    fn = import_callable(correct, "correct (besides 'tool_ok')")
     assert r.texts is not None
     names, args, results = (
         r.texts.call_name.to_pylist(),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Literal
@@ -11,20 +10,10 @@ import torch
 from torch import Tensor
 
 from stepcredit import segments
-from stepcredit.registry import register
+from stepcredit.registry import import_callable, register
 from stepcredit.rollouts import Rollouts
 
 Scorer = Callable[[Rollouts], Tensor]
-
-
-def _scorer(spec: str | Scorer) -> Scorer:
-    if callable(spec):
-        return spec
-    module, sep, name = spec.partition(":")
-    fn = getattr(importlib.import_module(module), name, None) if sep else None
-    if not callable(fn):
-        raise ValueError(f"scorer must be a callable or 'module:function', got {spec!r}")
-    return fn
 
 
 def prm_scores(rollouts: Rollouts, scorer: str | Scorer | None = None) -> Tensor:
@@ -33,7 +22,7 @@ def prm_scores(rollouts: Rollouts, scorer: str | Scorer | None = None) -> Tensor
         if rollouts.prm is None:
             raise ValueError("no PRM scores: give a scorer or load rollouts with a prm column")
         return rollouts.prm
-    scores = _scorer(scorer)(rollouts)
+    scores = import_callable(scorer, "scorer")(rollouts)
     if scores.shape != (rollouts.num_steps,) or not bool(torch.isfinite(scores).all()):
         raise ValueError(f"the scorer must return {rollouts.num_steps} finite scores, got shape {tuple(scores.shape)}")
     return scores.to(torch.float32)
