@@ -140,3 +140,16 @@ def test_structural_recipes_run_on_tau2(tau2_dir, tmp_path, recipe):
     assert len(records) == 279
     calls = [c["credit"] for rec in records for s in rec["steps"] for c in s["calls"]]
     assert len(calls) == 2832 and all(isinstance(x, float) for x in calls)
+
+
+def test_read_credit_jsonl_rejects_other_records(tmp_path):
+    from stepcredit import RolloutError
+    from stepcredit.io import read_credit_jsonl
+
+    p = tmp_path / "c.jsonl"
+    p.write_text('{"id": "x", "steps": []}\n')
+    with pytest.raises(RolloutError, match="not a credit record"):
+        read_credit_jsonl(p)
+    p.write_text('{"id": "x", "credit": {}, "steps": [\n')
+    with pytest.raises(RolloutError, match=r"c\.jsonl:1: invalid JSON"):
+        read_credit_jsonl(p)

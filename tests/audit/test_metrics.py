@@ -130,3 +130,18 @@ def test_grpo_blames_every_correct_call_of_mixed_groups(tau2_rollouts):
     assert b["n"] > 100 and b["rate"] == 1.0  # by construction: a failed run's every token gets A < 0
     whole = blame_rate(tau2_rollouts, grpo(tau2_rollouts))
     assert whole["rate"] < 1.0  # all-fail groups give 0 instead
+
+
+def test_audit_reports_calibration_only_when_confidence_is_stated(tmp_path):
+    from stepcredit.audit.report import write_report
+    from stepcredit.audit.run import run_audit
+    from stepcredit.synthetic import make_rollouts
+
+    r = make_rollouts(4, 4, seed=0)
+    assert run_audit(r, ["grpo"], bootstrap=0).calibration is None
+    conf = torch.where(r.outcome > 0, torch.tensor(0.9), torch.tensor(0.3))
+    from dataclasses import replace
+
+    audit = run_audit(replace(r, confidence=conf), ["grpo"], bootstrap=0)
+    assert audit.calibration["stated"] == r.num_trajectories and audit.calibration["auroc"] == 1.0
+    assert "Calibration of stated confidence" in write_report(audit, tmp_path / "r.html").read_text()

@@ -125,6 +125,18 @@ def _metric_table(audit: Audit) -> str:
     )
 
 
+def _calibration(audit: Audit) -> str:
+    c = audit.calibration
+    if c is None:
+        return ""
+    return (
+        "<h2>Calibration of stated confidence</h2><table><tr><th>trajectories stating one</th>"
+        "<th>Brier score ↓</th><th>ECE ↓</th><th>AUROC ↑</th></tr>"
+        f"<tr><td class='num'>{c['stated']}</td><td class='num'>{_fmt(c['brier_score'], 3)}</td>"
+        f"<td class='num'>{_fmt(c['ece'], 3)}</td><td class='num'>{_fmt(c['auroc'])}</td></tr></table>"
+    )
+
+
 def _mean_table(audit: Audit) -> str:
     head = "".join(f"<th>{lab} · {out}</th>" for lab in ("+1", "0", "−1") for out in ("failure", "success"))
     rows = []
@@ -250,7 +262,7 @@ bootstrap resamples of the groups · computed in {audit.seconds:.1f} s</p>
 false praise: share of wrong (−1) {audit.unit}s in successful trajectories with credit &gt; 0 ·
 BSA: balanced sign accuracy ½[P(credit&gt;0 | +1) + P(credit&lt;0 | −1)] · AUROC: credit ranks +1 above −1.</p>
 {_metric_table(audit)}
-<h2>Mean credit by label × outcome</h2>{_mean_table(audit)}
+{_calibration(audit)}<h2>Mean credit by label × outcome</h2>{_mean_table(audit)}
 <h2>Credit distributions</h2><img alt="credit by label and outcome" src="data:image/png;base64,{_plot(audit)}">
 <h2>Length skew</h2>{_skew_table(audit)}
 <h2>Trajectories</h2><p class="muted">Failed trajectories with correct calls first. Cells: each recipe's

@@ -45,10 +45,12 @@ class Audit:
     seconds: float = 0.0
     bootstrap: int = 0
     success_threshold: float = 1.0
+    calibration: dict[str, float] | None = None  # when trajectories state a confidence
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "unit": self.unit,
+            "calibration": self.calibration,
             "trajectories": self.rollouts.num_trajectories,
             "groups": self.rollouts.num_groups,
             "bootstrap": self.bootstrap,
@@ -120,4 +122,26 @@ def run_audit(
         audit_recipe(rollouts, Recipe.load(spec), success_threshold=success_threshold, bootstrap=bootstrap, seed=seed)
         for spec in recipes
     ]
-    return Audit(rollouts, unit, audits, time.perf_counter() - start, bootstrap, success_threshold)
+    seconds = time.perf_counter() - start
+    return Audit(
+        rollouts, unit, audits, seconds, bootstrap, success_threshold, calibration(rollouts, success_threshold)
+    )
+
+
+def calibration(rollouts: Rollouts, success_threshold: float = 1.0) -> dict[str, float] | None:
+    """Calibration of the stated confidences (column, else the last ``<confidence>`` tag), or None when
+    no trajectory states a usable one: Brier score, ECE (10 bins), AUROC, and how many stated one."""
+    from stepcredit.audit.calibration import brier_score, confidence_auroc, expected_calibration_error
+    from stepcredit.shaping.calibration import stated_confidence
+
+    q = stated_confidence(rollouts, "column" if rollouts.confidence is not None else "tag")
+    correct = (rollouts.outcome >= success_threshold).double()
+    stated = torch.isfinite(q) & (q >= 0) & (q <= 1)
+    if not bool(stated.any()):
+        return None
+    return {
+        "stated": int(stated.sum()),
+        "brier_score": brier_score(q, correct),
+        "ece": expected_calibration_error(q, correct),
+        "auroc": confidence_auroc(q, correct),
+    }
