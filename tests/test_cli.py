@@ -153,3 +153,14 @@ def test_read_credit_jsonl_rejects_other_records(tmp_path):
     p.write_text('{"id": "x", "credit": {}, "steps": [\n')
     with pytest.raises(RolloutError, match=r"c\.jsonl:1: invalid JSON"):
         read_credit_jsonl(p)
+
+
+def test_recipe_that_does_not_fit_the_data_is_one_line(tmp_path):
+    from stepcredit.io import write_chat_jsonl
+
+    src = tmp_path / "s.jsonl"
+    write_chat_jsonl(make_rollouts(2, 2, seed=1), src)
+    recipe = tmp_path / "prm.yaml"
+    recipe.write_text("credit:\n  - prm_step: {beta: 0.5}\n")
+    out = run("credit", str(src), "--recipe", str(recipe))
+    assert out.returncode == 2 and "prm_step needs PRM scores" in out.stderr and "Traceback" not in out.stderr

@@ -1,4 +1,5 @@
-"""``stepcredit`` command line: inspect rollout logs, convert them, run the built-in demo."""
+"""``stepcredit`` command line: inspect and convert rollout logs, credit them with a recipe, audit where
+the credit lands, and run the built-in demo."""
 
 from __future__ import annotations
 
@@ -35,10 +36,11 @@ IdField = Annotated[str, typer.Option(help="Chat records: field holding the traj
 
 
 def _guard(fn: Callable[[], T]) -> T:
-    """Run ``fn``; bad input becomes one line on stderr and exit status 2 (no traceback)."""
+    """Run ``fn``; bad input (a ``RolloutError``, or a ``ValueError`` a component raises for parameters
+    that do not fit the data) becomes one line on stderr and exit status 2 (no traceback)."""
     try:
         return fn()
-    except RolloutError as exc:
+    except ValueError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
@@ -164,7 +166,7 @@ def credit(
 
     rec = _recipe(recipe)
     rollouts = _load(path, format, group_field, reward_field, messages_field, id_field)
-    result = rec.run(rollouts)
+    result = _guard(lambda: rec.run(rollouts))
     write_credit_jsonl(result.rollouts, result.credit, output, rec.name)
     steps = result.credit.per_step(result.rollouts)
     console.print(
@@ -258,7 +260,9 @@ def audit(
         return rollouts
 
     rollouts = _guard(go)
-    result = run_audit(rollouts, loaded, success_threshold=success_threshold, bootstrap=bootstrap, seed=seed)
+    result = _guard(
+        lambda: run_audit(rollouts, loaded, success_threshold=success_threshold, bootstrap=bootstrap, seed=seed)
+    )
     write_report(result, output, title=f"stepcredit audit — {path.name}", source=str(path))
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
