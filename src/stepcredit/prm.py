@@ -77,15 +77,15 @@ class HFProcessRewardScorer:
                 logits = self.model(**batch).logits
                 probs = torch.softmax(logits.float(), dim=-1)[..., self.positive_index]
                 at_sep = (batch["input_ids"] == self.separator_id) & batch["attention_mask"].bool()
-                for row in range(at_sep.shape[0]):
-                    found = probs[row][at_sep[row]]
-                    want = counts[start + row]
-                    if found.numel() != want:
-                        raise ValueError(
-                            f"trajectory {rollouts.trajectory_id(start + row)!r}: found {found.numel()} separators for "
-                            f"{want} steps (truncated by max_length, or the separator occurs in the text)"
-                        )
-                    scores.append(found)
+                found = at_sep.sum(1)
+                want = torch.tensor(counts[start : start + at_sep.shape[0]])
+                if not torch.equal(found, want):
+                    row = int(torch.nonzero(found != want)[0, 0])
+                    raise ValueError(
+                        f"trajectory {rollouts.trajectory_id(start + row)!r}: found {int(found[row])} separators for "
+                        f"{int(want[row])} steps (truncated by max_length, or the separator occurs in the text)"
+                    )
+                scores.append(probs[at_sep])  # row-major: each trajectory's steps in order
         finally:
             self.model.train(was_training)
         if not scores:
