@@ -164,3 +164,11 @@ def test_recipe_that_does_not_fit_the_data_is_one_line(tmp_path):
     recipe.write_text("credit:\n  - prm_step: {beta: 0.5}\n")
     out = run("credit", str(src), "--recipe", str(recipe))
     assert out.returncode == 2 and "prm_step needs PRM scores" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_demo_judges_shaped_recipes_by_logged_outcomes():
+    out = run("demo", "--groups", "8", "--group-size", "4")
+    row = next(line for line in out.stdout.splitlines() if "rlcr" in line)
+    grpo_row = next(line for line in out.stdout.splitlines() if "│ grpo " in line)
+    # the same +1 calls in failed runs are counted for rlcr as for grpo
+    assert row.split("│")[4].strip() == grpo_row.split("│")[4].strip()

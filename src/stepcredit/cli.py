@@ -308,7 +308,8 @@ def demo(
         table.add_column(col, justify="right" if col != "recipe" else "left")
     for name in sorted(builtin_recipes()):
         result = Recipe.builtin(name).run(rollouts)
-        b = blame_rate(result.rollouts, result.credit)
+        # judge by the logged outcomes: shaping (e.g. rlcr's Brier reward) rewrites the outcome it credits
+        b = blame_rate(rollouts.select(result.kept), result.credit)
         nonzero = float((result.credit.per_step(result.rollouts) != 0).float().mean())
         table.add_row(
             name,
