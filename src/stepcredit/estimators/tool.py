@@ -82,6 +82,18 @@ def call_keys(rollouts: Rollouts) -> tuple[Tensor, int]:
     return segments.unique_pairs(r.step_group[r.call_step], codes, a_size=r.num_groups)
 
 
+def key_occurrences(rollouts: Rollouts) -> tuple[Tensor, int, Tensor, Tensor, Tensor]:
+    """Which trajectories made which call: ``(keys [C], K, call_traj [C], pair_key [P], pair_traj [P])``
+    with one (key, trajectory) pair per trajectory that made the call, however often it made it."""
+    r = rollouts
+    keys, k = call_keys(r)
+    call_traj = r.step_traj[r.call_step]
+    pair, num_pairs = segments.unique_pairs(keys, call_traj, a_size=k)
+    pair_key = torch.zeros(num_pairs, dtype=torch.int64, device=r.device).scatter_(0, pair, keys)
+    pair_traj = torch.zeros(num_pairs, dtype=torch.int64, device=r.device).scatter_(0, pair, call_traj)
+    return keys, k, call_traj, pair_key, pair_traj
+
+
 @register("credit")
 def action_anchor(
     rollouts: Rollouts,
@@ -124,11 +136,7 @@ def action_anchor(
         return Credit(adv)
     count, mean, std, _ = segments.group_stats(r.outcome, r.group, r.num_groups)
     scale = torch.where(count > 1, std + eps, torch.ones_like(std)) if norm == "std" else torch.ones_like(std)
-    keys, k = call_keys(r)
-    call_traj = r.step_traj[r.call_step]
-    pair, num_pairs = segments.unique_pairs(keys, call_traj, a_size=k)
-    pair_key = torch.zeros(num_pairs, dtype=torch.int64, device=r.device).scatter_(0, pair, keys)
-    pair_traj = torch.zeros(num_pairs, dtype=torch.int64, device=r.device).scatter_(0, pair, call_traj)
+    keys, k, call_traj, pair_key, pair_traj = key_occurrences(r)
     n_key = segments.segment_count(pair_key, k).to(r.outcome.dtype)
     sum_key = segments.segment_sum(r.outcome[pair_traj], pair_key, k)
     own = r.outcome[call_traj]
@@ -204,11 +212,7 @@ def call_consensus(
     if r.num_calls == 0:
         return Credit(adv)
     success = r.outcome >= success_threshold
-    keys, k = call_keys(r)
-    call_traj = r.step_traj[r.call_step]
-    pair, num_pairs = segments.unique_pairs(keys, call_traj, a_size=k)
-    pair_key = torch.zeros(num_pairs, dtype=torch.int64, device=r.device).scatter_(0, pair, keys)
-    pair_traj = torch.zeros(num_pairs, dtype=torch.int64, device=r.device).scatter_(0, pair, call_traj)
+    keys, k, call_traj, pair_key, pair_traj = key_occurrences(r)
     dtype = torch.float64
     key_s = segments.segment_sum(success[pair_traj].to(dtype), pair_key, k)  # successful runs with the call
     key_f = segments.segment_sum((~success[pair_traj]).to(dtype), pair_key, k)
