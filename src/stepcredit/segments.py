@@ -187,8 +187,14 @@ def unique_pairs(a: Tensor, b: Tensor, *, a_size: int | None = None) -> tuple[Te
         a_dense = a.to(torch.int64)
     b = b.to(torch.int64)
     lo, hi = int(b.min()), int(b.max())
-    if lo >= 0 and (hi + 1) * a_size < 2**62:  # small keys (tree nodes, dense ids): one sort
+    if lo >= 0 and (hi + 1) * a_size < 2**62:  # small keys (tree nodes, dense ids)
         combined = a_dense * (hi + 1) + b
+        span = (hi + 1) * a_size
+        if span <= max(4 * b.numel(), 1 << 20):  # dense enough to count instead of sort
+            present = torch.zeros(span, dtype=torch.int64, device=b.device)
+            present[combined] = 1
+            rank = torch.cumsum(present, 0) - 1
+            return rank[combined], int(rank[-1]) + 1
     else:  # arbitrary 64-bit keys (hashes): densify them first
         b_values, b_dense = torch.unique(b, return_inverse=True)
         combined = a_dense * b_values.numel() + b_dense

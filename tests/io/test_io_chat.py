@@ -341,3 +341,15 @@ def test_optional_columns_and_all_or_none_rules():
     msgs = [{"role": "assistant", "content": "x", "prm": 0.9, "abandoned": True}]
     r = pack([parse_record(record(id="p", messages=msgs), "x")])
     assert r.prm.tolist() == pytest.approx([0.9]) and r.abandoned.tolist() == [True]
+
+
+def test_derived_states_are_dense_unless_explicit_states_are_given():
+    a = parse_record(record(id="a"), "x")
+    b = parse_record(record(id="b", reward=0), "x")
+    r = pack([a, b])
+    assert sorted(set(r.state.tolist())) == list(range(len(set(r.state.tolist()))))  # 0..K-1
+    assert pack([a, b], states="distinct").state.tolist() == [0, 1, 2, 3]
+    msgs = [{"role": "assistant", "content": "x", "state": 0}, {"role": "assistant", "content": "y"}]
+    c = parse_record(record(id="c", messages=msgs), "x")
+    mixed = pack([a, c], states="distinct")
+    assert mixed.state[2] == 0 and 0 not in mixed.state[[0, 1, 3]].tolist()  # no accidental sharing

@@ -91,6 +91,13 @@ def history_states(record: TrajectoryRecord) -> list[int]:
     return keys
 
 
+def distinct_states(record: TrajectoryRecord) -> list[int]:
+    """A key of its own for every step (hash of the trajectory id and the step's position)."""
+    return [
+        _key(hashlib.blake2b(f"{record.id}\x1f{t}".encode(), digest_size=8).digest()) for t in range(len(record.steps))
+    ]
+
+
 def _step_kind(step: StepRecord, is_last: bool) -> int:
     if step.kind is not None:
         return int(step.kind)
@@ -104,7 +111,10 @@ def pack(records: Sequence[TrajectoryRecord], *, states: StatePolicy = "history"
 
     Groups are numbered densely in order of first appearance. ``states="history"`` keys each step by
     its action history (``history_states``) unless the record gives a ``state``; ``"distinct"`` gives
-    every step its own key. Trees are numbered in order of first appearance; when any record names a
+    every step its own key. When no record gives explicit states, the derived keys are renumbered
+    densely (0, 1, … in order of first appearance), which makes grouping by decision point a counting
+    pass instead of a sort; with explicit states the derived keys stay 64-bit hashes so they cannot
+    collide with the given ones. Trees are numbered in order of first appearance; when any record names a
     tree, the column exists and a record without one is a tree of its own. A step's ``tool_ok``
     follows from its calls. Labels: when any step (call)
     has a label the column exists and unlabelled steps (calls) count as 0 (neutral). Confidence:
@@ -127,7 +137,7 @@ def pack(records: Sequence[TrajectoryRecord], *, states: StatePolicy = "history"
     abandoned: list[bool] = []
     with_rubric = next((rec for rec in records if rec.rubric is not None), None)
     with_prm = next((rec for rec in records if any(step.prm is not None for step in rec.steps)), None)
-    next_state = 0
+    explicit_state = False
     for rec in records:
         group.append(group_index.setdefault(rec.group, len(group_index)))
         confidence.append(float("nan") if rec.confidence is None else rec.confidence)
@@ -150,7 +160,7 @@ def pack(records: Sequence[TrajectoryRecord], *, states: StatePolicy = "history"
         step_counts.append(len(rec.steps))
         texts["ids"].append(rec.id)
         texts["prompt"].append(rec.prompt)
-        derived = history_states(rec) if states == "history" else None
+        derived = history_states(rec) if states == "history" else distinct_states(rec)
         for t, step in enumerate(rec.steps):
             kind.append(_step_kind(step, t == len(rec.steps) - 1))
             abandoned.append(step.abandoned)
@@ -167,11 +177,9 @@ def pack(records: Sequence[TrajectoryRecord], *, states: StatePolicy = "history"
             reward.append(step.reward)
             if step.state is not None:
                 state.append(step.state)
-            elif derived is not None:
-                state.append(derived[t])
+                explicit_state = True
             else:
-                state.append(next_state)
-                next_state += 1
+                state.append(derived[t])
             any_label |= step.label is not None
             step_label.append(step.label or 0)
             call_counts.append(len(step.calls))
@@ -184,6 +192,9 @@ def pack(records: Sequence[TrajectoryRecord], *, states: StatePolicy = "history"
                 texts["call_name"].append(call.name)
                 texts["call_arguments"].append(call.arguments)
                 texts["call_result"].append(call.result)
+    if not explicit_state:  # only derived keys: number them densely (cheaper to group than 64-bit hashes)
+        dense: dict[int, int] = {}
+        state = [dense.setdefault(key, len(dense)) for key in state]
     zero = torch.zeros(1, dtype=torch.int64)
     offsets = lambda counts: torch.cat([zero, torch.cumsum(torch.tensor(counts, dtype=torch.int64), 0)])  # noqa: E731
     n, s, c = len(group), len(kind), len(call_ok)
