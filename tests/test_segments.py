@@ -179,10 +179,19 @@ def test_span_broadcast_matches_loop(data):
     )
     out = segments.broadcast_to_tokens(values, index_map)
     want = torch.zeros(b, t)
+    want_index = torch.full((b, t), -1, dtype=torch.int64)
     for k, (r, a, z) in enumerate(zip(rows, starts, ends, strict=True)):
         want[r, a:z] = values[k]
+        want_index[r, a:z] = k
     assert torch.equal(out, want)
-    assert torch.equal(index_map >= 0, want != 0) or bool((values == 0).any())
+    assert torch.equal(index_map, want_index)
+    covered = segments.span_coverage(
+        torch.tensor(starts, dtype=torch.int64),
+        torch.tensor(ends, dtype=torch.int64),
+        torch.tensor(rows, dtype=torch.int64),
+        (b, t),
+    )
+    assert torch.equal(covered, want_index >= 0)
 
 
 @settings(max_examples=100, deadline=None)
