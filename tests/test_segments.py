@@ -40,8 +40,8 @@ def test_count_sum_mean_std_match_loops(batch):
     count = segments.segment_count(index, k)
     total = segments.segment_sum(values, index, k)
     mean = segments.segment_mean(values, index, k)
-    std = segments.segment_std(values, index, k)
-    pop = segments.segment_std(values, index, k, unbiased=False)
+    std = segments.group_stats(values, index, k)[2]
+    pop = segments.group_stats(values, index, k, unbiased=False)[2]
     for g, xs in enumerate(groups):
         assert count[g] == len(xs)
         assert total[g].item() == pytest.approx(math.fsum(xs), rel=1e-9, abs=1e-6)
@@ -235,3 +235,23 @@ def test_whiten_matches_verl_masked_whiten_formula():
     var = ((tokens - mean) ** 2).sum() / (n + 1e-8) * n / (n - 1)
     want = ((x.double() - mean) * torch.rsqrt(var + 1e-8)).float()
     assert torch.allclose(segments.whiten(x, w), want)
+
+
+@settings(max_examples=100, deadline=None)
+@given(grouped())
+def test_segment_first_last_and_pair_members(batch):
+    values, index, k = batch
+    first, last = segments.segment_first(index, k), segments.segment_last(index, k)
+    for g in range(k):
+        rows = [i for i, x in enumerate(index.tolist()) if x == g]
+        assert first[g] == (rows[0] if rows else len(index))
+        assert last[g] == (rows[-1] if rows else -1)
+    odd = torch.arange(len(index)) % 2 == 1
+    assert torch.equal(
+        segments.segment_last(index[odd], k, positions=torch.nonzero(odd).squeeze(1)),
+        torch.tensor([max([i for i in range(len(index)) if index[i] == g and i % 2] or [-1]) for g in range(k)]),
+    )
+    b = (values * 2).round().long()
+    ids, n = segments.unique_pairs(index, b)
+    pa, pb = segments.pair_members(ids, n, index, b)
+    assert torch.equal(pa[ids], index) and torch.equal(pb[ids], b)

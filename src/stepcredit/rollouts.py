@@ -552,9 +552,7 @@ class Rollouts:
         old_group = self.group[idx]
         uniq, inverse = torch.unique(old_group, return_inverse=True)
         # renumber by first appearance, so selecting in order keeps group order
-        first = torch.full((uniq.numel(),), idx.numel(), dtype=torch.int64, device=self.device)
-        first.scatter_reduce_(0, inverse, torch.arange(idx.numel(), device=self.device), reduce="amin")
-        order = torch.argsort(first)
+        order = torch.argsort(segments.segment_first(inverse, uniq.numel()))
         rank = torch.empty_like(order)
         rank[order] = torch.arange(order.numel(), device=self.device)
         new_group = rank[inverse]

@@ -38,8 +38,8 @@ def no_tool_error_after_last_success(r: Rollouts) -> Tensor:
     n = r.num_trajectories
     call_traj = r.step_traj[r.call_step]
     pos = torch.arange(r.num_calls, device=r.device)
-    ok_pos = torch.where(r.call_ok == 1, pos, torch.full_like(pos, -1))
-    last_ok = torch.full((n,), -1, dtype=torch.int64, device=r.device).scatter_reduce_(0, call_traj, ok_pos, "amax")
+    ok = r.call_ok == 1
+    last_ok = segments.segment_last(call_traj[ok], n, positions=pos[ok])
     late_error = (r.call_ok == TOOL_ERROR) & (pos > last_ok[call_traj])
     return segments.segment_sum(late_error.long(), call_traj, n) == 0
 

@@ -25,12 +25,9 @@ def segment_ids(offsets: Tensor) -> Tensor:
 
 def ranges(starts: Tensor, counts: Tensor) -> Tensor:
     """Concatenation of ``arange(starts[k], starts[k] + counts[k])`` over ``k``, without a loop."""
-    total = int(counts.sum())
-    if total == 0:
-        return torch.zeros(0, dtype=torch.long, device=starts.device)
-    seg = torch.repeat_interleave(torch.arange(counts.numel(), device=starts.device), counts)
-    first = torch.cumsum(counts, 0) - counts
-    return starts[seg] + torch.arange(total, device=starts.device) - first[seg]
+    offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+    seg = segment_ids(offsets)
+    return starts[seg] + torch.arange(seg.numel(), device=starts.device) - offsets[seg]
 
 
 def segment_count(index: Tensor, num_segments: int) -> Tensor:
@@ -50,6 +47,28 @@ def segment_mean(values: Tensor, index: Tensor, num_segments: int) -> Tensor:
     return segment_sum(values, index, num_segments) / count.clamp_min(1)
 
 
+def segment_first(index: Tensor, num_segments: int, positions: Tensor | None = None) -> Tensor:
+    """Per segment, the smallest of its rows' ``positions`` (default: the row numbers), i.e. where the
+    segment first appears; ``len(index)`` for an empty segment."""
+    pos = torch.arange(index.numel(), device=index.device) if positions is None else positions.to(torch.int64)
+    out = torch.full((num_segments,), index.numel(), dtype=torch.int64, device=index.device)
+    return out.scatter_reduce_(0, index, pos, reduce="amin")
+
+
+def segment_last(index: Tensor, num_segments: int, positions: Tensor | None = None) -> Tensor:
+    """Per segment, the largest of its rows' ``positions`` (default: the row numbers); −1 when empty."""
+    pos = torch.arange(index.numel(), device=index.device) if positions is None else positions.to(torch.int64)
+    out = torch.full((num_segments,), -1, dtype=torch.int64, device=index.device)
+    return out.scatter_reduce_(0, index, pos, reduce="amax")
+
+
+def pair_members(pair_ids: Tensor, num_pairs: int, *columns: Tensor) -> tuple[Tensor, ...]:
+    """For ids from ``unique_pairs``: each pair's value of every column (rows of one pair agree)."""
+    return tuple(
+        torch.zeros(num_pairs, dtype=col.dtype, device=col.device).scatter_(0, pair_ids, col) for col in columns
+    )
+
+
 def segment_min_max(values: Tensor, index: Tensor, num_segments: int) -> tuple[Tensor, Tensor]:
     """Per-segment minimum and maximum (empty segments: +inf / -inf)."""
     lo = torch.full((num_segments,), float("inf"), dtype=values.dtype, device=values.device)
@@ -57,19 +76,6 @@ def segment_min_max(values: Tensor, index: Tensor, num_segments: int) -> tuple[T
     lo.scatter_reduce_(0, index, values, reduce="amin")
     hi.scatter_reduce_(0, index, values, reduce="amax")
     return lo, hi
-
-
-def segment_std(values: Tensor, index: Tensor, num_segments: int, *, unbiased: bool = True) -> Tensor:
-    """Standard deviation within each segment, two-pass (sum of squared deviations from the mean).
-
-    ``unbiased=True`` is Bessel's (N−1) estimator, as ``torch.std``; segments too small for the
-    estimator (N ≤ 1 unbiased, N = 0 biased) get 0.
-    """
-    count = segment_count(index, num_segments)
-    mean = segment_mean(values, index, num_segments)
-    sq = segment_sum((values - mean[index]) ** 2, index, num_segments)
-    denom = (count - 1 if unbiased else count).clamp_min(1).to(values.dtype)
-    return torch.sqrt(sq / denom)
 
 
 def group_stats(

@@ -89,8 +89,7 @@ def key_occurrences(rollouts: Rollouts) -> tuple[Tensor, int, Tensor, Tensor, Te
     keys, k = call_keys(r)
     call_traj = r.step_traj[r.call_step]
     pair, num_pairs = segments.unique_pairs(keys, call_traj, a_size=k)
-    pair_key = torch.zeros(num_pairs, dtype=torch.int64, device=r.device).scatter_(0, pair, keys)
-    pair_traj = torch.zeros(num_pairs, dtype=torch.int64, device=r.device).scatter_(0, pair, call_traj)
+    pair_key, pair_traj = segments.pair_members(pair, num_pairs, keys, call_traj)
     return keys, k, call_traj, pair_key, pair_traj
 
 

@@ -29,10 +29,7 @@ class Nodes:
         self.of_step, self.count = r.decision_points
         # (node, leaf) pairs, each counted once even if a path visits a node twice
         self.pair_of_step, num_pairs = segments.unique_pairs(self.of_step, r.step_traj, a_size=self.count)
-        self.pair_node = torch.zeros(num_pairs, dtype=torch.int64, device=r.device)
-        self.pair_node[self.pair_of_step] = self.of_step
-        self.pair_leaf = torch.zeros(num_pairs, dtype=torch.int64, device=r.device)
-        self.pair_leaf[self.pair_of_step] = r.step_traj
+        self.pair_node, self.pair_leaf = segments.pair_members(self.pair_of_step, num_pairs, self.of_step, r.step_traj)
         self.leaves = segments.segment_count(self.pair_node, self.count)
         self.value = segments.segment_mean(r.outcome[self.pair_leaf], self.pair_node, self.count)
 
@@ -144,8 +141,7 @@ def treepo(
     nodes = Nodes(r)
     _, parent_leaves = nodes.parent_value_and_leaves(r)
     # one (node, leaf) pair per pair id: take the first step of each pair for its parent's leaf count
-    first_step = torch.full((nodes.pair_node.numel(),), r.num_steps, dtype=torch.int64, device=r.device)
-    first_step.scatter_reduce_(0, nodes.pair_of_step, torch.arange(r.num_steps, device=r.device), reduce="amin")
+    first_step = segments.segment_first(nodes.pair_of_step, nodes.pair_node.numel())
     leaves = nodes.leaves[nodes.pair_node]
     keep = (leaves > 1) & (leaves < parent_leaves[first_step])
     diff = r.outcome[nodes.pair_leaf] - nodes.value[nodes.pair_node]

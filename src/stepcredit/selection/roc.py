@@ -46,8 +46,7 @@ def _rank_within(segment: Tensor, key: Tensor, num_segments: int) -> Tensor:
     order = order[torch.argsort(segment[order], stable=True)]  # by segment, then key
     seg_sorted = segment[order]
     pos = torch.arange(order.numel(), device=key.device)
-    start = torch.full((num_segments,), order.numel(), dtype=torch.long, device=key.device)
-    start.scatter_reduce_(0, seg_sorted, pos, reduce="amin")
+    start = segments.segment_first(seg_sorted, num_segments)
     rank = torch.empty_like(order)
     rank[order] = pos - start[seg_sorted]
     return rank

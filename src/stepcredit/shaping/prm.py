@@ -65,8 +65,7 @@ def prm_mix(
     elif aggregate == "min":
         agg, _ = segments.segment_min_max(vals, idx, n)
     else:
-        pos = torch.nonzero(use).squeeze(1)
-        last = torch.full((n,), -1, dtype=torch.int64, device=r.device).scatter_reduce_(0, idx, pos, "amax")
+        last = segments.segment_last(idx, n, positions=torch.nonzero(use).squeeze(1))
         agg = scores[last.clamp_min(0)]
     mixed = torch.where(count > 0, (1 - beta) * r.outcome + beta * agg, r.outcome)
     return replace(r, outcome=mixed, prm=scores)
