@@ -12,7 +12,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from stepcredit.io import load, log_files, pack, read_tau2_records, write_parquet
+from stepcredit.io import load, log_files, read_tau2_records, write_parquet
+from stepcredit.rollouts import build
 from timing import median_ms  # benchmarks/timing.py
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tau2-bench" / "airline"
@@ -30,7 +31,7 @@ def main() -> None:
         rows = [
             ("json.load of the files (floor)", median_ms(lambda: [json.loads(f.read_text()) for f in files])),
             ("parse + label records", median_ms(lambda: [read_tau2_records(f) for f in files])),
-            ("pack records -> Rollouts", median_ms(lambda: pack(records))),
+            ("pack records -> Rollouts", median_ms(lambda: build(records))),
             ("load(path) end to end", median_ms(lambda: load(path))),
             ("write Parquet", median_ms(lambda: write_parquet(rollouts, pq_path))),
             ("load(Parquet) -> Rollouts", median_ms(lambda: load(pq_path))),

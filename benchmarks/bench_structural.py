@@ -36,6 +36,7 @@ from tests.estimators.oracles import (
 )
 
 from stepcredit import Rollouts
+from stepcredit.envs.synthetic import make_tree_rollouts
 from stepcredit.estimators import (
     action_anchor,
     gigpo,
@@ -47,7 +48,6 @@ from stepcredit.estimators import (
     treerl,
 )
 from stepcredit.rollouts import Texts
-from stepcredit.synthetic import make_tree_rollouts
 
 
 def anchored_batch(tasks: int = 1024, group: int = 8, steps: int = 30, seed: int = 0) -> Rollouts:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from stepcredit.synthetic import make_rollouts
+from stepcredit.envs.synthetic import make_rollouts
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

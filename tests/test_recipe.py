@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from stepcredit import Rollouts
+from stepcredit.envs.synthetic import make_rollouts
 from stepcredit.estimators import grpo, rloo
 from stepcredit.recipe import Recipe, RecipeError, builtin_recipes
 from stepcredit.registry import REGISTRY, register
-from stepcredit.synthetic import make_rollouts
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import torch
 
-from stepcredit.stats import summarize
-from stepcredit.synthetic import make_rollouts
+from stepcredit.envs.synthetic import make_rollouts
+from stepcredit.rollouts import summarize
 
 
 def test_same_seed_same_rollouts_other_seed_differs():

@@ -1,7 +1,131 @@
-"""stepcredit: dense per-step and per-token credit for RL of tool-using LLM agents."""
+"""stepcredit: dense per-step and per-token credit for RL of tool-using LLM agents.
 
+The public API is flat::
+
+    from stepcredit import Rollouts, Credit, Recipe, load, from_trainer_tensors, audit, grpo, gigpo
+
+The stages of the flow live in subpackages (``rollouts`` → ``io`` → ``shaping`` → ``selection`` →
+``estimators`` → ``credit`` → ``auditing``); everything a user needs is importable from here.
+"""
+
+from stepcredit import segments
+from stepcredit.auditing import DEFAULT_RECIPES, Audit, audit, write_report
+from stepcredit.credit import Credit
 from stepcredit.errors import RolloutError
-from stepcredit.rollouts import Rollouts, StepKind, Texts
+from stepcredit.estimators import (
+    action_anchor,
+    brier_credit,
+    call_consensus,
+    gigpo,
+    grpo,
+    ms_grpo,
+    mt_grpo,
+    mt_grpo_first_turn,
+    mt_grpo_per_index,
+    mt_grpo_per_trajectory,
+    prm_step,
+    reinforce_pp_baseline,
+    rloo,
+    step_grpo,
+    toolpo,
+    tree_grpo,
+    treepo,
+    treerl,
+)
+from stepcredit.io import (
+    ChatFields,
+    from_trainer_tensors,
+    load,
+    load_records,
+    read_credit_jsonl,
+    read_parquet,
+    read_references,
+    write_chat_jsonl,
+    write_credit_jsonl,
+    write_parquet,
+)
+from stepcredit.recipe import Recipe, RecipeError, RecipeResult, builtin_recipes
+from stepcredit.registry import register
+from stepcredit.rollouts import (
+    CallRecord,
+    Rollouts,
+    StepKind,
+    StepRecord,
+    Texts,
+    TrajectoryRecord,
+    build,
+    observation_states,
+    summarize,
+)
+from stepcredit.selection import (
+    abs_adv_sampling,
+    accuracy_window,
+    binary_gate,
+    resample_on_correct,
+    rubric_gate,
+    zero_variance_filter,
+)
+from stepcredit.shaping import HFProcessRewardScorer, brier, expert_similarity, prm_mix
 
-__all__ = ["RolloutError", "Rollouts", "StepKind", "Texts"]
+__all__ = [
+    "DEFAULT_RECIPES",
+    "Audit",
+    "CallRecord",
+    "ChatFields",
+    "Credit",
+    "HFProcessRewardScorer",
+    "Recipe",
+    "RecipeError",
+    "RecipeResult",
+    "RolloutError",
+    "Rollouts",
+    "StepKind",
+    "StepRecord",
+    "Texts",
+    "TrajectoryRecord",
+    "abs_adv_sampling",
+    "accuracy_window",
+    "action_anchor",
+    "audit",
+    "binary_gate",
+    "brier",
+    "brier_credit",
+    "build",
+    "builtin_recipes",
+    "call_consensus",
+    "expert_similarity",
+    "from_trainer_tensors",
+    "gigpo",
+    "grpo",
+    "load",
+    "load_records",
+    "ms_grpo",
+    "mt_grpo",
+    "mt_grpo_first_turn",
+    "mt_grpo_per_index",
+    "mt_grpo_per_trajectory",
+    "observation_states",
+    "prm_mix",
+    "prm_step",
+    "read_credit_jsonl",
+    "read_parquet",
+    "read_references",
+    "register",
+    "reinforce_pp_baseline",
+    "resample_on_correct",
+    "rloo",
+    "rubric_gate",
+    "segments",
+    "step_grpo",
+    "summarize",
+    "toolpo",
+    "tree_grpo",
+    "treepo",
+    "treerl",
+    "write_chat_jsonl",
+    "write_credit_jsonl",
+    "write_parquet",
+    "write_report",
+    "zero_variance_filter",
+]
 __version__ = "0.1.0"

@@ -1,19 +1,31 @@
 """``stepcredit`` command line: inspect and convert rollout logs, credit them with a recipe, audit where
-the credit lands, and run the built-in demo."""
+the credit lands, and run the built-in demo.
+
+Commands that read a log take the same loader options (``--format``, ``--id-field``, ``--group-field``,
+``--reward-field``, ``--messages-field``), declared once in ``LOG_OPTIONS`` and added to each command
+by ``@reads_log``; they all load through ``stepcredit.io.load``. Bad input of any kind ends in one line
+on stderr and exit status 2 (``_guard``).
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect as pyinspect
 import json
 import sys
+import typing
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from stepcredit.errors import RolloutError
+from stepcredit.io import FORMATS, REFERENCES_FORMAT
 from stepcredit.rollouts import Rollouts
 
 app = typer.Typer(
@@ -27,34 +39,84 @@ console = Console()
 err_console = Console(stderr=True)
 T = TypeVar("T")
 
-PathArg = Annotated[Path, typer.Argument(help="A log file (.jsonl, .json, .parquet) or a folder of them.")]
-FormatOpt = Annotated[str, typer.Option("--format", "-f", help="auto | chat | tau2 | parquet.")]
-GroupField = Annotated[str, typer.Option(help="Chat records: field holding the group (task / prompt id).")]
-RewardField = Annotated[str, typer.Option(help="Chat records: field holding the outcome reward (dotted path).")]
-MessagesField = Annotated[str, typer.Option(help="Chat records: field holding the message list.")]
-IdField = Annotated[str, typer.Option(help="Chat records: field holding the trajectory id.")]
-
 
 def _guard(fn: Callable[[], T]) -> T:
-    """Run ``fn``; bad input (a ``RolloutError``, or a ``ValueError`` a component raises for parameters
-    that do not fit the data) becomes one line on stderr and exit status 2 (no traceback)."""
+    """Run ``fn``; bad input (a ``RolloutError``, a ``RecipeError``, or a ``ValueError`` a component
+    raises for parameters that do not fit the data) becomes one line on stderr and exit status 2 (no
+    traceback). The one error exit of the CLI."""
     try:
         return fn()
     except ValueError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
-def _load(path: Path, fmt: str, group: str, reward: str, messages: str, id_: str) -> Rollouts:
-    from stepcredit.io import ChatFields, load
+@dataclass(frozen=True)
+class Log:
+    """A log named on the command line, with the loader options given with it."""
 
-    def go() -> Rollouts:
-        if fmt not in ("auto", "chat", "tau2", "parquet"):
-            raise RolloutError(f"unknown format {fmt!r}; expected auto, chat, tau2 or parquet", field="--format")
-        fields = ChatFields(id=id_, group=group, reward=reward, messages=messages)
-        return load(path, format=fmt, fields=fields)  # type: ignore[arg-type]
+    path: Path
+    format: str = "auto"
+    id_field: str = "id"
+    group_field: str = "group"
+    reward_field: str = "reward"
+    messages_field: str = "messages"
 
-    return _guard(go)
+    def load(self, references: Path | None = None) -> Rollouts:
+        """The batch (exit 2 with one line on bad input)."""
+        from stepcredit.io import ChatFields, load
+
+        fields = ChatFields(
+            id=self.id_field, group=self.group_field, reward=self.reward_field, messages=self.messages_field
+        )
+        return _guard(lambda: load(self.path, format=self.format, fields=fields, references=references))  # type: ignore[arg-type]
+
+
+LOG_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "path": (Annotated[Path, typer.Argument(help="A log file (.jsonl, .json, .parquet) or a folder of them.")], ...),
+    "format": (Annotated[str, typer.Option("--format", "-f", help=" | ".join(FORMATS) + ".")], "auto"),
+    "id_field": (
+        Annotated[
+            str,
+            typer.Option(
+                help="Field(s) holding the trajectory id; several, comma-separated "
+                "(task_id,trial), are joined with ':'."
+            ),
+        ],
+        "id",
+    ),
+    "group_field": (
+        Annotated[str, typer.Option(help="Chat records: field holding the group (task / prompt id).")],
+        "group",
+    ),
+    "reward_field": (
+        Annotated[str, typer.Option(help="Chat records: field holding the outcome reward (dotted path).")],
+        "reward",
+    ),
+    "messages_field": (Annotated[str, typer.Option(help="Chat records: field holding the message list.")], "messages"),
+}
+
+
+def reads_log(fn: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the log argument and the loader options; it receives them as one ``log: Log``."""
+    sig = pyinspect.signature(fn)
+    hints = typing.get_type_hints(fn, include_extras=True)
+    own = [p.replace(annotation=hints[name]) for name, p in sig.parameters.items() if name != "log"]
+    kw = pyinspect.Parameter.KEYWORD_ONLY
+    added = [
+        pyinspect.Parameter(name, kw, annotation=hint, default=default) for name, (hint, default) in LOG_OPTIONS.items()
+    ]
+    first, rest = added[:1], added[1:]
+
+    @functools.wraps(fn)
+    def command(**kwargs: Any) -> None:
+        log = Log(**{name: kwargs.pop(name) for name in LOG_OPTIONS})
+        fn(log=log, **kwargs)
+
+    params = [p.replace(kind=kw) for p in [*first, *own, *rest]]
+    command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command
 
 
 def _fmt_dist(d: dict[str, float]) -> str:
@@ -90,47 +152,41 @@ def summary_table(summary: dict[str, Any], title: str) -> Table:
 
 
 @app.command()
+@reads_log
 def inspect(
-    path: PathArg,
-    format: FormatOpt = "auto",
-    group_field: GroupField = "group",
-    reward_field: RewardField = "reward",
-    messages_field: MessagesField = "messages",
-    id_field: IdField = "id",
+    log: Log,
     success_threshold: Annotated[float, typer.Option(help="Outcome at or above which a trajectory succeeded.")] = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")] = False,
 ) -> None:
     """Summarize a rollout log: trajectories, groups, outcomes, steps, tool calls, errors, labels."""
-    from stepcredit.stats import summarize
+    from stepcredit.rollouts import summarize
 
-    rollouts = _load(path, format, group_field, reward_field, messages_field, id_field)
-    summary = summarize(rollouts, success_threshold=success_threshold)
+    summary = summarize(log.load(), success_threshold=success_threshold)
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
         return
-    console.print(summary_table(summary, f"{path}"))
+    console.print(summary_table(summary, escape(str(log.path))))
 
 
 @app.command()
+@reads_log
 def convert(
-    path: PathArg,
+    log: Log,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output file: .jsonl (chat) or .parquet.")],
-    format: FormatOpt = "auto",
-    group_field: GroupField = "group",
-    reward_field: RewardField = "reward",
-    messages_field: MessagesField = "messages",
-    id_field: IdField = "id",
 ) -> None:
     """Convert a log to chat JSONL or Parquet (labels, states and rewards are kept)."""
     from stepcredit.io import write_chat_jsonl, write_parquet
 
-    rollouts = _load(path, format, group_field, reward_field, messages_field, id_field)
     writers = {".jsonl": write_chat_jsonl, ".parquet": write_parquet}
     if output.suffix not in writers:
-        err_console.print(f"[bold red]error:[/] output {output}: expected a .jsonl or .parquet file name")
-        raise typer.Exit(2)
+        _guard(lambda: _raise(RolloutError("expected a .jsonl or .parquet file name", source=str(output))))
+    rollouts = log.load()
     writers[output.suffix](rollouts, output)
-    console.print(f"wrote {rollouts.num_trajectories} trajectories to {output}")
+    console.print(f"wrote {rollouts.num_trajectories} trajectories to {escape(str(output))}")
+
+
+def _raise(exc: Exception) -> None:
+    raise exc
 
 
 RecipeOpt = Annotated[
@@ -139,40 +195,32 @@ RecipeOpt = Annotated[
 
 
 def _recipe(spec: str) -> Any:
-    from stepcredit.recipe import Recipe, RecipeError
+    from stepcredit.recipe import Recipe
 
-    try:
-        return Recipe.load(spec)
-    except RecipeError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    return _guard(lambda: Recipe.load(spec))
 
 
 @app.command()
+@reads_log
 def credit(
-    path: PathArg,
+    log: Log,
     recipe: RecipeOpt = "grpo",
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the credit JSONL.")] = Path(
         "credit.jsonl"
     ),
-    format: FormatOpt = "auto",
-    group_field: GroupField = "group",
-    reward_field: RewardField = "reward",
-    messages_field: MessagesField = "messages",
-    id_field: IdField = "id",
 ) -> None:
     """Run a recipe on a log and write per-step / per-call credit next to the step texts (JSONL)."""
     from stepcredit.io import write_credit_jsonl
 
     rec = _recipe(recipe)
-    rollouts = _load(path, format, group_field, reward_field, messages_field, id_field)
+    rollouts = log.load()
     result = _guard(lambda: rec.run(rollouts))
     write_credit_jsonl(result.rollouts, result.credit, output, rec.name)
     steps = result.credit.per_step(result.rollouts)
     console.print(
-        f"{rec.name}: credited {result.rollouts.num_trajectories} of {rollouts.num_trajectories} trajectories, "
-        f"{result.rollouts.num_steps} steps (non-zero {100 * float((steps != 0).float().mean()):.1f}%), "
-        f"wrote {output}"
+        f"{escape(rec.name)}: credited {result.rollouts.num_trajectories} of {rollouts.num_trajectories} "
+        f"trajectories, {result.rollouts.num_steps} steps (non-zero {100 * float((steps != 0).float().mean()):.1f}%), "
+        f"wrote {escape(str(output))}"
     )
 
 
@@ -190,7 +238,8 @@ def recipes() -> None:
     for name in sorted(builtin_recipes()):
         r = Recipe.builtin(name)
         body = {k: v for k, v in r.to_dict().items() if k not in ("name", "description")}
-        table.add_row(name, f"{r.description}\n[dim]{yaml.safe_dump(body, default_flow_style=True).strip()}[/]")
+        pipeline = escape(yaml.safe_dump(body, default_flow_style=True).strip())
+        table.add_row(name, f"{escape(r.description)}\n[dim]{pipeline}[/]")
     console.print(table)
     comp = Table(title="components", title_justify="left")
     for col in ("kind", "name", "parameters", "what"):
@@ -198,13 +247,20 @@ def recipes() -> None:
     for kind in KINDS:
         for name, c in sorted(REGISTRY[kind].items()):
             params = ", ".join(f"{k}={d!r}" for k, (_, d) in component_params(c).items())
-            comp.add_row(kind, name, params, c.summary)
+            comp.add_row(kind, name, escape(params), escape(c.summary))
     console.print(comp)
 
 
-@app.command()
+@app.command(
+    help=(
+        "Measure where each recipe's credit lands against step/call labels; write an HTML report.\n\n"
+        "Labels come from the log (a per-step 'label', tau2 results) or from --references, a JSON file of "
+        "reference actions. " + REFERENCES_FORMAT.replace("\n", " ")
+    )
+)
+@reads_log
 def audit(
-    path: PathArg,
+    log: Log,
     recipes: Annotated[
         str, typer.Option(help="Comma-separated recipe names or YAML files (default: the standard set).")
     ] = "",
@@ -213,7 +269,9 @@ def audit(
     ] = "auto",
     references: Annotated[
         Path | None,
-        typer.Option(help="JSON {group: [reference actions]}: label every call by the tau2 matching rule."),
+        typer.Option(
+            help="JSON {group: [reference actions]}: label every call by the tau2 matching rule (format above)."
+        ),
     ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the HTML report.")] = Path(
         "report.html"
@@ -224,62 +282,48 @@ def audit(
     open_report: Annotated[bool, typer.Option("--open", help="Open the report in a browser.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON instead of a table.")] = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print the metrics as a Markdown table.")] = False,
-    format: FormatOpt = "auto",
-    group_field: GroupField = "group",
-    reward_field: RewardField = "reward",
-    messages_field: MessagesField = "messages",
-    id_field: IdField = "id",
 ) -> None:
-    """Measure where each recipe's credit lands against step/call labels; write an HTML report."""
-    from stepcredit.audit.report import METRIC_NAMES, markdown_table, metric_cells, write_report
-    from stepcredit.audit.run import DEFAULT_RECIPES, run_audit
-    from stepcredit.io import ChatFields, load
+    from stepcredit.auditing import DEFAULT_RECIPES, markdown_table, write_report
+    from stepcredit.auditing import audit as run_audit
+    from stepcredit.auditing.report import METRIC_NAMES, metric_cells
 
     specs = [x.strip() for x in recipes.split(",") if x.strip()] or list(DEFAULT_RECIPES)
     loaded = [_recipe(spec) for spec in specs]
     if labels not in ("auto", "none"):
-        err_console.print(f"[bold red]error:[/] --labels: expected auto or none, got {labels!r}")
-        raise typer.Exit(2)
-
-    def go() -> Any:
-        refs = None
-        if references is not None:
-            try:
-                refs = json.loads(references.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise RolloutError(f"cannot read reference actions ({exc})", source=str(references)) from None
-            if not isinstance(refs, dict) or not all(isinstance(v, list) for v in refs.values()):
-                raise RolloutError("expected a JSON object {group: [reference actions]}", source=str(references))
-        fields = ChatFields(id=id_field, group=group_field, reward=reward_field, messages=messages_field)
-        rollouts = load(path, format=format, fields=fields, references=refs)  # type: ignore[arg-type]
-        if labels == "none" or (rollouts.call_label is None and rollouts.label is None):
-            raise RolloutError(
-                "no step or call labels: audits need them (a per-step 'label' field, tau2 results, or --references)",
-                source=str(path),
+        _guard(lambda: _raise(RolloutError(f"expected auto or none, got {labels!r}", field="--labels")))
+    rollouts = log.load(references=references)
+    if labels == "none" or (rollouts.call_label is None and rollouts.label is None):
+        _guard(
+            lambda: _raise(
+                RolloutError(
+                    "no step or call labels: audits need them "
+                    "(a per-step 'label' field, tau2 results, or --references)",
+                    source=str(log.path),
+                )
             )
-        return rollouts
-
-    rollouts = _guard(go)
+        )
     result = _guard(
         lambda: run_audit(rollouts, loaded, success_threshold=success_threshold, bootstrap=bootstrap, seed=seed)
     )
-    write_report(result, output, title=f"stepcredit audit — {path.name}", source=str(path))
+    write_report(result, output, title=f"stepcredit audit — {log.path.name}", source=str(log.path))
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
     elif markdown:
         sys.stdout.write(markdown_table(result) + "\n")
     else:
         table = Table(
-            title=f"{path}: credit of labelled {result.unit}s ({result.bootstrap} bootstrap resamples of groups)",
+            title=escape(
+                f"{log.path}: credit of labelled {result.unit}s ({result.bootstrap} bootstrap resamples of groups)"
+            ),
             title_justify="left",
         )
         table.add_column("recipe", style="bold")
         for name in METRIC_NAMES.values():
             table.add_column(name, justify="right")
         for name, cells in metric_cells(result):
-            table.add_row(name, *cells)
+            table.add_row(escape(name), *cells)
         console.print(table)
-        console.print(f"audited {len(result.recipes)} recipes in {result.seconds:.1f} s; wrote {output}")
+        console.print(f"audited {len(result.recipes)} recipes in {result.seconds:.1f} s; wrote {escape(str(output))}")
     if open_report:
         import webbrowser
 
@@ -293,10 +337,10 @@ def demo(
     group_size: Annotated[int, typer.Option(help="Rollouts per task.")] = 8,
 ) -> None:
     """Run every built-in recipe on synthetic tool-use rollouts (labelled) and show where credit lands."""
-    from stepcredit.audit import blame_rate
+    from stepcredit.auditing import blame_rate
+    from stepcredit.envs import make_rollouts
     from stepcredit.recipe import Recipe, builtin_recipes
-    from stepcredit.stats import summarize
-    from stepcredit.synthetic import make_rollouts
+    from stepcredit.rollouts import summarize
 
     rollouts = make_rollouts(groups, group_size, seed=seed)
     console.print(summary_table(summarize(rollouts), f"synthetic tool-use rollouts (seed {seed})"))

@@ -19,6 +19,8 @@ from torch import Tensor
 from stepcredit import segments
 from stepcredit.rollouts import Rollouts
 
+__all__ = ["Credit"]
+
 
 def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
     if a is None:
@@ -70,9 +72,7 @@ class Credit:
 
     def select(self, rollouts: Rollouts, trajectories: Tensor) -> Credit:
         """The credit of ``rollouts.select(trajectories)``."""
-        counts = rollouts.steps_per_trajectory[trajectories]
-        steps = segments.ranges(rollouts.step_offsets[trajectories], counts)
-        calls = segments.ranges(rollouts.call_offsets[steps], rollouts.calls_per_step[steps])
+        steps, calls = rollouts.expand(trajectories)
         pick = lambda t, ix: None if t is None else t[ix]  # noqa: E731
         return Credit(self.trajectory[trajectories], pick(self.step, steps), pick(self.call, calls))
 
@@ -102,7 +102,7 @@ class Credit:
             call_map = segments.span_index_map(
                 rollouts.call_token_start,
                 rollouts.call_token_end,
-                rollouts.step_traj[rollouts.call_step],
+                rollouts.call_traj,
                 tuple(mask.shape),
             )
             out = out + segments.broadcast_to_tokens(self.call, call_map)

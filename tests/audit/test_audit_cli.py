@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from stepcredit.audit.run import run_audit
+from stepcredit.auditing.run import audit
+from stepcredit.envs.synthetic import make_rollouts
 from stepcredit.io import write_chat_jsonl
-from stepcredit.synthetic import make_rollouts
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -24,9 +24,9 @@ def test_audit_tau2_every_builtin_recipe(tau2_rollouts):
     from stepcredit.recipe import builtin_recipes
 
     names = sorted(builtin_recipes())
-    audit = run_audit(tau2_rollouts, names, bootstrap=200)  # (its time is measured in benchmarks/RESULTS.md)
-    assert [a.name for a in audit.recipes] == names and audit.unit == "call"
-    by = {a.name: a for a in audit.recipes}
+    result = audit(tau2_rollouts, names, bootstrap=200)  # (its time is measured in benchmarks/RESULTS.md)
+    assert [a.name for a in result.recipes] == names and result.unit == "call"
+    by = {a.name: a for a in result.recipes}
     assert by["grpo"].metrics["bsa_failed"] == pytest.approx(0.44, abs=0.01)  # outcome credit cannot rank calls
     assert by["action_anchor"].metrics["blame"] < by["grpo"].metrics["blame"]
     assert by["grpo_roc"].kept.numel() < tau2_rollouts.num_trajectories  # selection recipes audit what they keep
@@ -96,10 +96,10 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def test_report_renders_in_headless_chromium(tmp_path):
     import matplotlib.image
 
-    from stepcredit.audit.report import write_report
+    from stepcredit.auditing.report import write_report
 
-    audit = run_audit(make_rollouts(6, 4, seed=0), ["grpo", "action_anchor"], bootstrap=50)
-    page = write_report(audit, tmp_path / "report.html")
+    result = audit(make_rollouts(6, 4, seed=0), ["grpo", "action_anchor"], bootstrap=50)
+    page = write_report(result, tmp_path / "report.html")
     flags = [
         "--headless",
         "--no-sandbox",

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from stepcredit import Rollouts
-from stepcredit.audit import auroc, blame_rate
-from stepcredit.audit import metrics as M
+from stepcredit.auditing import auroc, blame_rate
+from stepcredit.auditing import metrics as M
 from stepcredit.credit import Credit
 from stepcredit.estimators import grpo
 
@@ -132,15 +132,15 @@ def test_grpo_blames_every_correct_call_of_mixed_groups(tau2_rollouts):
 
 
 def test_audit_reports_calibration_only_when_confidence_is_stated(tmp_path):
-    from stepcredit.audit.report import write_report
-    from stepcredit.audit.run import run_audit
-    from stepcredit.synthetic import make_rollouts
+    from stepcredit.auditing.report import write_report
+    from stepcredit.auditing.run import audit
+    from stepcredit.envs.synthetic import make_rollouts
 
     r = make_rollouts(4, 4, seed=0)
-    assert run_audit(r, ["grpo"], bootstrap=0).calibration is None
+    assert audit(r, ["grpo"], bootstrap=0).calibration is None
     conf = torch.where(r.outcome > 0, torch.tensor(0.9), torch.tensor(0.3))
     from dataclasses import replace
 
-    audit = run_audit(replace(r, confidence=conf), ["grpo"], bootstrap=0)
-    assert audit.calibration["stated"] == r.num_trajectories and audit.calibration["auroc"] == 1.0
-    assert "Calibration of stated confidence" in write_report(audit, tmp_path / "r.html").read_text()
+    result = audit(replace(r, confidence=conf), ["grpo"], bootstrap=0)
+    assert result.calibration["stated"] == r.num_trajectories and result.calibration["auroc"] == 1.0
+    assert "Calibration of stated confidence" in write_report(result, tmp_path / "r.html").read_text()

@@ -116,7 +116,7 @@ def test_bad_arguments():
 
 @pytest.mark.parametrize("seed", range(8))
 def test_tree_estimators_match_loop_oracles_on_random_trees(seed):
-    from stepcredit.synthetic import make_tree_rollouts
+    from stepcredit.envs.synthetic import make_tree_rollouts
 
     from .oracles import tree_grpo_loop, treepo_loop, treerl_loop
 

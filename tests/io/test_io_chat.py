@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from stepcredit import RolloutError, StepKind
-from stepcredit.io import ChatFields, load, pack, parse_record
+from stepcredit.io import ChatFields, load, parse_record
+from stepcredit.rollouts import build
 
 CALL = {"id": "c1", "type": "function", "function": {"name": "search", "arguments": '{"q": "x", "a": 1}'}}
 
@@ -114,7 +115,7 @@ def test_step_fields_and_content_parts():
     rec = parse_record(record(messages=msgs), "x")
     assert rec.prompt == "hi there"
     assert (rec.steps[0].reward, rec.steps[0].label, rec.steps[0].state) == (0.5, 1, 42)
-    r = pack([rec])
+    r = build([rec])
     assert r.state[0] == 42 and r.label.tolist() == [1, 0]
 
 
@@ -122,14 +123,14 @@ def test_history_states_share_first_step_and_identical_prefixes():
     a = parse_record(record(id="a"), "x")
     b = parse_record(record(id="b", reward=0), "x")
     c = parse_record(record(id="c", group="other"), "x")
-    r = pack([a, b, c])
+    r = build([a, b, c])
     st = r.state.tolist()
     assert st[0] == st[2]  # same group, same (empty) history
     assert st[1] == st[3]  # same call history
     assert st[0] != st[1]
     assert st[4] != st[0]  # another group never shares a key
-    assert pack([a, b, c]).state.tolist() == st  # stable
-    assert pack([a, b], states="distinct").state.unique().numel() == 4
+    assert build([a, b, c]).state.tolist() == st  # stable
+    assert build([a, b], states="distinct").state.unique().numel() == 4
 
 
 def test_reward_bool_is_accepted():
@@ -327,29 +328,33 @@ def test_typed_non_text_part_is_a_placeholder():
 def test_optional_columns_and_all_or_none_rules():
     a = parse_record(record(id="a", confidence=0.7, rubric=[True, False]), "x")
     b = parse_record(record(id="b", rubric=[False, False]), "x")
-    r = pack([a, b])
+    r = build([a, b])
     assert r.confidence[0].item() == pytest.approx(0.7) and r.confidence[1].isnan()
     assert r.rubric.tolist() == [[True, False], [False, False]]
     c = parse_record(record(id="c"), "f.jsonl:3")
-    with pytest.raises(RolloutError, match="expected 2 rubric verdicts") as info:
-        pack([a, c])
+    with pytest.raises(RolloutError, match="has no rubric while others") as info:
+        build([a, c])
     assert info.value.trajectory == "c" and info.value.field == "rubric"
+    d = parse_record(record(id="d", rubric=[True]), "f.jsonl:4")
+    with pytest.raises(RolloutError, match="expected 2 rubric values") as info:
+        build([a, d])
+    assert info.value.trajectory == "d" and info.value.field == "rubric"
     msgs = [{"role": "assistant", "content": "x", "prm": 0.9}, {"role": "assistant", "content": "y"}]
-    with pytest.raises(RolloutError, match="no PRM score") as info:
-        pack([parse_record(record(id="p", messages=msgs), "x")])
+    with pytest.raises(RolloutError, match="step 1 has no prm while others") as info:
+        build([parse_record(record(id="p", messages=msgs), "x")])
     assert info.value.field == "prm"
     msgs = [{"role": "assistant", "content": "x", "prm": 0.9, "abandoned": True}]
-    r = pack([parse_record(record(id="p", messages=msgs), "x")])
+    r = build([parse_record(record(id="p", messages=msgs), "x")])
     assert r.prm.tolist() == pytest.approx([0.9]) and r.abandoned.tolist() == [True]
 
 
 def test_derived_states_are_dense_unless_explicit_states_are_given():
     a = parse_record(record(id="a"), "x")
     b = parse_record(record(id="b", reward=0), "x")
-    r = pack([a, b])
+    r = build([a, b])
     assert sorted(set(r.state.tolist())) == list(range(len(set(r.state.tolist()))))  # 0..K-1
-    assert pack([a, b], states="distinct").state.tolist() == [0, 1, 2, 3]
+    assert build([a, b], states="distinct").state.tolist() == [0, 1, 2, 3]
     msgs = [{"role": "assistant", "content": "x", "state": 0}, {"role": "assistant", "content": "y"}]
     c = parse_record(record(id="c", messages=msgs), "x")
-    mixed = pack([a, c], states="distinct")
+    mixed = build([a, c], states="distinct")
     assert mixed.state[2] == 0 and 0 not in mixed.state[[0, 1, 3]].tolist()  # no accidental sharing

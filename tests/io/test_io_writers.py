@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from stepcredit import RolloutError, Rollouts
+from stepcredit.envs.synthetic import make_rollouts
 from stepcredit.io import from_trainer_tensors, load, write_chat_jsonl, write_parquet
 from stepcredit.rollouts import Texts
-from stepcredit.synthetic import make_rollouts
 
 TENSOR_FIELDS = (
     "group",

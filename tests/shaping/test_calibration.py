@@ -8,12 +8,11 @@ import pytest
 import torch
 
 from stepcredit import Rollouts
-from stepcredit.audit import brier_score, confidence_auroc, expected_calibration_error
-from stepcredit.estimators import grpo
+from stepcredit.auditing import brier_score, confidence_auroc, expected_calibration_error
+from stepcredit.estimators import brier_credit, grpo
 from stepcredit.recipe import Recipe
 from stepcredit.rollouts import Texts
 from stepcredit.shaping import brier, parse_confidence
-from stepcredit.shaping.calibration import brier_credit
 
 
 @pytest.mark.parametrize(

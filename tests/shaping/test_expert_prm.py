@@ -152,7 +152,7 @@ def tiny_prm():
 
 
 def test_hf_scorer_shapes_and_determinism():
-    from stepcredit.prm import HFProcessRewardScorer
+    from stepcredit.shaping.prm import HFProcessRewardScorer
 
     model, tokenizer = tiny_prm()
     r = Rollouts(

@@ -3,25 +3,31 @@
 * ``outcome``: one advantage per trajectory — grpo (Dr.GRPO), rloo, reinforce_pp_baseline, ms_grpo;
 * ``anchor``: steps compared within a decision point — gigpo;
 * ``tree``: rollout trees — tree_grpo, treerl, treepo;
-* ``turn``: turn-level rewards — mt_grpo;
+* ``turn``: turn-level rewards — mt_grpo (first turn, per index, per trajectory);
 * ``tool``: tool calls — toolpo, action_anchor, call_consensus;
-* ``step``: step rewards — step_grpo (SRL), prm_step (PRM-mixed step credit).
+* ``step``: step rewards — step_grpo (SRL), prm_step (PRM-mixed step credit);
+* ``calibration``: brier_credit (RLCR's Brier reward as an advantage; recipe name ``brier``).
 """
 
 from stepcredit.estimators.anchor import gigpo
+from stepcredit.estimators.calibration import brier_credit
 from stepcredit.estimators.outcome import grpo, ms_grpo, reinforce_pp_baseline, rloo
 from stepcredit.estimators.step import prm_step, step_grpo
 from stepcredit.estimators.tool import action_anchor, call_consensus, toolpo
 from stepcredit.estimators.tree import tree_grpo, treepo, treerl
-from stepcredit.estimators.turn import mt_grpo
+from stepcredit.estimators.turn import mt_grpo, mt_grpo_first_turn, mt_grpo_per_index, mt_grpo_per_trajectory
 
 __all__ = [
     "action_anchor",
+    "brier_credit",
     "call_consensus",
     "gigpo",
     "grpo",
     "ms_grpo",
     "mt_grpo",
+    "mt_grpo_first_turn",
+    "mt_grpo_per_index",
+    "mt_grpo_per_trajectory",
     "prm_step",
     "reinforce_pp_baseline",
     "rloo",

@@ -22,11 +22,11 @@ def step_returns(rollouts: Rollouts, gamma: float) -> segments.Tensor:
 
 def state_groups(rollouts: Rollouts, similarity: float | None = None) -> tuple[segments.Tensor, int]:
     """Dense id of every step's ``(group, state)`` decision point; with ``similarity`` the states come
-    from anchor-observation similarity (``states.observation_states``)."""
+    from anchor-observation similarity (``stepcredit.rollouts.observation_states``)."""
     r = rollouts
     if similarity is None:
         return r.decision_points
-    from stepcredit.states import observation_states
+    from stepcredit.rollouts import observation_states
 
     return segments.unique_pairs(r.step_group, observation_states(r, similarity=similarity), a_size=r.num_groups)
 

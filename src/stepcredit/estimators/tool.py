@@ -63,7 +63,7 @@ def toolpo(
     r = rollouts
     succ = segments.group_normalize(r.outcome, r.group, r.num_groups, norm=norm, eps=eps)
     good = correct_calls(r, correct).to(r.outcome.dtype)
-    call_traj = r.step_traj[r.call_step]
+    call_traj = r.call_traj
     action_reward = action_weight * segments.segment_sum(good, call_traj, r.num_trajectories)
     action = segments.group_normalize(action_reward, r.group, r.num_groups, norm=norm, eps=eps)
     return Credit(succ, call=action[call_traj])
@@ -87,7 +87,7 @@ def key_occurrences(rollouts: Rollouts) -> tuple[Tensor, int, Tensor, Tensor, Te
     with one (key, trajectory) pair per trajectory that made the call, however often it made it."""
     r = rollouts
     keys, k = call_keys(r)
-    call_traj = r.step_traj[r.call_step]
+    call_traj = r.call_traj
     pair, num_pairs = segments.unique_pairs(keys, call_traj, a_size=k)
     pair_key, pair_traj = segments.pair_members(pair, num_pairs, keys, call_traj)
     return keys, k, call_traj, pair_key, pair_traj

@@ -1,4 +1,5 @@
-"""Loaders and writers: chat JSONL / JSON, tau2-bench results, trainer tensors, Parquet."""
+"""The first stage: loaders and writers for chat JSONL / JSON, tau2-bench results, trainer tensors,
+Parquet, and the credit file. ``load`` is the one loading path (the CLI uses it too)."""
 
 from __future__ import annotations
 
@@ -7,50 +8,49 @@ from pathlib import Path
 from typing import Any, Literal
 
 from stepcredit.errors import RolloutError
-from stepcredit.io.chat import ChatFields, iter_json_records, parse_record, read_chat_records, read_json
-from stepcredit.io.credit_jsonl import credit_records, read_credit_jsonl, write_credit_jsonl
-from stepcredit.io.labels import AIRLINE_WRITE_TOOLS, label_calls
-from stepcredit.io.records import (
-    CallRecord,
-    StatePolicy,
-    StepRecord,
-    TrajectoryRecord,
-    canonical_json,
-    history_states,
-    pack,
+from stepcredit.io._chat import (
+    ChatFields,
+    iter_json_records,
+    parse_record,
+    read_chat_records,
+    read_json,
+    to_chat_records,
+    write_chat_jsonl,
 )
-from stepcredit.io.tau2 import TAU2_FIELDS, is_tau2, parse_tau2, read_tau2_records
-from stepcredit.io.tensors import dense_groups, from_trainer_tensors
-from stepcredit.io.writers import from_arrow, read_parquet, to_arrow, to_chat_records, write_chat_jsonl, write_parquet
-from stepcredit.rollouts import Rollouts
+from stepcredit.io._credit_file import credit_records, read_credit_jsonl, write_credit_jsonl
+from stepcredit.io._labels import AIRLINE_WRITE_TOOLS, REFERENCES_FORMAT, check_references, label_calls, read_references
+from stepcredit.io._parquet import from_arrow, read_parquet, to_arrow, write_parquet
+from stepcredit.io._tau2 import TAU2_FIELDS, is_tau2, parse_tau2, read_tau2_records
+from stepcredit.io._tensors import dense_groups, from_trainer_tensors
+from stepcredit.rollouts import Rollouts, StatePolicy, TrajectoryRecord, build
 
 Format = Literal["auto", "chat", "tau2", "parquet"]
+FORMATS: tuple[str, ...] = ("auto", "chat", "tau2", "parquet")
 LOG_SUFFIXES = (".json", ".jsonl", ".parquet")
 
 __all__ = [
     "AIRLINE_WRITE_TOOLS",
+    "FORMATS",
+    "REFERENCES_FORMAT",
     "TAU2_FIELDS",
-    "CallRecord",
     "ChatFields",
-    "StepRecord",
-    "TrajectoryRecord",
-    "canonical_json",
+    "Format",
+    "check_references",
     "credit_records",
     "dense_groups",
     "from_arrow",
     "from_trainer_tensors",
-    "history_states",
     "iter_json_records",
     "label_calls",
     "load",
+    "load_records",
     "log_files",
-    "pack",
     "parse_record",
     "parse_tau2",
     "read_chat_records",
     "read_credit_jsonl",
-    "read_json",
     "read_parquet",
+    "read_references",
     "read_tau2_records",
     "to_arrow",
     "to_chat_records",
@@ -74,16 +74,51 @@ def log_files(path: str | Path) -> list[Path]:
 
 
 def _file_records(path: Path, fmt: str, fields: ChatFields, labels: bool) -> list[TrajectoryRecord]:
-    if fmt not in ("auto", "chat", "tau2"):
-        raise RolloutError(f"unknown format {fmt!r}; expected auto, chat, tau2 or parquet", source=str(path))
     if path.suffix == ".jsonl":
         if fmt == "tau2":
             raise RolloutError("a tau2 results file is one JSON object, not JSONL", source=str(path))
         return read_chat_records(path, fields)
     obj = read_json(path)
     if fmt == "tau2" or (fmt == "auto" and is_tau2(obj)):
-        return parse_tau2(obj, str(path), labels=labels)
+        return parse_tau2(obj, str(path), labels=labels, id_field=fields.id)
     return read_chat_records(path, fields, obj)
+
+
+def load_records(
+    path: str | Path | Iterable[str | Path],
+    *,
+    format: Format = "auto",
+    fields: ChatFields | None = None,
+    labels: bool = True,
+    references: Mapping[str, Sequence[Mapping[str, Any]]] | str | Path | None = None,
+) -> list[TrajectoryRecord]:
+    """The trajectory records of one file, a folder of files or a list of files (JSON formats; see
+    ``load``)."""
+    if format not in FORMATS:
+        raise RolloutError(f"unknown format {format!r}; expected {', '.join(FORMATS)}", field="format")
+    paths = [path] if isinstance(path, str | Path) else list(path)
+    files = [f for p in paths for f in log_files(p)]
+    fields = fields or ChatFields()
+    records: list[TrajectoryRecord] = []
+    for f in files:
+        if f.suffix == ".parquet" or format == "parquet":
+            raise RolloutError("a Parquet log loads as a batch (load), not as records", source=str(f))
+        records.extend(_file_records(f, format, fields, labels))
+    if not records:
+        raise RolloutError("no trajectories found", source=", ".join(map(str, files)))
+    if references is not None:
+        refs = read_references(references) if isinstance(references, str | Path) else check_references(references)
+        source = str(references) if isinstance(references, str | Path) else "references"
+        groups = {rec.group for rec in records}
+        if not groups & set(refs):
+            raise RolloutError(
+                f"no reference group matches a loaded group (references name e.g. {next(iter(refs), 'none')!r}; "
+                f"the log's groups are e.g. {sorted(groups)[0]!r})",
+                source=source,
+            )
+        for rec in records:
+            label_calls(rec, refs.get(rec.group, []))
+    return records
 
 
 def load(
@@ -93,31 +128,28 @@ def load(
     fields: ChatFields | None = None,
     labels: bool = True,
     states: StatePolicy = "history",
-    references: Mapping[str, Sequence[dict[str, Any]]] | None = None,
+    references: Mapping[str, Sequence[Mapping[str, Any]]] | str | Path | None = None,
 ) -> Rollouts:
     """Load one file, a folder of files or a list of files into one ``Rollouts``.
 
-    Trajectories from several files are packed together, so groups with the same name (e.g. a tau2
-    task run by several agents) become one group. ``labels`` controls tau2 call labelling; ``states``
-    how decision-point keys are derived (see ``records.pack``). ``references`` maps group names to
-    reference actions (``{name, arguments, compare_args?}``): every call is then labelled by the rule of
-    ``labels.label_calls`` (a group without references labels its writes −1 when they succeed). A
-    Parquet file loads as written and cannot be mixed with other files.
+    Trajectories from several files are built together, so groups with the same name (e.g. a tau2
+    task run by several agents) become one group. ``fields`` says where chat records keep their fields
+    (``ChatFields``; its ``id`` also applies to tau2 simulations). ``labels`` controls tau2 call
+    labelling; ``states`` how decision-point keys are derived (see ``stepcredit.rollouts.build``).
+    ``references`` (a mapping or a JSON file, see ``read_references``) maps group names to reference
+    actions: every call is then labelled by the rule of ``label_calls`` (a group without references
+    labels its writes −1 when they succeed); at least one group must match. A Parquet file loads as
+    written and cannot be mixed with other files.
     """
     paths = [path] if isinstance(path, str | Path) else list(path)
     files = [f for p in paths for f in log_files(p)]
-    fields = fields or ChatFields()
-    parquet = [f for f in files if f.suffix == ".parquet" or format == "parquet"]
-    if parquet:
+    if any(f.suffix == ".parquet" for f in files) or format == "parquet":
         if len(files) != 1:
             raise RolloutError("a Parquet log loads on its own; got it among other files", source=str(files[0]))
+        if references is not None:
+            raise RolloutError(
+                "references label JSON logs; a Parquet log keeps the labels it was written with", source=str(files[0])
+            )
         return read_parquet(files[0])
-    records: list[TrajectoryRecord] = []
-    for f in files:
-        records.extend(_file_records(f, format, fields, labels))
-    if not records:
-        raise RolloutError("no trajectories found", source=", ".join(map(str, files)))
-    if references is not None:
-        for rec in records:
-            label_calls(rec, references.get(rec.group, []))
-    return pack(records, states=states)
+    records = load_records(files, format=format, fields=fields, labels=labels, references=references)
+    return build(records, states=states)

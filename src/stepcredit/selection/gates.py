@@ -8,10 +8,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from stepcredit import rubrics as rubric_checks
 from stepcredit import segments
 from stepcredit.registry import register
 from stepcredit.rollouts import Rollouts
+from stepcredit.selection import rubrics as rubric_checks
 
 
 def _keep_groups(rollouts: Rollouts, keep_group: Tensor) -> Tensor:

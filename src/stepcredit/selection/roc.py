@@ -11,7 +11,7 @@ from torch import Tensor
 from stepcredit import segments
 from stepcredit.registry import register
 from stepcredit.rollouts import TOOL_ERROR, Rollouts
-from stepcredit.texts import trajectory_actions
+from stepcredit.rollouts._texts import trajectory_actions
 
 ANSWER_BLOCK = re.compile(r"<answer>.*?</answer>", re.DOTALL)
 
@@ -19,7 +19,7 @@ ANSWER_BLOCK = re.compile(r"<answer>.*?</answer>", re.DOTALL)
 def tool_error_penalty(rollouts: Rollouts) -> Tensor:
     """``[N]``: the fraction of a trajectory's tool calls that errored; 0.5 when it made no call."""
     r = rollouts
-    call_traj = r.step_traj[r.call_step]
+    call_traj = r.call_traj
     errors = segments.segment_sum((r.call_ok == TOOL_ERROR).double(), call_traj, r.num_trajectories)
     calls = r.calls_per_trajectory.double()
     return torch.where(calls > 0, errors / calls.clamp_min(1), torch.full_like(calls, 0.5))

@@ -10,12 +10,11 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from stepcredit import segments
-from stepcredit.credit import Credit
 from stepcredit.registry import register
 from stepcredit.rollouts import Rollouts
-from stepcredit.segments import Norm
-from stepcredit.texts import trajectory_actions
+from stepcredit.rollouts._texts import trajectory_actions
+
+__all__ = ["brier", "parse_confidence", "rlcr_reward", "stated_confidence"]
 
 CONFIDENCE_TAG = re.compile(r"<confidence>(.*?)</confidence>", re.DOTALL)
 
@@ -84,8 +83,9 @@ def brier(
                    acc = c · fmt, and the Brier term is 0 when fmt = 0
 
     As shaping, the new reward replaces the outcome (later selections see it: gate on correctness
-    before, or use the ``brier`` *credit* component, which adds the calibration advantage to the sum
-    and leaves the outcome alone). q is the number in the *last* ``<confidence>`` tag of the
+    before, or use the ``brier`` *credit* component (``stepcredit.estimators.brier_credit``), which adds the
+    calibration advantage to the sum and leaves the outcome alone). q is the number in the *last*
+    ``<confidence>`` tag of the
     trajectory's assistant texts (``source="tag"``) or the ``confidence`` column. An unparsable or
     out-of-range q fails the format: the released variant then gives 0.5 · (0 + 0 + 0) = 0; the paper
     states no rule, and we give c − 1, the worst a stated confidence could score, so that stating none
@@ -94,26 +94,3 @@ def brier(
     """
     reward = rlcr_reward(rollouts, variant=variant, source=source, success_threshold=success_threshold)
     return replace(rollouts, outcome=reward)
-
-
-@register("credit", "brier")
-def brier_credit(
-    rollouts: Rollouts,
-    *,
-    variant: Literal["paper", "released"] = "paper",
-    source: Literal["tag", "column"] = "tag",
-    success_threshold: float = 1.0,
-    norm: Norm = "mean",
-    eps: float = 1e-6,
-) -> Credit:
-    """RLCR as a credit component: the group-relative advantage of the RLCR reward (see the ``brier``
-    shaping), mean-only by default as RLCR trains (``scale_rewards=false``).
-
-        A_i = norm_g(c_i − (q_i − c_i)²)
-
-    In a weighted sum with ``grpo`` it adds a calibration signal without touching the outcome that
-    gates and samplers read. Damani et al. 2025, arXiv:2507.16806.
-    """
-    r = rollouts
-    reward = rlcr_reward(r, variant=variant, source=source, success_threshold=success_threshold)
-    return Credit(segments.group_normalize(reward, r.group, r.num_groups, norm=norm, eps=eps))

@@ -12,10 +12,9 @@ from typing import Any
 import torch
 
 from stepcredit.errors import RolloutError
-from stepcredit.io.records import canonical_json
 from stepcredit.registry import register
-from stepcredit.rollouts import Rollouts
-from stepcredit.texts import malformed_call_steps, step_action_texts
+from stepcredit.rollouts import Rollouts, canonical_json
+from stepcredit.rollouts._texts import malformed_call_steps, step_action_texts
 
 
 def render_expert_action(action: Any) -> str:

@@ -36,7 +36,7 @@ def final_answer_nonempty(r: Rollouts) -> Tensor:
 def no_tool_error_after_last_success(r: Rollouts) -> Tensor:
     """No tool call errored after the trajectory's last successful call (it did not end on a failure)."""
     n = r.num_trajectories
-    call_traj = r.step_traj[r.call_step]
+    call_traj = r.call_traj
     pos = torch.arange(r.num_calls, device=r.device)
     ok = r.call_ok == 1
     last_ok = segments.segment_last(call_traj[ok], n, positions=pos[ok])
@@ -46,7 +46,7 @@ def no_tool_error_after_last_success(r: Rollouts) -> Tensor:
 
 def no_tool_errors(r: Rollouts) -> Tensor:
     """No tool call errored."""
-    call_traj = r.step_traj[r.call_step]
+    call_traj = r.call_traj
     return segments.segment_sum((r.call_ok == TOOL_ERROR).long(), call_traj, r.num_trajectories) == 0
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from stepcredit.audit.run import Audit
+from stepcredit.auditing.run import Audit
 from stepcredit.rollouts import StepKind
 
 METRIC_NAMES = {
@@ -72,7 +72,7 @@ def _plot(audit: Audit) -> str:
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.2 * rows), squeeze=False)
     if audit.unit == "call":
-        label, traj = r.call_label, r.step_traj[r.call_step]
+        label, traj = r.call_label, r.call_traj
     else:
         label, traj = r.label, r.step_traj
     assert label is not None
@@ -187,7 +187,7 @@ def _trajectories(audit: Audit) -> tuple[str, str]:
     step_label = r.label.tolist() if r.label is not None else None
     good_calls = [0] * r.num_trajectories
     if call_label is not None:
-        traj_of_call = r.step_traj[r.call_step].tolist()
+        traj_of_call = r.call_traj.tolist()
         for c, lab in enumerate(call_label):
             good_calls[traj_of_call[c]] += lab == 1
     elif step_label is not None:

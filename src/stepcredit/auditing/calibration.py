@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from stepcredit.audit.metrics import auroc
+from stepcredit.auditing.metrics import auroc
 
 
 def _valid(confidence: Tensor, correct: Tensor) -> tuple[Tensor, Tensor]:

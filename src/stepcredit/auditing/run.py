@@ -10,8 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from stepcredit import segments
-from stepcredit.audit import metrics as M
+from stepcredit.auditing import metrics as M
 from stepcredit.credit import Credit
 from stepcredit.recipe import Recipe
 from stepcredit.rollouts import Rollouts
@@ -86,8 +85,7 @@ def audit_recipe(
     r = rollouts
     result = recipe.run(r)
     kept, sub, credit = result.kept, result.rollouts, result.credit
-    steps = segments.ranges(r.step_offsets[kept], r.steps_per_trajectory[kept])
-    calls = segments.ranges(r.call_offsets[steps], r.calls_per_step[steps])
+    steps, calls = r.expand(kept)
     step_credit = _spread(credit.per_step(sub), steps, r.num_steps)
     call_credit = _spread(credit.per_call(sub), calls, r.num_calls)
     u = M.units(r, call_credit if r.call_label is not None else step_credit, success_threshold=success_threshold)
@@ -107,7 +105,7 @@ def audit_recipe(
     )
 
 
-def run_audit(
+def audit(
     rollouts: Rollouts,
     recipes: Sequence[str | Recipe] = DEFAULT_RECIPES,
     *,
@@ -131,7 +129,7 @@ def run_audit(
 def calibration(rollouts: Rollouts, success_threshold: float = 1.0) -> dict[str, float] | None:
     """Calibration of the stated confidences (column, else the last ``<confidence>`` tag), or None when
     no trajectory states a usable one: Brier score, ECE (10 bins), AUROC, and how many stated one."""
-    from stepcredit.audit.calibration import brier_score, confidence_auroc, expected_calibration_error
+    from stepcredit.auditing.calibration import brier_score, confidence_auroc, expected_calibration_error
     from stepcredit.shaping.calibration import stated_confidence
 
     q = stated_confidence(rollouts, "column" if rollouts.confidence is not None else "tag")

@@ -16,7 +16,7 @@ from typing import Any
 
 from stepcredit.credit import Credit
 from stepcredit.errors import RolloutError
-from stepcredit.io.chat import iter_json_records
+from stepcredit.io._chat import iter_json_records
 from stepcredit.rollouts import Rollouts, StepKind
 
 

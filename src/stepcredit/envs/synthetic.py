@@ -12,8 +12,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from stepcredit.io.records import CallRecord, StepRecord, TrajectoryRecord, canonical_json, pack
-from stepcredit.rollouts import TOOL_ERROR, TOOL_OK, Rollouts
+from stepcredit.rollouts import (
+    TOOL_ERROR,
+    TOOL_OK,
+    CallRecord,
+    Rollouts,
+    StepRecord,
+    TrajectoryRecord,
+    build,
+    canonical_json,
+)
 
 WRITE_TOOLS = ("book", "cancel", "update", "refund")
 READ_TOOLS = ("lookup_user", "search", "get_details")
@@ -76,7 +84,7 @@ def make_records(
 
 def make_rollouts(num_groups: int = 16, group_size: int = 8, *, seed: int = 0, **kwargs: object) -> Rollouts:
     """``make_records`` packed into a ``Rollouts`` (history-derived states)."""
-    return pack(make_records(num_groups, group_size, seed=seed, **kwargs))  # type: ignore[arg-type]
+    return build(make_records(num_groups, group_size, seed=seed, **kwargs))  # type: ignore[arg-type]
 
 
 def make_tree_records(
@@ -137,4 +145,4 @@ def make_tree_records(
 
 def make_tree_rollouts(num_tasks: int = 8, *, seed: int = 0, **kwargs: object) -> Rollouts:
     """``make_tree_records`` packed into a ``Rollouts``."""
-    return pack(make_tree_records(num_tasks, seed=seed, **kwargs))  # type: ignore[arg-type]
+    return build(make_tree_records(num_tasks, seed=seed, **kwargs))  # type: ignore[arg-type]

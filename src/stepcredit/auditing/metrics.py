@@ -39,7 +39,7 @@ def units(rollouts: Rollouts, credit: Credit | Tensor, *, success_threshold: flo
     r = rollouts
     failed = r.outcome < success_threshold
     if r.call_label is not None:
-        traj = r.step_traj[r.call_step]
+        traj = r.call_traj
         values = credit.per_call(r) if isinstance(credit, Credit) else credit
         return Units("call", r.call_label, values, failed[traj], r.group[traj], traj)
     if r.label is not None:

@@ -17,48 +17,78 @@ How messages become steps:
 * **user** / **system** / **developer** messages before the first assistant turn form the prompt;
   later ones are the observation of the step before them.
 
-Optional record fields: ``tree`` (the rollout tree a trajectory, a root→leaf path, belongs to),
-``confidence`` (a stated confidence; null: none) and ``rubric`` (a list of boolean verdicts).
-Optional per-step fields on assistant messages: an intermediate ``reward``, a ``label`` (−1/0/1, for
-audits only), a ``state`` key, a ``kind`` (``reason``/``tool_call``/``answer``), a ``prm`` score and
-an ``abandoned`` flag; a call object may carry a ``label``.
+Optional fields are the annotation columns of the schema (``Rollouts`` columns with a chat form),
+under their names unless ``ChatFields.renames`` maps them elsewhere: on the record ``tree`` (the
+rollout tree a trajectory, a root→leaf path, belongs to), ``confidence`` (a stated confidence; null:
+none) and ``rubric`` (a list of boolean verdicts); on assistant messages an intermediate ``reward``,
+a ``label`` (−1/0/1, for audits only), a ``state`` key, a ``kind`` (``reason``/``tool_call``/
+``answer``), a ``prm`` score and an ``abandoned`` flag; on a call object a ``label``.
+
+``to_chat_records`` / ``write_chat_jsonl`` write the same format back, so a batch round-trips.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from stepcredit.errors import RolloutError
-from stepcredit.io.records import CallRecord, StepRecord, TrajectoryRecord, canonical_json
-from stepcredit.rollouts import TOOL_ERROR, TOOL_OK, TOOL_UNKNOWN, StepKind
+from stepcredit.rollouts import (
+    COLUMNS,
+    TOOL_ERROR,
+    TOOL_OK,
+    TOOL_UNKNOWN,
+    CallRecord,
+    Column,
+    Rollouts,
+    StepKind,
+    StepRecord,
+    TrajectoryRecord,
+    canonical_json,
+)
+
+__all__ = [
+    "ChatFields",
+    "iter_json_records",
+    "parse_record",
+    "read_chat_records",
+    "read_json",
+    "to_chat_records",
+    "write_chat_jsonl",
+]
 
 PROMPT_ROLES = ("system", "developer", "user")
 _MISSING = object()
+# the annotation columns a chat record can carry, by level (their json form says how they are written)
+_ANNOTATIONS = {
+    level: [c for c in COLUMNS.values() if c.json is not None and c.level == level]
+    for level in ("trajectory", "step", "call")
+}
 
 
 @dataclass(frozen=True)
 class ChatFields:
-    """Where a record keeps each field (dotted paths into nested objects)."""
+    """Where a record keeps each field (dotted paths into nested objects).
+
+    ``id`` may name several fields separated by commas (``"task_id,trial"``): the trajectory id is then
+    their values joined by ``:``, so ids do not depend on the file they came from. ``renames`` maps an
+    annotation column (``label``, ``state``, ``kind``, ``prm``, ``abandoned``, ``tree``,
+    ``confidence``, ``rubric``) to another path than its name.
+    """
 
     id: str = "id"
     group: str = "group"
     reward: str = "reward"
     messages: str = "messages"
     step_reward: str = "reward"
-    label: str = "label"
-    state: str = "state"
-    kind: str = "kind"
-    tree: str = "tree"
-    confidence: str = "confidence"
-    rubric: str = "rubric"
-    prm: str = "prm"
-    abandoned: str = "abandoned"
+    renames: Mapping[str, str] = field(default_factory=dict)
+
+    def path(self, col: Column) -> str:
+        return self.renames.get(col.name, col.key)
 
 
 def get_path(obj: dict[str, Any], path: str) -> Any:
@@ -80,42 +110,30 @@ class _Record:
     def error(self, field: str, message: str) -> RolloutError:
         return RolloutError(message, source=self.source, trajectory=self.trajectory, group=self.group, field=field)
 
-
-def _number(value: Any, where: _Record, field: str) -> float:
-    if isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, int | float):
-        raise where.error(field, f"expected a number, got {type(value).__name__} {value!r:.60}")
-    x = float(value)
-    if not math.isfinite(x):
-        raise where.error(field, f"expected a finite number, got {x}")
-    return x
+    def parse(self, col: Column, value: Any, at: str) -> Any:
+        """An annotation column's value (``None`` when absent or null) or the error naming ``at``."""
+        if value is _MISSING:
+            return None
+        try:
+            return col.parse_json(value)
+        except ValueError as exc:
+            raise self.error(at, str(exc)) from None
 
 
-def _optional_number(value: Any, where: _Record, field: str) -> float | None:
-    return None if value is _MISSING or value is None else _number(value, where, field)
+_NUMBER = COLUMNS["confidence"]  # parses like any finite number
+_NAME = COLUMNS["tree"]  # parses like any string-or-integer name
 
 
-def _flag(value: Any, where: _Record, field: str) -> bool:
-    if value is _MISSING or value is None:
-        return False
-    if not isinstance(value, bool):
-        raise where.error(field, f"expected a boolean, got {value!r:.60}")
-    return value
-
-
-def _name(value: Any, where: _Record, field: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise where.error(field, f"expected a string or integer, got {type(value).__name__} {value!r:.60}")
-    return str(value)
-
-
-def _label(value: Any, where: _Record, field: str) -> int | None:
-    if value is _MISSING or value is None:
-        return None
-    if isinstance(value, bool) or value not in (-1, 0, 1):
-        raise where.error(field, f"expected a label -1, 0 or 1, got {value!r:.60}")
-    return int(value)
+def annotations(
+    obj: dict[str, Any], level: str, where: _Record, fields: ChatFields, prefix: str = ""
+) -> dict[str, Any]:
+    """The record attributes of the annotation columns of ``level`` found in ``obj``."""
+    out = {}
+    for col in _ANNOTATIONS[level]:
+        path = fields.path(col) if level != "call" else col.key
+        assert col.record is not None
+        out[col.record] = where.parse(col, get_path(obj, path), f"{prefix}{path}")
+    return out
 
 
 def content_text(content: Any, where: _Record, field: str) -> str:
@@ -165,8 +183,9 @@ def _parse_call(raw: Any, where: _Record, field: str) -> tuple[str, CallRecord]:
     if not isinstance(name, str) or not name:
         raise where.error(f"{field}.name", f"expected a tool name, got {name!r:.60}")
     args = _arguments(spec.get("arguments"), where, f"{field}.arguments")
-    label = _label(raw.get("label", _MISSING), where, f"{field}.label")
-    return str(call_id), CallRecord(name=name, arguments=args, label=label)
+    return str(call_id), CallRecord(
+        name=name, arguments=args, **annotations(raw, "call", where, ChatFields(), f"{field}.")
+    )
 
 
 def _tool_ok(msg: dict[str, Any], text: str, where: _Record, field: str) -> int:
@@ -183,14 +202,11 @@ def _tool_ok(msg: dict[str, Any], text: str, where: _Record, field: str) -> int:
     return TOOL_ERROR if text.lstrip().startswith("Error") else TOOL_OK
 
 
-def _kind(value: Any, where: _Record, field: str) -> StepKind | None:
-    if value is _MISSING or value is None:
-        return None
-    try:
-        return StepKind[str(value).upper()]
-    except KeyError:
-        names = [k.name.lower() for k in StepKind]
-        raise where.error(field, f"expected one of {names}, got {value!r:.60}") from None
+def _calls(raw_calls: Any, where: _Record, at: str) -> list[tuple[str, CallRecord]]:
+    raw_calls = raw_calls or []
+    if not isinstance(raw_calls, list):
+        raise where.error(f"{at}.tool_calls", f"expected a list, got {type(raw_calls).__name__}")
+    return [_parse_call(raw, where, f"{at}.tool_calls[{k}]") for k, raw in enumerate(raw_calls)]
 
 
 def parse_messages(messages: Any, where: _Record, fields: ChatFields) -> tuple[str, list[StepRecord]]:
@@ -211,33 +227,21 @@ def parse_messages(messages: Any, where: _Record, fields: ChatFields) -> tuple[s
         role = msg.get("role")
         if role in PROMPT_ROLES:
             text = content_text(msg.get("content"), where, f"{at}.content")
-            for k, raw in enumerate(msg.get("tool_calls") or []):
-                call_id, _ = _parse_call(raw, where, f"{at}.tool_calls[{k}]")
+            for call_id, _ in _calls(msg.get("tool_calls"), where, at):
                 foreign[call_id] = foreign.get(call_id, 0) + 1
             (observation[-1] if steps else prompt).append(text)
         elif role == "assistant":
-            raw_calls = msg.get("tool_calls") or []
-            if not isinstance(raw_calls, list):
-                raise where.error(f"{at}.tool_calls", f"expected a list, got {type(raw_calls).__name__}")
             calls = []
-            for k, raw in enumerate(raw_calls):
-                call_id, call = _parse_call(raw, where, f"{at}.tool_calls[{k}]")
+            for call_id, call in _calls(msg.get("tool_calls"), where, at):
                 pending.setdefault(call_id, deque()).append(call)
                 calls.append(call)
-            reward = get_path(msg, fields.step_reward)
-            state = get_path(msg, fields.state)
-            if state is not _MISSING and (isinstance(state, bool) or not isinstance(state, int)):
-                raise where.error(f"{at}.{fields.state}", f"expected an integer state key, got {state!r:.60}")
+            reward = where.parse(_NUMBER, get_path(msg, fields.step_reward), f"{at}.{fields.step_reward}")
             steps.append(
                 StepRecord(
                     action=content_text(msg.get("content"), where, f"{at}.content"),
                     calls=calls,
-                    reward=0.0 if reward is _MISSING else _number(reward, where, f"{at}.{fields.step_reward}"),
-                    label=_label(get_path(msg, fields.label), where, f"{at}.{fields.label}"),
-                    state=None if state is _MISSING else state,
-                    kind=_kind(get_path(msg, fields.kind), where, f"{at}.{fields.kind}"),
-                    prm=_optional_number(get_path(msg, fields.prm), where, f"{at}.{fields.prm}"),
-                    abandoned=_flag(get_path(msg, fields.abandoned), where, f"{at}.{fields.abandoned}"),
+                    reward=0.0 if reward is None else reward,
+                    **annotations(msg, "step", where, fields, f"{at}."),
                 )
             )
             observation.append([])
@@ -273,35 +277,44 @@ def parse_messages(messages: Any, where: _Record, fields: ChatFields) -> tuple[s
     return "\n".join(prompt), steps
 
 
+def _trajectory_id(obj: dict[str, Any], where: _Record, fields: ChatFields, source: str) -> str:
+    paths = [p.strip() for p in fields.id.split(",") if p.strip()]
+    parts = []
+    for path in paths:
+        value = get_path(obj, path)
+        if value is _MISSING:
+            if len(paths) == 1:
+                return source  # no id field: the record's place in its file names it
+            raise where.error(path, "missing id field (the trajectory id is built from several fields)")
+        name = where.parse(_NAME, value, path)
+        if name is None:
+            raise where.error(path, "expected a string or integer, got null")
+        parts.append(name)
+    return ":".join(parts)
+
+
 def parse_record(obj: Any, source: str, fields: ChatFields = ChatFields()) -> TrajectoryRecord:
     """One chat record → ``TrajectoryRecord`` (raises ``RolloutError`` naming ``source``)."""
     where = _Record(source)
     if not isinstance(obj, dict):
         raise where.error("record", f"expected a JSON object, got {type(obj).__name__}")
-    raw_id = get_path(obj, fields.id)
-    where.trajectory = source if raw_id is _MISSING else _name(raw_id, where, fields.id)
+    where.trajectory = _trajectory_id(obj, where, fields, source)
     raw_group = get_path(obj, fields.group)
     if raw_group is _MISSING:
         raise where.error(fields.group, "missing group (the task / prompt id; set the group field name)")
-    where.group = _name(raw_group, where, fields.group)
+    where.group = where.parse(_NAME, raw_group, fields.group)
+    if where.group is None:
+        raise where.error(fields.group, "expected a string or integer, got null")
     raw_reward = get_path(obj, fields.reward)
     if raw_reward is _MISSING:
         raise where.error(fields.reward, "missing outcome reward (set the reward field name)")
-    outcome = _number(raw_reward, where, fields.reward)
+    if raw_reward is None:
+        raise where.error(fields.reward, "expected a number, got null")
+    outcome = where.parse(_NUMBER, raw_reward, fields.reward)
     messages = get_path(obj, fields.messages)
     if messages is _MISSING:
         raise where.error(fields.messages, "missing message list (set the messages field name)")
     prompt, steps = parse_messages(messages, where, fields)
-    raw_tree = get_path(obj, fields.tree)
-    tree = None if raw_tree is _MISSING or raw_tree is None else _name(raw_tree, where, fields.tree)
-    raw_rubric = get_path(obj, fields.rubric)
-    rubric = None
-    if raw_rubric is not _MISSING and raw_rubric is not None:
-        if not isinstance(raw_rubric, list) or not all(isinstance(v, bool) for v in raw_rubric):
-            raise where.error(
-                fields.rubric, f"expected a list of booleans (one verdict per rubric), got {raw_rubric!r:.60}"
-            )
-        rubric = raw_rubric
     return TrajectoryRecord(
         id=where.trajectory,
         group=where.group,
@@ -309,9 +322,7 @@ def parse_record(obj: Any, source: str, fields: ChatFields = ChatFields()) -> Tr
         steps=steps,
         prompt=prompt,
         source=source,
-        tree=tree,
-        confidence=_optional_number(get_path(obj, fields.confidence), where, fields.confidence),
-        rubric=rubric,
+        **annotations(obj, "trajectory", where, fields),
     )
 
 
@@ -350,3 +361,84 @@ def iter_json_records(path: Path, obj: Any = _MISSING) -> Iterator[tuple[Any, st
 def read_chat_records(path: Path, fields: ChatFields = ChatFields(), obj: Any = _MISSING) -> list[TrajectoryRecord]:
     """All trajectories of one chat-format file."""
     return [parse_record(rec, source, fields) for rec, source in iter_json_records(path, obj)]
+
+
+# -------------------------------------------------------------------------------------------- writer
+def _json_value(col: Column, value: Any) -> Any:
+    if col.json == "kind":
+        return StepKind(value).name.lower()
+    if col.json == "name":
+        return str(value)
+    if isinstance(value, float) and value != value:  # NaN: not stated
+        return None
+    return value
+
+
+def _present(r: Rollouts, level: str) -> list[tuple[Column, list[Any]]]:
+    out = []
+    for col in _ANNOTATIONS[level]:
+        value = getattr(r, col.name)
+        if value is not None:
+            out.append((col, value.cpu().tolist()))
+    return out
+
+
+def to_chat_records(rollouts: Rollouts) -> list[dict[str, Any]]:
+    """Chat records (OpenAI format) that the chat loader turns back into the same batch (token spans
+    aside). A step's ``kind`` is written only where it differs from what the loader derives."""
+    r = rollouts
+    t = {
+        k: getattr(r.texts, k).to_pylist()
+        for k in ("ids", "group_names", "prompt", "action", "observation", "call_name", "call_arguments", "call_result")
+    }
+    group, outcome = r.group.tolist(), r.outcome.tolist()
+    off, coff = r.step_offsets.tolist(), r.call_offsets.tolist()
+    kind, reward, call_ok = r.kind.tolist(), r.reward.tolist(), r.call_ok.tolist()
+    traj_cols, step_cols, call_cols = _present(r, "trajectory"), _present(r, "step"), _present(r, "call")
+    records = []
+    for i in range(r.num_trajectories):
+        messages: list[dict[str, Any]] = []
+        if t["prompt"][i]:
+            messages.append({"role": "user", "content": t["prompt"][i]})
+        last = off[i + 1] - 1
+        for s in range(off[i], off[i + 1]):
+            calls = range(coff[s], coff[s + 1])
+            msg: dict[str, Any] = {"role": "assistant", "content": t["action"][s], "reward": reward[s]}
+            derived = StepKind.TOOL_CALL if calls else (StepKind.ANSWER if s == last else StepKind.REASON)
+            for col, values in step_cols:
+                if col.name != "kind" or kind[s] != derived:
+                    msg[col.key] = _json_value(col, values[s])
+            if calls:
+                msg["tool_calls"] = []
+                for c in calls:
+                    call = {
+                        "id": f"call_{s}_{c - coff[s]}",
+                        "type": "function",
+                        "function": {"name": t["call_name"][c], "arguments": t["call_arguments"][c]},
+                    }
+                    call.update({col.key: _json_value(col, values[c]) for col, values in call_cols})
+                    msg["tool_calls"].append(call)
+            messages.append(msg)
+            for c in calls:
+                ok = call_ok[c]
+                messages.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": f"call_{s}_{c - coff[s]}",
+                        "content": t["call_result"][c],
+                        "error": None if ok == TOOL_UNKNOWN else ok == TOOL_ERROR,
+                    }
+                )
+            if t["observation"][s]:
+                messages.append({"role": "user", "content": t["observation"][s]})
+        record = {"id": t["ids"][i], "group": t["group_names"][group[i]], "reward": outcome[i], "messages": messages}
+        record.update({col.key: _json_value(col, values[i]) for col, values in traj_cols})
+        records.append(record)
+    return records
+
+
+def write_chat_jsonl(rollouts: Rollouts, path: str | Path) -> None:
+    """Write one chat record a line (see ``to_chat_records``)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for rec in to_chat_records(rollouts):
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")

@@ -7,13 +7,14 @@ labelled from the file's own tasks' reference actions by ``labels.label_calls`` 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from stepcredit.errors import RolloutError
-from stepcredit.io.chat import ChatFields, parse_record, read_json
-from stepcredit.io.labels import label_calls
-from stepcredit.io.records import TrajectoryRecord
+from stepcredit.io._chat import ChatFields, parse_record, read_json
+from stepcredit.io._labels import label_calls
+from stepcredit.rollouts import TrajectoryRecord
 
 TAU2_FIELDS = ChatFields(id="id", group="task_id", reward="reward_info.reward", messages="messages")
 
@@ -28,8 +29,11 @@ def reference_actions(task: dict[str, Any]) -> list[dict[str, Any]]:
     return list(criteria.get("actions") or [])
 
 
-def parse_tau2(obj: Any, source: str, *, labels: bool = True) -> list[TrajectoryRecord]:
-    """Trajectories of one parsed tau2 results object; with ``labels`` every call is labelled."""
+def parse_tau2(obj: Any, source: str, *, labels: bool = True, id_field: str = "id") -> list[TrajectoryRecord]:
+    """Trajectories of one parsed tau2 results object; with ``labels`` every call is labelled.
+    ``id_field``: where a simulation keeps its id (comma-separated fields are joined, e.g.
+    ``"task_id,trial"``)."""
+    fields = replace(TAU2_FIELDS, id=id_field)
     if not is_tau2(obj):
         raise RolloutError(
             "expected a tau2 results object with a 'simulations' list", source=source, field="simulations"
@@ -40,7 +44,7 @@ def parse_tau2(obj: Any, source: str, *, labels: bool = True) -> list[Trajectory
     by_id = {str(t["id"]): t for t in tasks}
     records = []
     for i, sim in enumerate(obj["simulations"]):
-        rec = parse_record(sim, f"{source}: simulations[{i}]", TAU2_FIELDS)
+        rec = parse_record(sim, f"{source}: simulations[{i}]", fields)
         if labels:
             task = by_id.get(rec.group)
             if task is None:

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from stepcredit import segments
-from stepcredit.rollouts import TOOL_ERROR, TOOL_UNKNOWN, Rollouts
+from stepcredit.rollouts._batch import TOOL_ERROR, TOOL_UNKNOWN, Rollouts
 
 LABEL_NAMES = {1: "+1", 0: "0", -1: "-1"}
 
@@ -46,7 +46,7 @@ def summarize(rollouts: Rollouts, *, success_threshold: float = 1.0) -> dict[str
         "success_threshold": success_threshold,
     }
     if r.call_label is not None:
-        out["call_labels"] = _label_counts(r.call_label, success[r.step_traj[r.call_step]])
+        out["call_labels"] = _label_counts(r.call_label, success[r.call_traj])
     if r.label is not None:
         out["step_labels"] = _label_counts(r.label, success[r.step_traj])
     return out

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 
-from stepcredit.rollouts import Rollouts
+from stepcredit.rollouts._batch import Rollouts
 
 
 def step_action_texts(rollouts: Rollouts) -> list[str]:
     """What each step *did*: its tool calls rendered as ``name canonical_arguments`` (one line per
     call, in order), or its text for a step without calls."""
     r = rollouts
-    assert r.texts is not None
     action = r.texts.action.to_pylist()
     names, args = r.texts.call_name.to_pylist(), r.texts.call_arguments.to_pylist()
     coff = r.call_offsets.tolist()
@@ -25,7 +24,6 @@ def malformed_call_steps(rollouts: Rollouts) -> list[bool]:
     """Per step: does any of its calls carry arguments that are not valid JSON (kept verbatim by the
     loaders, so a format error of the model's)?"""
     r = rollouts
-    assert r.texts is not None
     bad_call = []
     for text in r.texts.call_arguments.to_pylist():
         try:
@@ -40,7 +38,6 @@ def malformed_call_steps(rollouts: Rollouts) -> list[bool]:
 def trajectory_actions(rollouts: Rollouts) -> list[str]:
     """Each trajectory's assistant texts joined in order (the text an answer-format check reads)."""
     r = rollouts
-    assert r.texts is not None
     action = r.texts.action.to_pylist()
     off = r.step_offsets.tolist()
     return ["\n".join(action[off[i] : off[i + 1]]) for i in range(r.num_trajectories)]
@@ -50,7 +47,6 @@ def anchor_observations(rollouts: Rollouts) -> list[str]:
     """The observation each step acted on: the prompt for a trajectory's first step, else the previous
     step's tool results (in call order) followed by its observation text."""
     r = rollouts
-    assert r.texts is not None
     prompt = r.texts.prompt.to_pylist()
     obs = r.texts.observation.to_pylist()
     results = r.texts.call_result.to_pylist()

@@ -1,0 +1,163 @@
+"""Parquet: one row per trajectory with nested ``steps: list<struct<..., calls: list<struct>>>``.
+
+The layout follows the column schema: trajectory columns at the top level, step columns as fields
+of the ``steps`` struct, call columns as fields of its ``calls`` struct, each under its declared
+name (``Column.key``); the group is stored by name. Both directions map the CSR offsets of
+``Rollouts`` straight onto Arrow list offsets, with no Python loop over rows, so large logs move at
+columnar speed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from stepcredit import segments
+from stepcredit.errors import RolloutError
+from stepcredit.rollouts import COLUMNS, TEXT_COLUMNS, Column, Rollouts, Texts
+
+__all__ = ["from_arrow", "read_parquet", "to_arrow", "write_parquet"]
+
+FORMAT_VERSION = "1"
+RESPONSE_LENGTH = b"stepcredit.response_length"
+_STRUCTURE = ("group", "step_offsets", "call_offsets", "response_mask")  # stored as names, offsets, metadata
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def _list(offsets: torch.Tensor, values: pa.Array) -> pa.Array:
+    return pa.LargeListArray.from_arrays(pa.array(_np(offsets), type=pa.int64()), values)
+
+
+def _arrow_columns(r: Rollouts, level: str) -> dict[str, pa.Array]:
+    """The texts and tensor columns of one level, under their Parquet names, in schema order."""
+    out = {c.key: getattr(r.texts, name) for name, c in TEXT_COLUMNS.items() if c.level == level}
+    for name, col in COLUMNS.items():
+        value = getattr(r, name)
+        if value is None or col.level != level or name in _STRUCTURE:
+            continue
+        out[col.key] = (
+            pa.array(_np(value).tolist(), type=pa.list_(pa.bool_())) if col.extra_dims else pa.array(_np(value))
+        )
+    return out
+
+
+def to_arrow(rollouts: Rollouts) -> pa.Table:
+    """One row per trajectory; steps and their calls as nested lists."""
+    r = rollouts
+    call_cols = _arrow_columns(r, "call")
+    calls = pa.StructArray.from_arrays(list(call_cols.values()), names=list(call_cols))
+    step_cols = {**_arrow_columns(r, "step"), "calls": _list(r.call_offsets, calls)}
+    steps = pa.StructArray.from_arrays(list(step_cols.values()), names=list(step_cols))
+    top = _arrow_columns(r, "trajectory")
+    table = pa.table(
+        {
+            "id": top.pop("id"),
+            "group": r.texts.group_names.take(pa.array(_np(r.group))),
+            "outcome": top.pop("outcome"),
+            "prompt": top.pop("prompt"),
+            "steps": _list(r.step_offsets, steps),
+            **top,
+        }
+    )
+    meta = {b"stepcredit.format": FORMAT_VERSION.encode()}
+    if r.response_mask is not None:
+        meta[RESPONSE_LENGTH] = str(r.response_mask.shape[1]).encode()
+    return table.replace_schema_metadata(meta)
+
+
+def write_parquet(rollouts: Rollouts, path: str | Path) -> None:
+    pq.write_table(to_arrow(rollouts), path)
+
+
+def _flat(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    offsets = arr.offsets.to_numpy()
+    return offsets - offsets[0], arr.flatten()
+
+
+def _tensor(arr: pa.Array, col: Column, source: str) -> torch.Tensor:
+    if arr.null_count:
+        raise RolloutError("contains nulls", source=source, field=col.key)
+    assert col.dtype is not None
+    if col.extra_dims:
+        offsets, values = _flat(arr)
+        widths = set((offsets[1:] - offsets[:-1]).tolist())
+        if len(widths) > 1:
+            raise RolloutError(f"{col.name} lists differ in length across trajectories", source=source, field=col.key)
+        return _tensor(values, Column(col.level, col.dtype, name=col.name), source).reshape(
+            len(arr), widths.pop() if widths else 0
+        )
+    return torch.from_numpy(arr.to_numpy(zero_copy_only=False).copy()).to(col.dtype)
+
+
+def from_arrow(table: pa.Table, source: str = "<table>") -> Rollouts:
+    """Inverse of ``to_arrow``; groups numbered by first appearance."""
+    from stepcredit.io._tensors import dense_groups
+
+    for name in ("id", "group", "outcome", "steps"):
+        if name not in table.column_names:
+            raise RolloutError(f"missing column {name!r}", source=source, field=name)
+    step_off, steps = _flat(table.column("steps"))
+    if not pa.types.is_struct(steps.type):
+        raise RolloutError("expected a list of step structs", source=source, field="steps")
+    if "calls" not in steps.type.names:
+        raise RolloutError("missing nested column 'calls'", source=source, field="calls")
+    call_off, calls = _flat(steps.field("calls"))
+    top = {name: table.column(name).combine_chunks() for name in table.column_names}
+    structs = {"trajectory": top, "step": steps, "call": calls}
+    has = {
+        "trajectory": lambda key: key in top,
+        "step": lambda key: key in steps.type.names,
+        "call": lambda key: key in calls.type.names,
+    }
+    get = {"trajectory": lambda key: top[key], "step": steps.field, "call": calls.field}
+    cols: dict[str, torch.Tensor] = {}
+    for name, col in COLUMNS.items():
+        if name in _STRUCTURE or col.level not in structs:
+            continue
+        if has[col.level](col.key):
+            cols[name] = _tensor(get[col.level](col.key), col, source)
+        elif col.required or col.default is not None:  # always written: a file without it is not ours
+            raise RolloutError(f"missing nested column {col.key!r}", source=source, field=col.key)
+    group, names = dense_groups(table.column("group").to_numpy(zero_copy_only=False).astype(str))
+    meta = table.schema.metadata or {}
+    tokens = [k for k, c in COLUMNS.items() if c.together is not None and k != "response_mask"]
+    if RESPONSE_LENGTH in meta and "step_token_start" in cols and "step_token_end" in cols:
+        t = int(meta[RESPONSE_LENGTH])
+        traj = segments.segment_ids(torch.as_tensor(step_off))
+        cols["response_mask"] = (
+            segments.span_index_map(cols["step_token_start"], cols["step_token_end"], traj, (table.num_rows, t)) >= 0
+        )
+    else:
+        for k in tokens:
+            cols.pop(k, None)
+    texts = {}
+    for name, tcol in TEXT_COLUMNS.items():
+        if name == "group_names":
+            continue
+        if has[tcol.level](tcol.key):
+            texts[name] = get[tcol.level](tcol.key)
+        elif name != "prompt":
+            raise RolloutError(f"missing nested column {tcol.key!r}", source=source, field=tcol.key)
+    return Rollouts(
+        group=group,
+        step_offsets=torch.as_tensor(step_off, dtype=torch.int64),
+        call_offsets=torch.as_tensor(call_off, dtype=torch.int64),
+        **cols,
+        texts=Texts.create(table.num_rows, len(names), len(steps), len(calls), group_names=names, **texts),
+    )
+
+
+def read_parquet(path: str | Path) -> Rollouts:
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise RolloutError(f"cannot read Parquet ({exc})", source=str(path)) from None
+    return from_arrow(table, str(path))

@@ -1,0 +1,735 @@
+"""The data model: one batch of agent rollouts, columnar and ragged, as torch tensors.
+
+Four levels, each a set of equal-length columns; ragged levels are linked by CSR offsets:
+
+* **trajectory** ``[N]``: ``group`` (dense task/prompt id), ``outcome``, ``step_offsets [N+1]``,
+  optional ``tree``, ``confidence``, ``rubric [N, K]``;
+* **step** ``[S]``: one model turn (thought + action) and the observation it caused: ``kind``,
+  intermediate ``reward``, ``tool_ok``, ``state`` (key of the decision point the step was taken from),
+  optional ``label``, ``prm``, ``abandoned``; ``call_offsets [S+1]`` link it to its tool calls;
+* **call** ``[C]``: the tool calls a step made (several when calls run in parallel): ``call_ok``,
+  optional ``call_label``;
+* **token** (optional, for trainers): ``response_mask (N, T)`` and the token span ``[start, end)`` of
+  each step's model-generated tokens (and of each tool call inside it).
+
+Every column is declared once, below, with ``column(level, dtype, ...)``; that declaration drives
+coercion, validation, ``select`` / ``concat`` / ``to``, Parquet and chat I/O and the record builder
+(``stepcredit.rollouts._columns``). Texts (trajectory ids, group names, actions, observations, tool
+names, canonical JSON arguments, tool results) live in a side table of Arrow string arrays, so the
+tensor path never touches Python strings.
+
+A ``Rollouts`` is validated once, at construction; nothing downstream re-checks. It is immutable:
+``select``, ``concat``, ``split_groups`` and ``to`` return new objects.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from enum import IntEnum
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from torch import Tensor
+
+from stepcredit import segments
+from stepcredit.errors import RolloutError
+from stepcredit.rollouts._columns import Check, Column, Level, column, schema
+
+__all__ = [
+    "COLUMNS",
+    "LABEL_VALUES",
+    "TEXT_COLUMNS",
+    "TOOL_ERROR",
+    "TOOL_OK",
+    "TOOL_UNKNOWN",
+    "Rollouts",
+    "StepKind",
+    "Texts",
+    "tool_ok_from_calls",
+]
+
+
+class StepKind(IntEnum):
+    """What a step (one model turn) did."""
+
+    REASON = 0  # text only, not the last turn (thinking aloud, talking to the user)
+    TOOL_CALL = 1  # made at least one tool call
+    ANSWER = 2  # text only, the trajectory's last turn
+
+
+TOOL_OK, TOOL_ERROR, TOOL_UNKNOWN = 1, 0, -1
+LABEL_VALUES = (-1, 0, 1)
+_CODES = Check(values=(TOOL_UNKNOWN, TOOL_ERROR, TOOL_OK))
+_LABELS = Check(values=LABEL_VALUES)
+
+
+def tool_ok_from_calls(call_ok: Tensor, call_step: Tensor, num_steps: int) -> Tensor:
+    """A step's ``tool_ok`` from its calls: 0 if any call errored, 1 if all succeeded, else −1 (also for
+    steps without calls)."""
+    n_calls = segments.segment_count(call_step, num_steps)
+    n_err = segments.segment_sum((call_ok == TOOL_ERROR).long(), call_step, num_steps)
+    n_ok = segments.segment_sum((call_ok == TOOL_OK).long(), call_step, num_steps)
+    out = torch.full((num_steps,), TOOL_UNKNOWN, dtype=torch.int8, device=call_ok.device)
+    out[(n_calls > 0) & (n_ok == n_calls)] = TOOL_OK
+    out[n_err > 0] = TOOL_ERROR
+    return out
+
+
+def _full(level: Level, value: float | int, dtype: torch.dtype) -> Any:
+    return lambda r: torch.full((r.size(level),), value, dtype=dtype, device=r.device)
+
+
+def _default_tool_ok(r: Rollouts) -> Tensor:
+    if r.call_ok is None:
+        return torch.full((r.num_steps,), TOOL_UNKNOWN, dtype=torch.int8, device=r.device)
+    return tool_ok_from_calls(r.call_ok, r.call_step, r.num_steps)
+
+
+# ---------------------------------------------------------------------------------------------- texts
+def _strings(values: Sequence[str] | pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    arr = values if isinstance(values, pa.Array) else pa.array(list(values), type=pa.large_string())
+    if not pa.types.is_large_string(arr.type):
+        arr = arr.cast(pa.large_string())
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class Texts:
+    """Side table of texts, one Arrow ``large_string`` array per column (declared like tensor columns)."""
+
+    ids: pa.Array = column("trajectory", None, arrow="id", record="id", doc="trajectory ids (unique)")
+    group_names: pa.Array = column("group", None, doc="the task / prompt each group id stands for")
+    prompt: pa.Array = column("trajectory", None, record="prompt", doc="the prompt text")
+    action: pa.Array = column("step", None, record="action", doc="what the model wrote in the turn")
+    observation: pa.Array = column("step", None, record="observation", doc="what came back, tool results aside")
+    call_name: pa.Array = column("call", None, arrow="name", record="name", doc="the tool's name")
+    call_arguments: pa.Array = column("call", None, arrow="arguments", record="arguments", doc="canonical JSON")
+    call_result: pa.Array = column("call", None, arrow="result", record="result", doc="the tool's result text")
+
+    @classmethod
+    def create(
+        cls,
+        num_trajectories: int,
+        num_groups: int,
+        num_steps: int,
+        num_calls: int,
+        **columns: Sequence[str] | pa.Array | None,
+    ) -> Texts:
+        """Texts with every column given in ``columns`` and the rest blank (ids/group names numbered)."""
+        unknown = set(columns) - set(TEXT_COLUMNS)
+        if unknown:
+            raise TypeError(f"unknown text columns: {sorted(unknown)}")
+        sizes = {"trajectory": num_trajectories, "group": num_groups, "step": num_steps, "call": num_calls}
+        numbered = {"ids": num_trajectories, "group_names": num_groups}
+        out = {}
+        for name, col in TEXT_COLUMNS.items():
+            given = columns.get(name)
+            if given is None:
+                given = [str(i) for i in range(numbered[name])] if name in numbered else [""] * sizes[col.level]
+            out[name] = _strings(given)
+        return cls(**out)
+
+    def take(self, rows: Mapping[str, Tensor]) -> Texts:
+        """The rows ``rows[level]`` of every column."""
+        return Texts(
+            **{n: getattr(self, n).take(pa.array(rows[c.level].cpu().numpy())) for n, c in TEXT_COLUMNS.items()}
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[Texts]) -> Texts:
+        return Texts(**{n: pa.concat_arrays([getattr(p, n) for p in parts]) for n in TEXT_COLUMNS})
+
+    def equals(self, other: Texts) -> bool:
+        return all(getattr(self, n).equals(getattr(other, n)) for n in TEXT_COLUMNS)
+
+
+TEXT_COLUMNS: dict[str, Column] = schema(Texts)
+
+
+def _as_tensor(value: Any, dtype: torch.dtype, name: str) -> Tensor:
+    if isinstance(value, Tensor):
+        if value.dtype.is_floating_point and not dtype.is_floating_point and not torch.equal(value, value.round()):
+            raise RolloutError(f"expected integer values, got non-integer {value.dtype}", field=name)
+        return value.to(dtype)
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # pragma: no cover - numpy raises many kinds
+        raise RolloutError(f"cannot read as an array: {exc}", field=name) from exc
+    if arr.dtype.kind not in "biuf":
+        raise RolloutError(f"expected numbers, got a ragged or non-numeric sequence ({arr.dtype})", field=name)
+    if arr.size and arr.dtype.kind == "f" and not dtype.is_floating_point and not np.array_equal(arr, arr.round()):
+        raise RolloutError(f"expected integer values, got {arr.dtype}", field=name)
+    return torch.as_tensor(arr).to(dtype)
+
+
+# ------------------------------------------------------------------------------------------- Rollouts
+@dataclass(frozen=True, eq=False)
+class Rollouts:
+    """One batch of rollouts. Construct directly (lists, numpy arrays or tensors), with ``build`` from
+    Python records, or with a loader.
+
+    Required: ``group [N]`` (dense ids ``0..G-1``, every group non-empty), ``outcome [N]`` (finite) and
+    ``step_offsets [N+1]``. Step columns default to: ``kind`` REASON, ``reward`` 0, ``tool_ok`` from the
+    step's calls (−1, unknown, without calls), ``state`` all distinct (no two steps share a decision
+    point), no tool calls. Token columns are optional but come together: ``response_mask (N, T)`` with
+    ``step_token_start/end``.
+    """
+
+    # trajectory level [N]
+    group: Tensor = column("trajectory", torch.int64, required=True, doc="dense task id; checked with the texts")
+    outcome: Tensor = column("trajectory", torch.float32, required=True, check=Check(finite=True), record="outcome")
+    step_offsets: Tensor = column("trajectory", torch.int64, required=True, offsets="step", doc="CSR into steps")
+    tree: Tensor | None = column(
+        "trajectory", torch.int64, record="tree", fill="own", json="name", doc="rollout tree of a root→leaf path"
+    )
+    confidence: Tensor | None = column(
+        "trajectory",
+        torch.float32,
+        check=Check(no_inf=True),
+        record="confidence",
+        fill=float("nan"),
+        json="number",
+        doc="stated confidence in [0, 1]; NaN: none stated",
+    )
+    rubric: Tensor | None = column(
+        "trajectory", torch.bool, extra_dims=1, record="rubric", json="booleans", doc="rubric verdicts [N, K]"
+    )
+    # step level [S]
+    kind: Tensor = column(
+        "step",
+        torch.int8,
+        default=_full("step", StepKind.REASON, torch.int8),
+        check=Check(values=tuple(int(k) for k in StepKind)),
+        record="kind",
+        json="kind",
+        doc="StepKind",
+    )
+    reward: Tensor = column(
+        "step",
+        torch.float32,
+        default=_full("step", 0.0, torch.float32),
+        check=Check(finite=True),
+        record="reward",
+        doc="intermediate reward",
+    )
+    tool_ok: Tensor = column(
+        "step",
+        torch.int8,
+        default=_default_tool_ok,
+        derived=True,
+        check=_CODES,
+        doc="0 if a call errored, 1 if all ran",
+    )
+    state: Tensor = column(
+        "step",
+        torch.int64,
+        default=lambda r: torch.arange(r.num_steps, device=r.device),
+        record="state",
+        json="integer",
+        doc="decision-point key",
+    )
+    call_offsets: Tensor = column(
+        "step",
+        torch.int64,
+        offsets="call",
+        default=lambda r: torch.zeros(r.num_steps + 1, dtype=torch.int64, device=r.device),
+        doc="CSR into calls",
+    )
+    label: Tensor | None = column("step", torch.int8, check=_LABELS, record="label", fill=0, json="label")
+    prm: Tensor | None = column("step", torch.float32, check=Check(finite=True), record="prm", json="number")
+    abandoned: Tensor | None = column("step", torch.bool, record="abandoned", fill=False, json="flag")
+    # call level [C]
+    call_ok: Tensor = column(
+        "call", torch.int8, default=_full("call", TOOL_UNKNOWN, torch.int8), check=_CODES, arrow="ok", record="ok"
+    )
+    call_label: Tensor | None = column(
+        "call", torch.int8, check=_LABELS, arrow="label", record="label", fill=0, json="label"
+    )
+    # token level (N, T) and token spans
+    response_mask: Tensor | None = column("token", torch.bool, together="tokens")
+    step_token_start: Tensor | None = column("step", torch.int64, arrow="token_start", together="tokens")
+    step_token_end: Tensor | None = column("step", torch.int64, arrow="token_end", together="tokens")
+    call_token_start: Tensor | None = column("call", torch.int64, arrow="token_start", together="call_tokens")
+    call_token_end: Tensor | None = column("call", torch.int64, arrow="token_end", together="call_tokens")
+    texts: Texts = None  # type: ignore[assignment]  # filled with blank texts when not given
+
+    # ------------------------------------------------------------------ construction + validation
+    def __post_init__(self) -> None:
+        put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen dataclass
+        for name, col in COLUMNS.items():
+            value = getattr(self, name)
+            if value is None:
+                if col.required:
+                    raise RolloutError("a required column is missing", field=name)
+                continue
+            assert col.dtype is not None
+            put(name, _as_tensor(value, col.dtype, name))
+        device = self.group.device
+        for name in COLUMNS:
+            value = getattr(self, name)
+            if value is not None and value.device != device:
+                put(name, value.to(device))
+        self._validate_structure()
+        for name, col in sorted(COLUMNS.items(), key=lambda item: item[1].derived):  # derived ones last
+            if getattr(self, name) is None and col.default is not None:
+                put(name, col.default(self))
+        self._validate_values()
+
+    def size(self, level: Level) -> int:
+        """Rows at ``level``: trajectories, groups, steps or calls (token rows: trajectories)."""
+        if level in ("trajectory", "token"):
+            return self.group.numel()
+        if level == "group":
+            return self._num_groups_raw()
+        if level == "step":
+            return max(int(self.step_offsets[-1]), 0)
+        return max(int(self.call_offsets[-1]), 0) if self.call_offsets is not None else 0
+
+    def _num_groups_raw(self) -> int:
+        return int(self.group.max()) + 1 if self.group.numel() else 0
+
+    def _where(self, traj: int) -> tuple[str, str]:
+        tid = str(self.texts.ids[traj].as_py()) if traj < len(self.texts.ids) else str(traj)
+        g = int(self.group[traj])
+        names = self.texts.group_names
+        gname = str(names[g].as_py()) if 0 <= g < len(names) else str(g)
+        return tid, gname
+
+    def _fail(self, traj: int, name: str, message: str) -> RolloutError:
+        tid, gname = self._where(traj)
+        return RolloutError(message, trajectory=tid, group=gname, field=name)
+
+    def _first(self, bad: Tensor) -> int:
+        return int(torch.nonzero(bad)[0, 0])
+
+    def _row(self, level: Level, i: int) -> tuple[int, str]:
+        """The trajectory of row ``i`` at ``level`` and how to name the row inside it."""
+        if level == "step":
+            return int(self.step_traj[i]), f"step {self._step_in_traj(i)}: "
+        if level == "call":
+            step = int(self.call_step[i])
+            return int(
+                self.step_traj[step]
+            ), f"call {i - int(self.call_offsets[step])} of step {self._step_in_traj(step)}: "
+        return i, ""
+
+    def _check_offsets(self, name: str, rows: int) -> None:
+        off = getattr(self, name)
+        what = "trajectories" if name == "step_offsets" else "steps"
+        if off.shape != (rows + 1,):
+            raise RolloutError(f"expected {rows + 1} offsets ({what} + 1), got {tuple(off.shape)}", field=name)
+        if int(off[0]) != 0:
+            raise RolloutError(f"{name} must start at 0, got {int(off[0])}", field=name)
+        bad = off[1:] < off[:-1]
+        if bool(bad.any()):
+            i = self._first(bad)
+            if name == "step_offsets":
+                raise self._fail(i, name, f"offsets decrease ({int(off[i])} -> {int(off[i + 1])}): negative step count")
+            raise self._fail(int(self.step_traj[i]), name, f"offsets decrease at step {self._step_in_traj(i)}")
+
+    def _validate_structure(self) -> None:
+        """Shapes: equal lengths at every level, offsets that add up, texts that name every row."""
+        n = self.group.numel()
+        if self.group.dim() != 1 or self.outcome.shape != (n,):
+            raise RolloutError(
+                f"expected 1-D columns of equal length (one per trajectory), got group {tuple(self.group.shape)} "
+                f"and outcome {tuple(self.outcome.shape)}",
+                field="outcome",
+            )
+        if self.texts is None:
+            object.__setattr__(self, "texts", Texts.create(n, self._num_groups_raw(), 0, 0))
+            blank = True
+        else:
+            blank = False
+        texts = self.texts
+        # ids first: every later message names trajectories by them
+        if len(texts.ids) != n:
+            raise RolloutError(f"expected {n} trajectory ids, got {len(texts.ids)}", field="texts.ids")
+        if texts.ids.null_count:
+            raise RolloutError("trajectory ids must not be null", field="texts.ids")
+        if n and len(pc.unique(texts.ids)) != n:
+            counts = pc.value_counts(texts.ids)
+            dup = next(v["values"] for v in counts.to_pylist() if v["counts"] > 1)
+            raise RolloutError("trajectory id is not unique in the batch", trajectory=dup, field="id")
+        if n and int(self.group.min()) < 0:
+            i = self._first(self.group < 0)
+            raise RolloutError(
+                f"group ids must be >= 0, got {int(self.group[i])}", trajectory=str(texts.ids[i].as_py()), field="group"
+            )
+        g = self._num_groups_raw()
+        if len(texts.group_names) != g:
+            raise RolloutError(
+                f"expected {g} group names (max group id + 1), got {len(texts.group_names)}", field="texts.group_names"
+            )
+        if g and bool((segments.segment_count(self.group, g) == 0).any()):
+            empty = int(torch.nonzero(segments.segment_count(self.group, g) == 0)[0, 0])
+            raise RolloutError(
+                f"group ids must be dense 0..{g - 1}; group {empty} has no trajectory",
+                group=str(texts.group_names[empty].as_py()),
+                field="group",
+            )
+        self._check_offsets("step_offsets", n)
+        s = self.size("step")
+        if self.call_offsets is not None:
+            self._check_offsets("call_offsets", s)
+        c = self.size("call")
+        if blank:  # blank texts for the steps and calls now that their numbers are known
+            object.__setattr__(self, "texts", Texts.create(n, g, s, c, ids=texts.ids, group_names=texts.group_names))
+        for name, col in COLUMNS.items():
+            value = getattr(self, name)
+            if value is None or col.offsets is not None or name in ("group", "outcome"):
+                continue
+            if col.level == "token":
+                if value.dim() != 2 or value.shape[0] != n:
+                    raise RolloutError(f"expected shape ({n}, T), got {tuple(value.shape)}", field=name)
+            elif col.extra_dims:
+                if value.dim() != 1 + col.extra_dims or value.shape[0] != n:
+                    raise RolloutError(f"expected shape ({n}, K), got {tuple(value.shape)}", field=name)
+            elif value.shape != (self.size(col.level),):
+                extra = ", step_offsets[-1]" if col.level == "step" else ""
+                raise RolloutError(
+                    f"expected {self.size(col.level)} values (one per {col.level}{extra}), got {tuple(value.shape)}",
+                    field=name,
+                )
+        for name, col in TEXT_COLUMNS.items():
+            got = len(getattr(self.texts, name))
+            if got != self.size(col.level):
+                raise RolloutError(
+                    f"expected {self.size(col.level)} texts (one per {col.level}), got {got}", field=f"texts.{name}"
+                )
+        for tag in ("tokens", "call_tokens"):
+            names = [k for k, col in COLUMNS.items() if col.together == tag]
+            given = [getattr(self, k) is not None for k in names]
+            if any(given) and not all(given):
+                missing = [k for k, g_ in zip(names, given, strict=True) if not g_]
+                raise RolloutError(f"token columns come together; missing {missing}", field=missing[0])
+        if self.call_token_start is not None and self.response_mask is None:
+            raise RolloutError("call token spans need the step token columns", field="call_token_start")
+
+    def _validate_values(self) -> None:
+        """The declared value checks of every column, then what columns must agree on."""
+        for name, col in COLUMNS.items():
+            value = getattr(self, name)
+            if value is None or col.check is None:
+                continue
+            bad = col.check.first_bad(value)
+            if bad is not None:
+                i, expected = bad
+                traj, where = self._row(col.level, i)
+                got = value[i].tolist()
+                raise self._fail(traj, name, f"{where}expected {expected}, got {got}")
+        s = self.num_steps
+        has_calls = self.calls_per_step > 0
+        bad = has_calls & (self.kind != int(StepKind.TOOL_CALL))
+        if bool(bad.any()):
+            i = self._first(bad)
+            raise self._fail(
+                int(self.step_traj[i]),
+                "kind",
+                f"step {self._step_in_traj(i)} has tool calls but kind "
+                f"{StepKind(int(self.kind[i])).name}; expected TOOL_CALL",
+            )
+        derived = tool_ok_from_calls(self.call_ok, self.call_step, s)
+        bad = has_calls & (self.tool_ok != derived)
+        if bool(bad.any()):
+            i = self._first(bad)
+            raise self._fail(
+                int(self.step_traj[i]),
+                "tool_ok",
+                f"step {self._step_in_traj(i)}: tool_ok {int(self.tool_ok[i])} "
+                f"disagrees with its calls' call_ok (expected {int(derived[i])}: 0 if any call errored, 1 if all "
+                "succeeded, else -1)",
+            )
+        if self.response_mask is not None:
+            self._validate_tokens()
+
+    def _step_in_traj(self, step: int) -> int:
+        return step - int(self.step_offsets[int(self.step_traj[step])])
+
+    def _validate_tokens(self) -> None:
+        mask, start, end = self.response_mask, self.step_token_start, self.step_token_end
+        assert mask is not None and start is not None and end is not None
+        n, t = mask.shape
+        bad = (start < 0) | (end > t) | (end <= start)
+        if bool(bad.any()):
+            i = self._first(bad)
+            raise self._fail(
+                int(self.step_traj[i]),
+                "step_token_start",
+                f"step {self._step_in_traj(i)}: span [{int(start[i])}, {int(end[i])}) is empty or outside [0, {t})",
+            )
+        same = self.step_traj[1:] == self.step_traj[:-1]
+        bad = same & (start[1:] < end[:-1])
+        if bool(bad.any()):
+            i = self._first(bad) + 1
+            raise self._fail(
+                int(self.step_traj[i]),
+                "step_token_start",
+                f"step {self._step_in_traj(i)}: span starts at {int(start[i])}, before the previous step ends "
+                f"({int(end[i - 1])}); spans must be ordered and not overlap",
+            )
+        covered = segments.span_coverage(start, end, self.step_traj, (n, t))
+        disagree = covered != mask
+        if bool(disagree.any()):
+            row, col = (int(x) for x in torch.nonzero(disagree)[0])
+            what = "is 1 outside every step span" if bool(mask[row, col]) else "is 0 inside a step span"
+            raise self._fail(row, "response_mask", f"token {col} {what}")
+        if self.call_token_start is not None:
+            cs, ce = self.call_token_start, self.call_token_end
+            assert ce is not None
+            step = self.call_step
+            bad = (cs < start[step]) | (ce > end[step]) | (ce <= cs)
+            if bool(bad.any()):
+                i = self._first(bad)
+                raise self._fail(
+                    int(self.step_traj[step[i]]),
+                    "call_token_start",
+                    f"call {i}: span [{int(cs[i])}, {int(ce[i])}) is empty or outside its step's span "
+                    f"[{int(start[step[i]])}, {int(end[step[i]])})",
+                )
+
+    # ------------------------------------------------------------------ sizes and derived indices
+    @property
+    def num_trajectories(self) -> int:
+        return self.group.numel()
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.step_offsets[-1])
+
+    @property
+    def num_calls(self) -> int:
+        return int(self.call_offsets[-1])
+
+    @property
+    def num_groups(self) -> int:
+        return self._num_groups_raw()
+
+    @property
+    def device(self) -> torch.device:
+        return self.group.device
+
+    @property
+    def has_tokens(self) -> bool:
+        return self.response_mask is not None
+
+    @cached_property
+    def step_traj(self) -> Tensor:
+        """Trajectory index of every step ``[S]``."""
+        return segments.segment_ids(self.step_offsets)
+
+    @cached_property
+    def call_step(self) -> Tensor:
+        """Step index of every tool call ``[C]``."""
+        return segments.segment_ids(self.call_offsets)
+
+    @cached_property
+    def call_traj(self) -> Tensor:
+        """Trajectory index of every tool call ``[C]``."""
+        return self.step_traj[self.call_step]
+
+    @cached_property
+    def step_group(self) -> Tensor:
+        """Group of every step ``[S]``."""
+        return self.group[self.step_traj]
+
+    @cached_property
+    def decision_points(self) -> tuple[Tensor, int]:
+        """Dense id of every step's ``(group, state)`` decision point ``[S]``, and how many there are."""
+        return segments.unique_pairs(self.step_group, self.state, a_size=self.num_groups)
+
+    @cached_property
+    def steps_per_trajectory(self) -> Tensor:
+        return self.step_offsets[1:] - self.step_offsets[:-1]
+
+    @cached_property
+    def calls_per_step(self) -> Tensor:
+        return self.call_offsets[1:] - self.call_offsets[:-1]
+
+    @cached_property
+    def calls_per_trajectory(self) -> Tensor:
+        return segments.segment_sum(self.calls_per_step, self.step_traj, self.num_trajectories)
+
+    @cached_property
+    def token_step_index(self) -> Tensor:
+        """``(N, T)`` int64: the step whose span covers each token, −1 where none does."""
+        if self.response_mask is None or self.step_token_start is None or self.step_token_end is None:
+            raise RolloutError("this batch has no token columns (response_mask, step spans)", field="response_mask")
+        return segments.span_index_map(
+            self.step_token_start, self.step_token_end, self.step_traj, tuple(self.response_mask.shape)
+        )
+
+    def expand(self, trajectories: Tensor) -> tuple[Tensor, Tensor]:
+        """The steps and the calls of ``trajectories`` (in that order): ``(steps [S'], calls [C'])``."""
+        steps = segments.ranges(self.step_offsets[trajectories], self.steps_per_trajectory[trajectories])
+        calls = segments.ranges(self.call_offsets[steps], self.calls_per_step[steps])
+        return steps, calls
+
+    # ------------------------------------------------------------------ derived copies
+    def select(self, trajectories: Sequence[int] | Tensor | np.ndarray) -> Rollouts:
+        """A new batch with the given trajectories (in that order); groups are renumbered densely in
+        order of first appearance."""
+        idx = torch.as_tensor(np.asarray(trajectories), dtype=torch.int64).reshape(-1).to(self.device)
+        n = self.num_trajectories
+        if idx.numel() and (int(idx.min()) < -n or int(idx.max()) >= n):
+            raise IndexError(f"trajectory index out of range for a batch of {n}")
+        idx = idx % max(n, 1)
+        steps, calls = self.expand(idx)
+        uniq, inverse = torch.unique(self.group[idx], return_inverse=True)
+        # renumber by first appearance, so selecting in order keeps group order
+        order = torch.argsort(segments.segment_first(inverse, uniq.numel()))
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(order.numel(), device=self.device)
+        rows = {"trajectory": idx, "token": idx, "step": steps, "call": calls, "group": uniq[order]}
+        out: dict[str, Any] = {}
+        for name, col in COLUMNS.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if col.offsets is not None:
+                out[name] = _offsets(self._counts(name)[rows[col.level]])
+            elif name == "group":
+                out[name] = rank[inverse]
+            else:
+                out[name] = value[rows[col.level]]
+        return Rollouts(**out, texts=self.texts.take(rows))
+
+    def _counts(self, offsets_column: str) -> Tensor:
+        off = getattr(self, offsets_column)
+        return off[1:] - off[:-1]
+
+    @classmethod
+    def concat(cls, parts: Iterable[Rollouts]) -> Rollouts:
+        """One batch of several, in order. Groups and trees are renumbered so that no two parts share
+        one; trajectory ids are kept (and must stay unique). A column some parts lack is filled with
+        its declared default for rows (labels 0, confidence NaN, a tree of its own, …); one without a
+        fill value (PRM scores, rubric verdicts, token columns) must be in every part or in none.
+        Token rows of different lengths are padded on the right with masked tokens."""
+        parts = list(parts)
+        if not parts:
+            raise ValueError("concat needs at least one batch")
+        if len(parts) == 1:
+            return parts[0]
+        device = parts[0].device
+        parts = [p.to(device) for p in parts]
+        out: dict[str, Any] = {}
+        for name, col in COLUMNS.items():
+            values = [getattr(p, name) for p in parts]
+            if col.offsets is not None:
+                out[name] = _offsets(torch.cat([p._counts(name) for p in parts]))
+                continue
+            if all(v is None for v in values):
+                continue
+            if any(v is None for v in values):
+                if col.fill is None:
+                    have = sum(v is not None for v in values)
+                    raise RolloutError(
+                        f"{have} of {len(parts)} batches have this column; it has no fill value for the others",
+                        field=name,
+                    )
+                assert col.dtype is not None
+                values = [
+                    v if v is not None else _filled(col, p.size(col.level), device)
+                    for v, p in zip(values, parts, strict=True)
+                ]
+            if name == "group" or col.fill == "own":  # ids: shift each part past the ids of the ones before
+                shift = torch.tensor([0] + [int(v.max()) + 1 if v.numel() else 0 for v in values[:-1]]).cumsum(0)
+                values = [v + int(k) for v, k in zip(values, shift, strict=True)]
+            if col.level == "token":
+                t = max(v.shape[1] for v in values)
+                values = [torch.nn.functional.pad(v, (0, t - v.shape[1])) for v in values]
+            if col.extra_dims and len({v.shape[1:] for v in values}) > 1:
+                raise RolloutError(
+                    f"batches differ in shape: {sorted({tuple(v.shape[1:]) for v in values})}", field=name
+                )
+            out[name] = torch.cat(values)
+        return cls(**out, texts=Texts.concat([p.texts for p in parts]))
+
+    def split_groups(self, n: int) -> list[Rollouts]:
+        """At most ``n`` batches of about equal size (in trajectories) that never split a group: batch
+        ``k`` holds a contiguous range of group ids, its trajectories in their order here. So
+        ``Rollouts.concat(r.split_groups(n))`` equals ``r`` whenever each group's trajectories are
+        contiguous and groups are numbered in order (as loaders and the builder make them)."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"split_groups needs a positive number of parts, got {n!r}")
+        g = self.num_groups
+        if g <= 1 or n == 1:
+            return [self]
+        sizes = segments.segment_count(self.group, g)
+        ends = torch.cumsum(sizes, 0)
+        targets = torch.arange(1, n, device=self.device) * self.num_trajectories / n
+        cuts = torch.searchsorted(ends.to(targets.dtype), targets) + 1  # first group of each later part
+        bounds = torch.unique(torch.cat([torch.tensor([0, g], device=self.device), cuts.clamp(0, g)])).tolist()
+        return [
+            self.select(torch.nonzero((self.group >= lo) & (self.group < hi)).squeeze(1))
+            for lo, hi in itertools.pairwise(bounds)
+        ]
+
+    def equals(self, other: Rollouts) -> bool:
+        """Same columns (dtype, shape and values; NaN equals NaN) and the same texts."""
+        for name in COLUMNS:
+            a, b = getattr(self, name), getattr(other, name)
+            if (a is None) != (b is None):
+                return False
+            if a is None:
+                continue
+            if a.dtype != b.dtype or a.shape != b.shape:
+                return False
+            if not (
+                torch.equal(a, b)
+                or (
+                    a.is_floating_point()
+                    and torch.equal(a.isnan(), b.isnan())
+                    and torch.equal(a.nan_to_num(), b.nan_to_num())
+                )
+            ):
+                return False
+        return self.texts.equals(other.texts)
+
+    def to(self, device: torch.device | str) -> Rollouts:
+        """The same batch with every tensor on ``device`` (texts stay in host memory)."""
+        moved = {
+            f.name: getattr(self, f.name).to(device) for f in fields(self) if isinstance(getattr(self, f.name), Tensor)
+        }
+        return replace(self, **moved)
+
+    def trajectory_id(self, i: int) -> str:
+        return str(self.texts.ids[i].as_py())
+
+    def group_name(self, g: int) -> str:
+        return str(self.texts.group_names[g].as_py())
+
+    def __len__(self) -> int:
+        return self.num_trajectories
+
+    def __repr__(self) -> str:
+        tokens = f", tokens={tuple(self.response_mask.shape)}" if self.response_mask is not None else ""
+        labels = ", labelled" if self.label is not None or self.call_label is not None else ""
+        return (
+            f"Rollouts(trajectories={self.num_trajectories}, groups={self.num_groups}, steps={self.num_steps}, "
+            f"calls={self.num_calls}{tokens}{labels}, device={self.device})"
+        )
+
+
+COLUMNS: dict[str, Column] = schema(Rollouts)
+"""Every tensor column of ``Rollouts``, in declaration order."""
+
+
+def _offsets(counts: Tensor) -> Tensor:
+    return torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+
+
+def _filled(col: Column, rows: int, device: torch.device) -> Tensor:
+    assert col.dtype is not None
+    if col.fill == "own":
+        return torch.arange(rows, dtype=col.dtype, device=device)
+    assert not isinstance(col.fill, str) and col.fill is not None
+    return torch.full((rows,), col.fill, dtype=col.dtype, device=device)

@@ -1,0 +1,182 @@
+"""The column schema: one declaration per column of ``Rollouts`` (and of its text side table).
+
+A column is declared once, as a dataclass field of ``Rollouts`` or ``Texts``::
+
+    reward: Tensor = column("step", torch.float32, check=Check(finite=True), default=zeros, record="reward")
+
+and that declaration drives everything done to the column: coercion to its dtype, validation (shape
+at its level, values), ``select`` / ``concat`` / ``to``, the Parquet layout (trajectory columns at the
+top, step columns in the ``steps`` struct, call columns in its ``calls`` struct), the chat JSON fields
+and the builder from Python records. Adding a column is one declaration plus, if it needs one, its
+check.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from stepcredit.rollouts._batch import Rollouts
+
+Level = Literal["trajectory", "group", "step", "call", "token"]
+"""Where a column's rows live: one per trajectory ``[N]``, group ``[G]``, step ``[S]``, call ``[C]``, or
+``(N, T)`` token rows aligned with the trainer's response mask."""
+
+Json = Literal["number", "label", "flag", "integer", "name", "kind", "booleans", "text"]
+"""How a column's value is written in a chat JSON record (see ``parse_json``)."""
+
+COLUMN = "stepcredit.column"
+
+
+@dataclass(frozen=True)
+class Check:
+    """Value checks of a column (all vectorized): finite numbers, no infinities (NaN allowed: "not
+    stated"), membership in a set of codes, a closed range, non-negative ids."""
+
+    finite: bool = False
+    no_inf: bool = False
+    values: tuple[int, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+
+    def first_bad(self, col: Tensor) -> tuple[int, str] | None:
+        """``(row, what was expected)`` of the first row that fails, or None."""
+        bad = torch.zeros(col.shape[:1], dtype=torch.bool, device=col.device)
+        flat = col.reshape(col.shape[0], -1) if col.dim() > 1 else col[:, None]
+        expected = []
+        if self.finite and col.is_floating_point():
+            bad |= ~torch.isfinite(flat).all(1)
+            expected.append("a finite number")
+        if self.no_inf and col.is_floating_point():
+            bad |= torch.isinf(flat).any(1)
+            expected.append("a number or NaN (not stated), not infinity")
+        if self.values is not None:
+            ok = torch.zeros_like(flat, dtype=torch.bool)
+            for v in self.values:
+                ok |= flat == v
+            bad |= ~ok.all(1)
+            expected.append(f"one of {list(self.values)}")
+        if self.low is not None:
+            bad |= (flat < self.low).any(1)
+            expected.append(f">= {self.low:g}")
+        if self.high is not None:
+            bad |= (flat > self.high).any(1)
+            expected.append(f"<= {self.high:g}")
+        if not bool(bad.any()):
+            return None
+        return int(torch.nonzero(bad)[0, 0]), " and ".join(expected)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column: where its rows live, its dtype (None: text), and how it is checked, filled and
+    stored.
+
+    Attributes:
+        level: trajectory / group / step / call / token.
+        dtype: the tensor dtype; ``None`` for a text column (an Arrow ``large_string`` array).
+        required: must be given to the constructor.
+        default: fills the column when it is not given (called with the batch, sizes known); ``None``
+            leaves an optional column absent.
+        derived: the default is computed from other columns, so it is filled after them.
+        check: value checks.
+        offsets: for CSR offset columns, the level they index into.
+        extra_dims: dimensions after the row dimension (rubric verdicts ``[N, K]``: 1).
+        arrow: the name in Parquet and chat JSON (default: the column name).
+        record: the attribute of ``TrajectoryRecord`` / ``StepRecord`` / ``CallRecord`` the builder
+            reads (None: the builder derives the column itself).
+        fill: the value of rows that lack an optional column when other rows have it (in the builder
+            and in ``concat``): a number, ``"own"`` (a fresh id per row) or ``None`` (all or none).
+        json: how the value is written in a chat record (None: not part of chat records).
+        together: columns with the same tag are given together or not at all (token columns).
+        doc: what the column means.
+    """
+
+    level: Level
+    dtype: torch.dtype | None
+    required: bool = False
+    default: Callable[[Rollouts], Tensor] | None = None
+    derived: bool = False
+    check: Check | None = None
+    offsets: Level | None = None
+    extra_dims: int = 0
+    arrow: str | None = None
+    record: str | None = None
+    fill: float | int | bool | str | None = None
+    json: Json | None = None
+    together: str | None = None
+    doc: str = ""
+    name: str = ""
+
+    @property
+    def key(self) -> str:
+        """The name in Parquet and chat records."""
+        return self.arrow or self.name
+
+    @property
+    def is_text(self) -> bool:
+        return self.dtype is None
+
+    def parse_json(self, value: Any) -> Any:
+        """A chat-record value as the builder wants it (``None`` for absent / null), or ``ValueError``
+        with what was expected."""
+        from stepcredit.rollouts._batch import StepKind
+
+        kind = self.json
+        if value is None:
+            return None
+        if kind == "number":
+            if not isinstance(value, int | float):  # a bool is an int: True reads as 1.0
+                raise ValueError(f"expected a number, got {type(value).__name__} {value!r:.60}")
+            x = float(value)
+            if not math.isfinite(x):
+                raise ValueError(f"expected a finite number, got {x}")
+            return x
+        if kind == "label":
+            if isinstance(value, bool) or value not in (-1, 0, 1):
+                raise ValueError(f"expected a label -1, 0 or 1, got {value!r:.60}")
+            return int(value)
+        if kind == "flag":
+            if not isinstance(value, bool):
+                raise ValueError(f"expected a boolean, got {value!r:.60}")
+            return value
+        if kind == "integer":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"expected an integer, got {value!r:.60}")
+            return value
+        if kind == "name":
+            if isinstance(value, bool) or not isinstance(value, str | int):
+                raise ValueError(f"expected a string or integer, got {type(value).__name__} {value!r:.60}")
+            return str(value)
+        if kind == "kind":
+            try:
+                return StepKind[str(value).upper()]
+            except KeyError:
+                names = [k.name.lower() for k in StepKind]
+                raise ValueError(f"expected one of {names}, got {value!r:.60}") from None
+        if kind == "booleans":
+            if not isinstance(value, list) or not all(isinstance(v, bool) for v in value):
+                raise ValueError(f"expected a list of booleans (one verdict each), got {value!r:.60}")
+            return value
+        raise TypeError(f"column {self.name!r} has no chat JSON form")
+
+
+def column(level: Level, dtype: torch.dtype | None, **spec: Any) -> Any:
+    """Declare a column as a dataclass field (default ``None``; the schema in its metadata)."""
+    return field(default=None, metadata={COLUMN: Column(level, dtype, **spec)})
+
+
+def schema(cls: type) -> dict[str, Column]:
+    """The columns declared on a dataclass, in declaration order, with their names filled in."""
+    out = {}
+    for f in cls.__dataclass_fields__.values():  # type: ignore[attr-defined]
+        spec = f.metadata.get(COLUMN)
+        if spec is not None:
+            out[f.name] = Column(**{**spec.__dict__, "name": f.name})
+    return out
