@@ -25,21 +25,35 @@ A ``Rollouts`` is validated once, at construction; nothing downstream re-checks.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, replace
-from enum import IntEnum
 from functools import cached_property
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 from torch import Tensor
 
 from stepcredit import segments
 from stepcredit.errors import RolloutError
-from stepcredit.rollouts._columns import Check, Column, Level, column, schema
+from stepcredit.rollouts._columns import (
+    LABEL_VALUES,
+    TOOL_ERROR,
+    TOOL_OK,
+    TOOL_UNKNOWN,
+    Check,
+    Column,
+    Level,
+    StepKind,
+    column,
+    schema,
+    tool_ok_from_calls,
+)
+from stepcredit.rollouts._texts import TEXT_COLUMNS, Texts
+from stepcredit.rollouts._validate import validate_structure, validate_values
+
+_CODES = Check(values=(TOOL_UNKNOWN, TOOL_ERROR, TOOL_OK))
+_LABELS = Check(values=LABEL_VALUES)
 
 __all__ = [
     "COLUMNS",
@@ -55,32 +69,6 @@ __all__ = [
 ]
 
 
-class StepKind(IntEnum):
-    """What a step (one model turn) did."""
-
-    REASON = 0  # text only, not the last turn (thinking aloud, talking to the user)
-    TOOL_CALL = 1  # made at least one tool call
-    ANSWER = 2  # text only, the trajectory's last turn
-
-
-TOOL_OK, TOOL_ERROR, TOOL_UNKNOWN = 1, 0, -1
-LABEL_VALUES = (-1, 0, 1)
-_CODES = Check(values=(TOOL_UNKNOWN, TOOL_ERROR, TOOL_OK))
-_LABELS = Check(values=LABEL_VALUES)
-
-
-def tool_ok_from_calls(call_ok: Tensor, call_step: Tensor, num_steps: int) -> Tensor:
-    """A step's ``tool_ok`` from its calls: 0 if any call errored, 1 if all succeeded, else −1 (also for
-    steps without calls)."""
-    n_calls = segments.segment_count(call_step, num_steps)
-    n_err = segments.segment_sum((call_ok == TOOL_ERROR).long(), call_step, num_steps)
-    n_ok = segments.segment_sum((call_ok == TOOL_OK).long(), call_step, num_steps)
-    out = torch.full((num_steps,), TOOL_UNKNOWN, dtype=torch.int8, device=call_ok.device)
-    out[(n_calls > 0) & (n_ok == n_calls)] = TOOL_OK
-    out[n_err > 0] = TOOL_ERROR
-    return out
-
-
 def _full(level: Level, value: float | int, dtype: torch.dtype) -> Any:
     return lambda r: torch.full((r.size(level),), value, dtype=dtype, device=r.device)
 
@@ -89,85 +77,6 @@ def _default_tool_ok(r: Rollouts) -> Tensor:
     if r.call_ok is None:
         return torch.full((r.num_steps,), TOOL_UNKNOWN, dtype=torch.int8, device=r.device)
     return tool_ok_from_calls(r.call_ok, r.call_step, r.num_steps)
-
-
-# ---------------------------------------------------------------------------------------------- texts
-def _strings(values: Sequence[str] | pa.Array | pa.ChunkedArray) -> pa.Array:
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    arr = values if isinstance(values, pa.Array) else pa.array(list(values), type=pa.large_string())
-    if not pa.types.is_large_string(arr.type):
-        arr = arr.cast(pa.large_string())
-    return arr
-
-
-@dataclass(frozen=True, eq=False)
-class Texts:
-    """Side table of texts, one Arrow ``large_string`` array per column (declared like tensor columns)."""
-
-    ids: pa.Array = column("trajectory", None, arrow="id", record="id", doc="trajectory ids (unique)")
-    group_names: pa.Array = column("group", None, doc="the task / prompt each group id stands for")
-    prompt: pa.Array = column("trajectory", None, record="prompt", doc="the prompt text")
-    action: pa.Array = column("step", None, record="action", doc="what the model wrote in the turn")
-    observation: pa.Array = column("step", None, record="observation", doc="what came back, tool results aside")
-    call_name: pa.Array = column("call", None, arrow="name", record="name", doc="the tool's name")
-    call_arguments: pa.Array = column("call", None, arrow="arguments", record="arguments", doc="canonical JSON")
-    call_result: pa.Array = column("call", None, arrow="result", record="result", doc="the tool's result text")
-
-    @classmethod
-    def create(
-        cls,
-        num_trajectories: int,
-        num_groups: int,
-        num_steps: int,
-        num_calls: int,
-        **columns: Sequence[str] | pa.Array | None,
-    ) -> Texts:
-        """Texts with every column given in ``columns`` and the rest blank (ids/group names numbered)."""
-        unknown = set(columns) - set(TEXT_COLUMNS)
-        if unknown:
-            raise TypeError(f"unknown text columns: {sorted(unknown)}")
-        sizes = {"trajectory": num_trajectories, "group": num_groups, "step": num_steps, "call": num_calls}
-        numbered = {"ids": num_trajectories, "group_names": num_groups}
-        out = {}
-        for name, col in TEXT_COLUMNS.items():
-            given = columns.get(name)
-            if given is None:
-                given = [str(i) for i in range(numbered[name])] if name in numbered else [""] * sizes[col.level]
-            out[name] = _strings(given)
-        return cls(**out)
-
-    def take(self, rows: Mapping[str, Tensor]) -> Texts:
-        """The rows ``rows[level]`` of every column."""
-        return Texts(
-            **{n: getattr(self, n).take(pa.array(rows[c.level].cpu().numpy())) for n, c in TEXT_COLUMNS.items()}
-        )
-
-    @staticmethod
-    def concat(parts: Sequence[Texts]) -> Texts:
-        return Texts(**{n: pa.concat_arrays([getattr(p, n) for p in parts]) for n in TEXT_COLUMNS})
-
-    def equals(self, other: Texts) -> bool:
-        return all(getattr(self, n).equals(getattr(other, n)) for n in TEXT_COLUMNS)
-
-
-TEXT_COLUMNS: dict[str, Column] = schema(Texts)
-
-
-def _as_tensor(value: Any, dtype: torch.dtype, name: str) -> Tensor:
-    if isinstance(value, Tensor):
-        if value.dtype.is_floating_point and not dtype.is_floating_point and not torch.equal(value, value.round()):
-            raise RolloutError(f"expected integer values, got non-integer {value.dtype}", field=name)
-        return value.to(dtype)
-    try:
-        arr = np.asarray(value)
-    except Exception as exc:  # pragma: no cover - numpy raises many kinds
-        raise RolloutError(f"cannot read as an array: {exc}", field=name) from exc
-    if arr.dtype.kind not in "biuf":
-        raise RolloutError(f"expected numbers, got a ragged or non-numeric sequence ({arr.dtype})", field=name)
-    if arr.size and arr.dtype.kind == "f" and not dtype.is_floating_point and not np.array_equal(arr, arr.round()):
-        raise RolloutError(f"expected integer values, got {arr.dtype}", field=name)
-    return torch.as_tensor(arr).to(dtype)
 
 
 # ------------------------------------------------------------------------------------------- Rollouts
@@ -271,17 +180,22 @@ class Rollouts:
                     raise RolloutError("a required column is missing", field=name)
                 continue
             assert col.dtype is not None
-            put(name, _as_tensor(value, col.dtype, name))
+            put(name, col.coerce(value))
         device = self.group.device
         for name in COLUMNS:
             value = getattr(self, name)
             if value is not None and value.device != device:
                 put(name, value.to(device))
-        self._validate_structure()
+        validate_structure(self)
         for name, col in sorted(COLUMNS.items(), key=lambda item: item[1].derived):  # derived ones last
             if getattr(self, name) is None and col.default is not None:
                 put(name, col.default(self))
-        self._validate_values()
+        validate_values(self)
+
+    @classmethod
+    def columns(cls) -> dict[str, Column]:
+        """The column schema: every tensor column, in declaration order (``Texts.columns()``: the texts)."""
+        return COLUMNS
 
     def size(self, level: Level) -> int:
         """Rows at ``level``: trajectories, groups, steps or calls (token rows: trajectories)."""
@@ -295,206 +209,6 @@ class Rollouts:
 
     def _num_groups_raw(self) -> int:
         return int(self.group.max()) + 1 if self.group.numel() else 0
-
-    def _where(self, traj: int) -> tuple[str, str]:
-        tid = str(self.texts.ids[traj].as_py()) if traj < len(self.texts.ids) else str(traj)
-        g = int(self.group[traj])
-        names = self.texts.group_names
-        gname = str(names[g].as_py()) if 0 <= g < len(names) else str(g)
-        return tid, gname
-
-    def _fail(self, traj: int, name: str, message: str) -> RolloutError:
-        tid, gname = self._where(traj)
-        return RolloutError(message, trajectory=tid, group=gname, field=name)
-
-    def _first(self, bad: Tensor) -> int:
-        return int(torch.nonzero(bad)[0, 0])
-
-    def _row(self, level: Level, i: int) -> tuple[int, str]:
-        """The trajectory of row ``i`` at ``level`` and how to name the row inside it."""
-        if level == "step":
-            return int(self.step_traj[i]), f"step {self._step_in_traj(i)}: "
-        if level == "call":
-            step = int(self.call_step[i])
-            return int(
-                self.step_traj[step]
-            ), f"call {i - int(self.call_offsets[step])} of step {self._step_in_traj(step)}: "
-        return i, ""
-
-    def _check_offsets(self, name: str, rows: int) -> None:
-        off = getattr(self, name)
-        what = "trajectories" if name == "step_offsets" else "steps"
-        if off.shape != (rows + 1,):
-            raise RolloutError(f"expected {rows + 1} offsets ({what} + 1), got {tuple(off.shape)}", field=name)
-        if int(off[0]) != 0:
-            raise RolloutError(f"{name} must start at 0, got {int(off[0])}", field=name)
-        bad = off[1:] < off[:-1]
-        if bool(bad.any()):
-            i = self._first(bad)
-            if name == "step_offsets":
-                raise self._fail(i, name, f"offsets decrease ({int(off[i])} -> {int(off[i + 1])}): negative step count")
-            raise self._fail(int(self.step_traj[i]), name, f"offsets decrease at step {self._step_in_traj(i)}")
-
-    def _validate_structure(self) -> None:
-        """Shapes: equal lengths at every level, offsets that add up, texts that name every row."""
-        n = self.group.numel()
-        if self.group.dim() != 1 or self.outcome.shape != (n,):
-            raise RolloutError(
-                f"expected 1-D columns of equal length (one per trajectory), got group {tuple(self.group.shape)} "
-                f"and outcome {tuple(self.outcome.shape)}",
-                field="outcome",
-            )
-        if self.texts is None:
-            object.__setattr__(self, "texts", Texts.create(n, self._num_groups_raw(), 0, 0))
-            blank = True
-        else:
-            blank = False
-        texts = self.texts
-        # ids first: every later message names trajectories by them
-        if len(texts.ids) != n:
-            raise RolloutError(f"expected {n} trajectory ids, got {len(texts.ids)}", field="texts.ids")
-        if texts.ids.null_count:
-            raise RolloutError("trajectory ids must not be null", field="texts.ids")
-        if n and len(pc.unique(texts.ids)) != n:
-            counts = pc.value_counts(texts.ids)
-            dup = next(v["values"] for v in counts.to_pylist() if v["counts"] > 1)
-            raise RolloutError("trajectory id is not unique in the batch", trajectory=dup, field="id")
-        if n and int(self.group.min()) < 0:
-            i = self._first(self.group < 0)
-            raise RolloutError(
-                f"group ids must be >= 0, got {int(self.group[i])}", trajectory=str(texts.ids[i].as_py()), field="group"
-            )
-        g = self._num_groups_raw()
-        if len(texts.group_names) != g:
-            raise RolloutError(
-                f"expected {g} group names (max group id + 1), got {len(texts.group_names)}", field="texts.group_names"
-            )
-        if g and bool((segments.segment_count(self.group, g) == 0).any()):
-            empty = int(torch.nonzero(segments.segment_count(self.group, g) == 0)[0, 0])
-            raise RolloutError(
-                f"group ids must be dense 0..{g - 1}; group {empty} has no trajectory",
-                group=str(texts.group_names[empty].as_py()),
-                field="group",
-            )
-        self._check_offsets("step_offsets", n)
-        s = self.size("step")
-        if self.call_offsets is not None:
-            self._check_offsets("call_offsets", s)
-        c = self.size("call")
-        if blank:  # blank texts for the steps and calls now that their numbers are known
-            object.__setattr__(self, "texts", Texts.create(n, g, s, c, ids=texts.ids, group_names=texts.group_names))
-        for name, col in COLUMNS.items():
-            value = getattr(self, name)
-            if value is None or col.offsets is not None or name in ("group", "outcome"):
-                continue
-            if col.level == "token":
-                if value.dim() != 2 or value.shape[0] != n:
-                    raise RolloutError(f"expected shape ({n}, T), got {tuple(value.shape)}", field=name)
-            elif col.extra_dims:
-                if value.dim() != 1 + col.extra_dims or value.shape[0] != n:
-                    raise RolloutError(f"expected shape ({n}, K), got {tuple(value.shape)}", field=name)
-            elif value.shape != (self.size(col.level),):
-                extra = ", step_offsets[-1]" if col.level == "step" else ""
-                raise RolloutError(
-                    f"expected {self.size(col.level)} values (one per {col.level}{extra}), got {tuple(value.shape)}",
-                    field=name,
-                )
-        for name, col in TEXT_COLUMNS.items():
-            got = len(getattr(self.texts, name))
-            if got != self.size(col.level):
-                raise RolloutError(
-                    f"expected {self.size(col.level)} texts (one per {col.level}), got {got}", field=f"texts.{name}"
-                )
-        for tag in ("tokens", "call_tokens"):
-            names = [k for k, col in COLUMNS.items() if col.together == tag]
-            given = [getattr(self, k) is not None for k in names]
-            if any(given) and not all(given):
-                missing = [k for k, g_ in zip(names, given, strict=True) if not g_]
-                raise RolloutError(f"token columns come together; missing {missing}", field=missing[0])
-        if self.call_token_start is not None and self.response_mask is None:
-            raise RolloutError("call token spans need the step token columns", field="call_token_start")
-
-    def _validate_values(self) -> None:
-        """The declared value checks of every column, then what columns must agree on."""
-        for name, col in COLUMNS.items():
-            value = getattr(self, name)
-            if value is None or col.check is None:
-                continue
-            bad = col.check.first_bad(value)
-            if bad is not None:
-                i, expected = bad
-                traj, where = self._row(col.level, i)
-                got = value[i].tolist()
-                raise self._fail(traj, name, f"{where}expected {expected}, got {got}")
-        s = self.num_steps
-        has_calls = self.calls_per_step > 0
-        bad = has_calls & (self.kind != int(StepKind.TOOL_CALL))
-        if bool(bad.any()):
-            i = self._first(bad)
-            raise self._fail(
-                int(self.step_traj[i]),
-                "kind",
-                f"step {self._step_in_traj(i)} has tool calls but kind "
-                f"{StepKind(int(self.kind[i])).name}; expected TOOL_CALL",
-            )
-        derived = tool_ok_from_calls(self.call_ok, self.call_step, s)
-        bad = has_calls & (self.tool_ok != derived)
-        if bool(bad.any()):
-            i = self._first(bad)
-            raise self._fail(
-                int(self.step_traj[i]),
-                "tool_ok",
-                f"step {self._step_in_traj(i)}: tool_ok {int(self.tool_ok[i])} "
-                f"disagrees with its calls' call_ok (expected {int(derived[i])}: 0 if any call errored, 1 if all "
-                "succeeded, else -1)",
-            )
-        if self.response_mask is not None:
-            self._validate_tokens()
-
-    def _step_in_traj(self, step: int) -> int:
-        return step - int(self.step_offsets[int(self.step_traj[step])])
-
-    def _validate_tokens(self) -> None:
-        mask, start, end = self.response_mask, self.step_token_start, self.step_token_end
-        assert mask is not None and start is not None and end is not None
-        n, t = mask.shape
-        bad = (start < 0) | (end > t) | (end <= start)
-        if bool(bad.any()):
-            i = self._first(bad)
-            raise self._fail(
-                int(self.step_traj[i]),
-                "step_token_start",
-                f"step {self._step_in_traj(i)}: span [{int(start[i])}, {int(end[i])}) is empty or outside [0, {t})",
-            )
-        same = self.step_traj[1:] == self.step_traj[:-1]
-        bad = same & (start[1:] < end[:-1])
-        if bool(bad.any()):
-            i = self._first(bad) + 1
-            raise self._fail(
-                int(self.step_traj[i]),
-                "step_token_start",
-                f"step {self._step_in_traj(i)}: span starts at {int(start[i])}, before the previous step ends "
-                f"({int(end[i - 1])}); spans must be ordered and not overlap",
-            )
-        covered = segments.span_coverage(start, end, self.step_traj, (n, t))
-        disagree = covered != mask
-        if bool(disagree.any()):
-            row, col = (int(x) for x in torch.nonzero(disagree)[0])
-            what = "is 1 outside every step span" if bool(mask[row, col]) else "is 0 inside a step span"
-            raise self._fail(row, "response_mask", f"token {col} {what}")
-        if self.call_token_start is not None:
-            cs, ce = self.call_token_start, self.call_token_end
-            assert ce is not None
-            step = self.call_step
-            bad = (cs < start[step]) | (ce > end[step]) | (ce <= cs)
-            if bool(bad.any()):
-                i = self._first(bad)
-                raise self._fail(
-                    int(self.step_traj[step[i]]),
-                    "call_token_start",
-                    f"call {i}: span [{int(cs[i])}, {int(ce[i])}) is empty or outside its step's span "
-                    f"[{int(start[step[i]])}, {int(end[step[i]])})",
-                )
 
     # ------------------------------------------------------------------ sizes and derived indices
     @property

@@ -16,10 +16,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from stepcredit import segments
+from stepcredit.errors import RolloutError
 
 if TYPE_CHECKING:
     from stepcredit.rollouts._batch import Rollouts
@@ -32,6 +37,30 @@ Json = Literal["number", "label", "flag", "integer", "name", "kind", "booleans",
 """How a column's value is written in a chat JSON record (see ``parse_json``)."""
 
 COLUMN = "stepcredit.column"
+
+
+class StepKind(IntEnum):
+    """What a step (one model turn) did."""
+
+    REASON = 0  # text only, not the last turn (thinking aloud, talking to the user)
+    TOOL_CALL = 1  # made at least one tool call
+    ANSWER = 2  # text only, the trajectory's last turn
+
+
+TOOL_OK, TOOL_ERROR, TOOL_UNKNOWN = 1, 0, -1
+LABEL_VALUES = (-1, 0, 1)
+
+
+def tool_ok_from_calls(call_ok: Tensor, call_step: Tensor, num_steps: int) -> Tensor:
+    """A step's ``tool_ok`` from its calls: 0 if any call errored, 1 if all succeeded, else −1 (also for
+    steps without calls)."""
+    n_calls = segments.segment_count(call_step, num_steps)
+    n_err = segments.segment_sum((call_ok == TOOL_ERROR).long(), call_step, num_steps)
+    n_ok = segments.segment_sum((call_ok == TOOL_OK).long(), call_step, num_steps)
+    out = torch.full((num_steps,), TOOL_UNKNOWN, dtype=torch.int8, device=call_ok.device)
+    out[(n_calls > 0) & (n_ok == n_calls)] = TOOL_OK
+    out[n_err > 0] = TOOL_ERROR
+    return out
 
 
 @dataclass(frozen=True)
@@ -123,11 +152,28 @@ class Column:
     def is_text(self) -> bool:
         return self.dtype is None
 
+    def coerce(self, value: Any) -> Tensor:
+        """``value`` (a tensor, array or nested list) as a tensor of this column's dtype, or
+        ``RolloutError`` for non-numbers, ragged lists and non-integers in an integer column."""
+        dtype, name = self.dtype, self.name
+        assert dtype is not None
+        if isinstance(value, Tensor):
+            if value.dtype.is_floating_point and not dtype.is_floating_point and not torch.equal(value, value.round()):
+                raise RolloutError(f"expected integer values, got non-integer {value.dtype}", field=name)
+            return value.to(dtype)
+        try:
+            arr = np.asarray(value)
+        except Exception as exc:  # pragma: no cover - numpy raises many kinds
+            raise RolloutError(f"cannot read as an array: {exc}", field=name) from exc
+        if arr.dtype.kind not in "biuf":
+            raise RolloutError(f"expected numbers, got a ragged or non-numeric sequence ({arr.dtype})", field=name)
+        if arr.size and arr.dtype.kind == "f" and not dtype.is_floating_point and not np.array_equal(arr, arr.round()):
+            raise RolloutError(f"expected integer values, got {arr.dtype}", field=name)
+        return torch.as_tensor(arr).to(dtype)
+
     def parse_json(self, value: Any) -> Any:
         """A chat-record value as the builder wants it (``None`` for absent / null), or ``ValueError``
         with what was expected."""
-        from stepcredit.rollouts._batch import StepKind
-
         kind = self.json
         if value is None:
             return None

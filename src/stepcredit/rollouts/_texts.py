@@ -1,10 +1,91 @@
-"""Text views of a batch (host-side, for shaping and scorers that read what the agent wrote)."""
+"""The text side table (``Texts``, one Arrow string array per text column) and text views of a batch
+(host-side, for shaping and scorers that read what the agent wrote)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from stepcredit.rollouts._batch import Rollouts
+import pyarrow as pa
+from torch import Tensor
+
+from stepcredit.rollouts._columns import Column, column, schema
+
+if TYPE_CHECKING:
+    from stepcredit.rollouts._batch import Rollouts
+
+__all__ = [
+    "TEXT_COLUMNS",
+    "Texts",
+    "anchor_observations",
+    "malformed_call_steps",
+    "step_action_texts",
+    "trajectory_actions",
+]
+
+
+def _strings(values: Sequence[str] | pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    arr = values if isinstance(values, pa.Array) else pa.array(list(values), type=pa.large_string())
+    if not pa.types.is_large_string(arr.type):
+        arr = arr.cast(pa.large_string())
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class Texts:
+    """Side table of texts, one Arrow ``large_string`` array per column (declared like tensor columns)."""
+
+    ids: pa.Array = column("trajectory", None, arrow="id", record="id", doc="trajectory ids (unique)")
+    group_names: pa.Array = column("group", None, doc="the task / prompt each group id stands for")
+    prompt: pa.Array = column("trajectory", None, record="prompt", doc="the prompt text")
+    action: pa.Array = column("step", None, record="action", doc="what the model wrote in the turn")
+    observation: pa.Array = column("step", None, record="observation", doc="what came back, tool results aside")
+    call_name: pa.Array = column("call", None, arrow="name", record="name", doc="the tool's name")
+    call_arguments: pa.Array = column("call", None, arrow="arguments", record="arguments", doc="canonical JSON")
+    call_result: pa.Array = column("call", None, arrow="result", record="result", doc="the tool's result text")
+
+    @classmethod
+    def create(
+        cls,
+        num_trajectories: int,
+        num_groups: int,
+        num_steps: int,
+        num_calls: int,
+        **columns: Sequence[str] | pa.Array | None,
+    ) -> Texts:
+        """Texts with every column given in ``columns`` and the rest blank (ids/group names numbered)."""
+        unknown = set(columns) - set(TEXT_COLUMNS)
+        if unknown:
+            raise TypeError(f"unknown text columns: {sorted(unknown)}")
+        sizes = {"trajectory": num_trajectories, "group": num_groups, "step": num_steps, "call": num_calls}
+        numbered = {"ids": num_trajectories, "group_names": num_groups}
+        out = {}
+        for name, col in TEXT_COLUMNS.items():
+            given = columns.get(name)
+            if given is None:
+                given = [str(i) for i in range(numbered[name])] if name in numbered else [""] * sizes[col.level]
+            out[name] = _strings(given)
+        return cls(**out)
+
+    def take(self, rows: Mapping[str, Tensor]) -> Texts:
+        """The rows ``rows[level]`` of every column."""
+        return Texts(
+            **{n: getattr(self, n).take(pa.array(rows[c.level].cpu().numpy())) for n, c in TEXT_COLUMNS.items()}
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[Texts]) -> Texts:
+        return Texts(**{n: pa.concat_arrays([getattr(p, n) for p in parts]) for n in TEXT_COLUMNS})
+
+    def equals(self, other: Texts) -> bool:
+        return all(getattr(self, n).equals(getattr(other, n)) for n in TEXT_COLUMNS)
+
+
+TEXT_COLUMNS: dict[str, Column] = schema(Texts)
 
 
 def step_action_texts(rollouts: Rollouts) -> list[str]:
