@@ -229,7 +229,7 @@ def recipes() -> None:
     """List the built-in recipes and the registered components with their parameters."""
     import yaml
 
-    from stepcredit.recipe import Recipe, builtin_recipes, component_params
+    from stepcredit.recipe import Recipe, builtin_recipes
     from stepcredit.registry import KINDS, REGISTRY
 
     table = Table(title="built-in recipes (--recipe NAME)", title_justify="left")
@@ -246,7 +246,7 @@ def recipes() -> None:
         comp.add_column(col)
     for kind in KINDS:
         for name, c in sorted(REGISTRY[kind].items()):
-            params = ", ".join(f"{k}={d!r}" for k, (_, d) in component_params(c).items())
+            params = ", ".join(f"{k}={d!r}" for k, (_, d) in c.params.items())
             comp.add_row(kind, name, escape(params), escape(c.summary))
     console.print(comp)
 

@@ -12,9 +12,8 @@ parameters, and parameter values of the wrong type, each with a message that lis
 
 from __future__ import annotations
 
-import inspect
+import math
 import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -29,7 +28,7 @@ import stepcredit.estimators  # registers the estimators
 import stepcredit.selection  # registers the selections
 import stepcredit.shaping  # noqa: F401 - registers the shaping components
 from stepcredit.credit import Credit
-from stepcredit.registry import KINDS, Component, Kind, get
+from stepcredit.registry import KINDS, Component, Kind, check_params, get
 from stepcredit.rollouts import Rollouts
 
 
@@ -66,49 +65,6 @@ class RecipeResult:
     kept: Tensor
 
 
-def _accepts(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return True
-    if origin is typing.Literal:
-        return value in typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_accepts(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if origin is list:
-        (item,) = typing.get_args(hint) or (Any,)
-        return isinstance(value, list) and all(_accepts(v, item) for v in value)
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(hint, type):
-        return isinstance(value, hint)
-    return True  # an annotation we do not check (callables and the like)
-
-
-def _describe(hint: Any) -> str:
-    if typing.get_origin(hint) is typing.Literal:
-        return " | ".join(repr(a) for a in typing.get_args(hint))
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " | ".join(_describe(h) for h in typing.get_args(hint))
-    if typing.get_origin(hint) is list:
-        return f"a list of {_describe(typing.get_args(hint)[0])}"
-    return getattr(hint, "__name__", str(hint))
-
-
-def component_params(component: Component) -> dict[str, tuple[Any, Any]]:
-    """Keyword parameters of a component: name → (type hint, default)."""
-    sig = inspect.signature(component.fn)
-    hints = typing.get_type_hints(component.fn)
-    return {
-        name: (hints.get(name, Any), p.default)
-        for name, p in sig.parameters.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-    }
-
-
 def _step(kind: Kind, item: Any, where: str) -> RecipeStep:
     if isinstance(item, str):
         name, params = item, {}
@@ -127,17 +83,18 @@ def _step(kind: Kind, item: Any, where: str) -> RecipeStep:
     weight = 1.0
     if kind == "credit" and "weight" in params:
         weight = params.pop("weight")
-        if not _accepts(weight, float):
-            raise RecipeError(f"{where}: weight of {name!r} must be a number, got {weight!r}")
-    accepted = component_params(component)
-    for key, value in params.items():
+        if not isinstance(weight, int | float) or isinstance(weight, bool) or not math.isfinite(weight):
+            raise RecipeError(f"{where}: weight of {name!r} must be a finite number, got {weight!r:.80}")
+    accepted = component.params
+    for key in params:
         if key not in accepted:
             listed = ", ".join(accepted) or "none"
             extra = ", weight" if kind == "credit" else ""
             raise RecipeError(f"{where}: {name!r} has no parameter {key!r}; accepted: {listed}{extra}")
-        hint = accepted[key][0]
-        if not _accepts(value, hint):
-            raise RecipeError(f"{where}: {name}.{key} must be {_describe(hint)}, got {value!r}")
+    try:
+        check_params(str(name), component.fn, params)
+    except ValueError as exc:
+        raise RecipeError(f"{where}: {exc}") from None
     return RecipeStep(component, types.MappingProxyType(params), float(weight))
 
 

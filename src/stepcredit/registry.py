@@ -7,17 +7,141 @@
 * **credit** ``fn(rollouts, **params) -> Credit`` — an estimator.
 
 Components are pure functions; a recipe is their composition. No component knows about another.
+
+Parameters are checked once, here, from the type hints of the component's keyword parameters —
+``Literal`` choices, ``int`` / ``float`` / ``bool`` / ``str``, unions, lists, and ranges written as
+``Annotated[float, Interval(0, 1)]`` (aliases below) — both when a recipe is loaded and when the
+registered function is called directly; the components themselves only check what relates several
+parameters or the data.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
-from collections.abc import Callable
+import inspect
+import math
+import types
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+__all__ = [
+    "KINDS",
+    "REGISTRY",
+    "Component",
+    "Interval",
+    "Kind",
+    "NonNegative",
+    "OpenUnit",
+    "Positive",
+    "PositiveInt",
+    "Probability",
+    "check_params",
+    "component_params",
+    "describe",
+    "get",
+    "import_callable",
+    "register",
+]
 
 Kind = Literal["shaping", "selection", "credit"]
 KINDS: tuple[Kind, ...] = ("shaping", "selection", "credit")
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A range for a numeric parameter: ``Annotated[float, Interval(0, 1)]`` is a probability."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, x: object) -> bool:
+        if not isinstance(x, int | float) or isinstance(x, bool) or math.isnan(x):
+            return False
+        lo_ok = self.low is None or (x > self.low if self.low_open else x >= self.low)
+        hi_ok = self.high is None or (x < self.high if self.high_open else x <= self.high)
+        return lo_ok and hi_ok
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"{'<' if self.high_open else '<='} {self.high:g}"
+
+
+Probability = Annotated[float, Interval(0, 1)]
+OpenUnit = Annotated[float, Interval(0, 1, low_open=True, high_open=True)]
+NonNegative = Annotated[float, Interval(0)]
+Positive = Annotated[float, Interval(0, low_open=True)]
+PositiveInt = Annotated[int, Interval(1)]
+
+
+def _accepts(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin is Annotated:
+        base, *meta = typing.get_args(hint)
+        return _accepts(value, base) and all(value in m for m in meta if isinstance(m, Interval))
+    if origin is Literal:
+        return any(value == a and type(value) is type(a) for a in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return isinstance(value, list) and all(_accepts(v, item) for v in value)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True  # an annotation we do not check (callables and the like)
+
+
+def describe(hint: Any) -> str:
+    """What a type hint accepts, in words."""
+    origin = typing.get_origin(hint)
+    if origin is Annotated:
+        base, *meta = typing.get_args(hint)
+        ranges = [str(m) for m in meta if isinstance(m, Interval)]
+        return " ".join([describe(base), *ranges])
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(describe(h) for h in typing.get_args(hint))
+    if origin is list:
+        return f"a list of {describe(typing.get_args(hint)[0])}"
+    if hint is float:
+        return "a finite number"
+    return getattr(hint, "__name__", str(hint))
+
+
+@functools.cache
+def _params(fn: Callable[..., Any]) -> dict[str, tuple[Any, Any]]:
+    sig = inspect.signature(fn)
+    hints = typing.get_type_hints(fn, include_extras=True)
+    return {
+        name: (hints.get(name, Any), p.default)
+        for name, p in sig.parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+def check_params(name: str, fn: Callable[..., Any], params: Mapping[str, Any]) -> None:
+    """``ValueError`` naming ``name.param`` and what it accepts, for the first keyword value of
+    ``params`` its type hint rejects (unknown names are left to the caller)."""
+    accepted = _params(inspect.unwrap(fn))
+    for key, value in params.items():
+        if key in accepted and not _accepts(value, accepted[key][0]):
+            raise ValueError(f"{name}.{key} must be {describe(accepted[key][0])}, got {value!r:.80}")
 
 
 @dataclass(frozen=True)
@@ -32,12 +156,24 @@ class Component:
         doc = (self.fn.__doc__ or "").strip()
         return doc.splitlines()[0] if doc else ""
 
+    @property
+    def params(self) -> dict[str, tuple[Any, Any]]:
+        """Keyword parameters: name → (type hint, default)."""
+        return _params(inspect.unwrap(self.fn))
+
+
+def component_params(component: Component) -> dict[str, tuple[Any, Any]]:
+    """Keyword parameters of a component: name → (type hint, default)."""
+    return component.params
+
 
 REGISTRY: dict[Kind, dict[str, Component]] = {kind: {} for kind in KINDS}
 
 
 def register(kind: Kind, name: str | None = None, *, needs_credit: bool = False) -> Callable[[Any], Any]:
-    """Decorator: register ``fn`` as a ``kind`` component under ``name`` (default: its ``__name__``)."""
+    """Decorator: register ``fn`` as a ``kind`` component under ``name`` (default: its ``__name__``).
+
+    The function returned checks its keyword arguments against its type hints on every call."""
     if kind not in KINDS:
         raise ValueError(f"unknown component kind {kind!r}; expected one of {KINDS}")
     if needs_credit and kind != "selection":
@@ -46,10 +182,16 @@ def register(kind: Kind, name: str | None = None, *, needs_credit: bool = False)
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         key = name or fn.__name__
         existing = REGISTRY[kind].get(key)
-        if existing is not None and existing.fn is not fn:
+        if existing is not None and inspect.unwrap(existing.fn) is not inspect.unwrap(fn):
             raise ValueError(f"a {kind} component named {key!r} is already registered ({existing.fn.__module__})")
-        REGISTRY[kind][key] = Component(kind, key, fn, needs_credit)
-        return fn
+
+        @functools.wraps(fn)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            check_params(key, fn, kwargs)
+            return fn(*args, **kwargs)
+
+        REGISTRY[kind][key] = Component(kind, key, checked, needs_credit)
+        return checked
 
     return deco
 

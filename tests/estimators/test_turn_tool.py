@@ -202,5 +202,5 @@ def test_call_consensus_by_hand():
         texts=Texts.create(1, 1, 1, 1, call_name=["X"], call_arguments=["{}"]),
     )
     assert call_consensus(lone).per_call(lone).tolist() == [0.0]
-    with pytest.raises(ValueError, match="strictly between"):
+    with pytest.raises(ValueError, match=r"success_has_wrong must be a finite number in \(0, 1\)"):
         call_consensus(r, success_has_wrong=0.0)

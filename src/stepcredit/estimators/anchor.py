@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from stepcredit import segments
 from stepcredit.credit import Credit
-from stepcredit.registry import register
+from stepcredit.registry import Interval, register
 from stepcredit.rollouts import Rollouts
 
 
@@ -40,7 +40,7 @@ def gigpo(
     gamma: float = 0.95,
     eps: float = 1e-6,
     episode_weighting: Literal["steps", "trajectories"] = "steps",
-    similarity: float | None = None,
+    similarity: Annotated[float, Interval(0, 1, low_open=True)] | None = None,
 ) -> Credit:
     """Group-in-Group Policy Optimization: episode-level GRPO plus a step-level comparison among steps
     that share an anchor state.
@@ -65,10 +65,6 @@ def gigpo(
     ``grpo`` with the same norm.
     """
     r = rollouts
-    if mode not in ("mean_norm", "mean_std_norm"):
-        raise ValueError(f"mode must be 'mean_norm' or 'mean_std_norm', got {mode!r}")
-    if episode_weighting not in ("steps", "trajectories"):
-        raise ValueError(f"episode_weighting must be 'steps' or 'trajectories', got {episode_weighting!r}")
     norm = "mean" if mode == "mean_norm" else "std"
     weights = r.steps_per_trajectory if episode_weighting == "steps" else None
     total = r.outcome + segments.segment_sum(r.reward, r.step_traj, r.num_trajectories)

@@ -22,8 +22,6 @@ Weighting = Literal["auto", "tokens", "trajectories"]
 def token_weights(rollouts: Rollouts, weighting: Weighting) -> Tensor | None:
     """Row weights for batch whitening: each trajectory's token count ("tokens"; "auto" when the batch
     has token columns) or none, i.e. each trajectory once ("trajectories")."""
-    if weighting not in ("auto", "tokens", "trajectories"):
-        raise ValueError(f"weighting must be 'auto', 'tokens' or 'trajectories', got {weighting!r}")
     if weighting == "tokens" and rollouts.response_mask is None:
         raise ValueError("weighting='tokens' needs token columns; use 'trajectories' for logs without tokens")
     if rollouts.response_mask is None or weighting == "trajectories":

@@ -8,7 +8,7 @@ import torch
 
 from stepcredit import segments
 from stepcredit.credit import Credit
-from stepcredit.registry import register
+from stepcredit.registry import Probability, register
 from stepcredit.rollouts import Rollouts
 from stepcredit.segments import Norm
 
@@ -42,7 +42,7 @@ def step_grpo(
     elif key == "state":
         ids, k = r.decision_points
     else:
-        raise ValueError(f"key must be 'position' or 'state', got {key!r}")
+        raise AssertionError(key)  # the registry checks the Literal
     step = segments.group_normalize(r.reward, ids, k, norm=norm, eps=eps, singleton="zero")
     return Credit(torch.zeros_like(r.outcome), step=step)
 
@@ -51,7 +51,7 @@ def step_grpo(
 def prm_step(
     rollouts: Rollouts,
     *,
-    beta: float = 0.75,
+    beta: Probability = 0.75,
     norm: Norm = "mean",
     eps: float = 1e-6,
     protect_abandoned: bool = True,
@@ -68,8 +68,6 @@ def prm_step(
     r = rollouts
     if r.prm is None:
         raise ValueError("prm_step needs PRM scores (the prm column, or run prm_mix with a scorer first)")
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"beta must be in [0, 1], got {beta}")
     outcome = segments.group_normalize(r.outcome, r.group, r.num_groups, norm=norm, eps=eps)
     centered = r.prm - segments.segment_mean(r.prm, r.step_group, r.num_groups)[r.step_group]
     if protect_abandoned and r.abandoned is not None:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from stepcredit import segments
 from stepcredit.credit import Credit
-from stepcredit.registry import import_callable, register
+from stepcredit.registry import NonNegative, OpenUnit, import_callable, register
 from stepcredit.rollouts import TOOL_OK, Rollouts
 
 Verifier = Callable[[str, str, str], bool]
@@ -97,7 +97,7 @@ def key_occurrences(rollouts: Rollouts) -> tuple[Tensor, int, Tensor, Tensor, Te
 def action_anchor(
     rollouts: Rollouts,
     *,
-    prior_strength: float = 1.0,
+    prior_strength: NonNegative = 1.0,
     leave_one_out: bool = True,
     norm: Literal["mean", "std"] = "mean",
     eps: float = 1e-6,
@@ -126,10 +126,6 @@ def action_anchor(
     calls this is ``grpo``.
     """
     r = rollouts
-    if norm not in ("mean", "std"):
-        raise ValueError(f"norm must be 'mean' or 'std', got {norm!r}")
-    if prior_strength < 0:
-        raise ValueError(f"prior_strength must be >= 0, got {prior_strength}")
     adv = segments.group_normalize(r.outcome, r.group, r.num_groups, norm=norm, eps=eps)
     if r.num_calls == 0:
         return Credit(adv)
@@ -151,9 +147,6 @@ def action_anchor(
 
 def _llr(p_has_if_correct: float, p_has_if_wrong: float) -> tuple[float, float]:
     """Log-likelihood ratios (correct vs wrong) of another trajectory containing / not containing a call."""
-    for p in (p_has_if_correct, p_has_if_wrong):
-        if not 0.0 < p < 1.0:
-            raise ValueError(f"rates must lie strictly between 0 and 1, got {p}")
     has = math.log(p_has_if_correct / p_has_if_wrong)
     lacks = math.log((1 - p_has_if_correct) / (1 - p_has_if_wrong))
     return has, lacks
@@ -163,11 +156,11 @@ def _llr(p_has_if_correct: float, p_has_if_wrong: float) -> tuple[float, float]:
 def call_consensus(
     rollouts: Rollouts,
     *,
-    success_has_correct: float = 0.9,
-    success_has_wrong: float = 0.05,
-    failure_has_correct: float = 0.5,
-    failure_has_wrong: float = 0.1,
-    prior_correct: float = 0.5,
+    success_has_correct: OpenUnit = 0.9,
+    success_has_wrong: OpenUnit = 0.05,
+    failure_has_correct: OpenUnit = 0.5,
+    failure_has_wrong: OpenUnit = 0.1,
+    prior_correct: OpenUnit = 0.5,
     success_threshold: float = 1.0,
     norm: Literal["mean", "std"] = "mean",
     eps: float = 1e-6,
@@ -203,8 +196,6 @@ def call_consensus(
     witnesses: its calls get tanh(logit(prior) / 2) = 0.
     """
     r = rollouts
-    if not 0.0 < prior_correct < 1.0:
-        raise ValueError(f"prior_correct must lie strictly between 0 and 1, got {prior_correct}")
     s_has, s_lacks = _llr(success_has_correct, success_has_wrong)
     f_has, f_lacks = _llr(failure_has_correct, failure_has_wrong)
     adv = segments.group_normalize(r.outcome, r.group, r.num_groups, norm=norm, eps=eps)

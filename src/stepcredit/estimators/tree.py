@@ -79,8 +79,6 @@ def tree_grpo(
     with ``intra_singleton="zero"`` and one leaf per tree this is exactly ``grpo``.
     """
     r = rollouts
-    if prefix not in ("duplicate", "sum"):
-        raise ValueError(f"prefix must be 'duplicate' or 'sum', got {prefix!r}")
     inter = segments.group_normalize(r.outcome, r.group, r.num_groups, norm=norm, eps=eps)
     tree, num_trees = _tree_ids(r)
     intra = segments.group_normalize(r.outcome, tree, num_trees, norm=norm, eps=eps, singleton=intra_singleton)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from stepcredit import segments
-from stepcredit.registry import register
+from stepcredit.registry import NonNegative, Probability, register
 from stepcredit.rollouts import Rollouts
 from stepcredit.selection import rubrics as rubric_checks
 
@@ -35,8 +35,6 @@ def rubric_gate(
     2025 (DRO, v3), arXiv:2506.13351 — the paper does not pin down the exact gate semantics; both of
     its readings are offered.
     """
-    if mode not in ("drop", "infeasible"):
-        raise ValueError(f"mode must be 'drop' or 'infeasible', got {mode!r}")
     r = rollouts
     valid = rubric_checks.verdicts(r, rubrics).all(dim=1)
     any_valid = segments.segment_sum(valid.long(), r.group, r.num_groups) > 0
@@ -59,12 +57,10 @@ def binary_gate(rollouts: Rollouts, *, success_threshold: float = 1.0) -> Tensor
 
 
 @register("selection")
-def zero_variance_filter(rollouts: Rollouts, *, tolerance: float = 1e-6) -> Tensor:
+def zero_variance_filter(rollouts: Rollouts, *, tolerance: NonNegative = 1e-6) -> Tensor:
     """DAPO's dynamic sampling: drop groups whose outcomes are all equal — within ``tolerance``
     (max − min ≤ tolerance), so float noise of shaped rewards counts as equal (NeMo RL PR #4158).
     A group of one trajectory has no variance and is dropped. Yu et al. 2025 (DAPO), arXiv:2503.14476."""
-    if tolerance < 0:
-        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     r = rollouts
     lo, hi = segments.segment_min_max(r.outcome, r.group, r.num_groups)
     return _keep_groups(r, (hi - lo) > tolerance)
@@ -72,12 +68,12 @@ def zero_variance_filter(rollouts: Rollouts, *, tolerance: float = 1e-6) -> Tens
 
 @register("selection")
 def accuracy_window(
-    rollouts: Rollouts, *, low: float = 0.2, high: float = 0.8, success_threshold: float = 1.0
+    rollouts: Rollouts, *, low: Probability = 0.2, high: Probability = 0.8, success_threshold: float = 1.0
 ) -> Tensor:
     """PRIME's accuracy filter: keep groups whose success rate lies in [low, high] (defaults as
     released). Cui et al. 2025, arXiv:2502.01456."""
-    if not 0.0 <= low <= high <= 1.0:
-        raise ValueError(f"need 0 <= low <= high <= 1, got low={low}, high={high}")
+    if low > high:
+        raise ValueError(f"accuracy_window needs low <= high, got low={low}, high={high}")
     r = rollouts
     rate = segments.segment_mean((r.outcome >= success_threshold).double(), r.group, r.num_groups)
     return _keep_groups(r, (rate >= low) & (rate <= high))

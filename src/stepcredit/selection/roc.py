@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from torch import Tensor
 
 from stepcredit import segments
-from stepcredit.registry import register
+from stepcredit.registry import Interval, Positive, PositiveInt, register
 from stepcredit.rollouts import TOOL_ERROR, Rollouts
 from stepcredit.rollouts._texts import trajectory_actions
 
@@ -56,14 +56,14 @@ def _rank_within(segment: Tensor, key: Tensor, num_segments: int) -> Tensor:
 def resample_on_correct(
     rollouts: Rollouts,
     *,
-    keep: int = 8,
-    min_negatives: int = 2,
-    min_positives: int = 2,
+    keep: PositiveInt = 8,
+    min_negatives: Annotated[int, Interval(0)] = 2,
+    min_positives: Annotated[int, Interval(0)] = 2,
     drop_equal: bool = True,
     error_penalty: bool = True,
     format_penalty: Literal["none", "answer_tags"] = "none",
     mode: Literal["top_k", "weighted"] = "top_k",
-    temperature: float = 1.0,
+    temperature: Positive = 1.0,
     seed: int = 0,
 ) -> Tensor:
     """Resample-on-Correct: from each oversampled group keep ``keep`` rollouts — failures uniformly at
@@ -83,16 +83,11 @@ def resample_on_correct(
     Where a quota exceeds what the group has, fewer than ``keep`` are kept. Returns indices in batch
     order. Shang et al. 2025 (rStar2-Agent), arXiv:2508.20722.
     """
-    if keep < 1:
-        raise ValueError(f"keep must be >= 1, got {keep}")
-    if min_negatives < 0 or min_positives < 0 or min_negatives + min_positives > keep:
-        raise ValueError(f"need 0 <= min_negatives + min_positives <= keep, got {min_negatives} + {min_positives}")
-    if mode not in ("top_k", "weighted"):
-        raise ValueError(f"mode must be 'top_k' or 'weighted', got {mode!r}")
-    if format_penalty not in ("none", "answer_tags"):
-        raise ValueError(f"format_penalty must be 'none' or 'answer_tags', got {format_penalty!r}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if min_negatives + min_positives > keep:
+        raise ValueError(
+            f"resample_on_correct needs min_negatives + min_positives <= keep, got "
+            f"{min_negatives} + {min_positives} > {keep}"
+        )
     r = rollouts
     n_groups = r.num_groups
     positive = r.outcome > 0

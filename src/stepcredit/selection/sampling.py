@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import Tensor
 
 from stepcredit import segments
 from stepcredit.credit import Credit
-from stepcredit.registry import register
+from stepcredit.registry import Interval, Probability, register
 from stepcredit.rollouts import Rollouts
 
 
@@ -16,8 +18,8 @@ def abs_adv_sampling(
     rollouts: Rollouts,
     credit: Credit,
     *,
-    num_samples: int | None = None,
-    fraction: float | None = None,
+    num_samples: Annotated[int, Interval(0)] | None = None,
+    fraction: Probability | None = None,
     seed: int = 0,
 ) -> Tensor:
     """MS-GRPO's absolute-advantage-weighted episode sampling: P(pick i) ∝ |A_i|.
@@ -32,10 +34,6 @@ def abs_adv_sampling(
     n = rollouts.num_trajectories
     if (num_samples is None) == (fraction is None):
         raise ValueError("give exactly one of num_samples and fraction")
-    if num_samples is not None and num_samples < 0:
-        raise ValueError(f"num_samples must be >= 0, got {num_samples}")
-    if fraction is not None and not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
     k = num_samples if num_samples is not None else round(float(fraction or 0.0) * n)
     step_abs = segments.segment_mean(credit.per_step(rollouts).abs(), rollouts.step_traj, n)
     weight = torch.where(rollouts.steps_per_trajectory > 0, step_abs, credit.trajectory.abs()).double()

@@ -39,8 +39,6 @@ def stated_confidence(rollouts: Rollouts, source: Literal["tag", "column"] = "ta
         if rollouts.confidence is None:
             raise ValueError("source='column' needs a confidence column in the rollouts")
         return rollouts.confidence.clone()
-    if source != "tag":
-        raise ValueError(f"source must be 'tag' or 'column', got {source!r}")
     values = [parse_confidence(text) for text in trajectory_actions(rollouts)]
     return torch.tensor(values, dtype=torch.float32, device=rollouts.device)
 
@@ -53,8 +51,6 @@ def rlcr_reward(
     success_threshold: float = 1.0,
 ) -> Tensor:
     """``[N]`` RLCR reward of each trajectory (see ``brier``)."""
-    if variant not in ("paper", "released"):
-        raise ValueError(f"variant must be 'paper' or 'released', got {variant!r}")
     r = rollouts
     q = stated_confidence(r, source).to(r.outcome.dtype)
     c = (r.outcome >= success_threshold).to(r.outcome.dtype)

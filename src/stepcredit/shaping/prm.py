@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from stepcredit import segments
-from stepcredit.registry import import_callable, register
+from stepcredit.registry import Probability, import_callable, register
 from stepcredit.rollouts import Rollouts
 from stepcredit.rollouts._texts import step_action_texts
 
@@ -42,7 +42,7 @@ def prm_scores(rollouts: Rollouts, scorer: str | Scorer | None = None) -> Tensor
 def prm_mix(
     rollouts: Rollouts,
     *,
-    beta: float = 0.75,
+    beta: Probability = 0.75,
     aggregate: Literal["mean", "min", "last"] = "mean",
     scorer: str | Scorer | None = None,
     skip_abandoned: bool = True,
@@ -58,10 +58,6 @@ def prm_mix(
     reward down (a trajectory whose steps are all abandoned keeps its outcome). A trajectory without
     steps keeps its outcome. Zou et al. 2025, arXiv:2506.18896.
     """
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"beta must be in [0, 1], got {beta}")
-    if aggregate not in ("mean", "min", "last"):
-        raise ValueError(f"aggregate must be 'mean', 'min' or 'last', got {aggregate!r}")
     r = rollouts
     scores = prm_scores(r, scorer)
     n = r.num_trajectories
