@@ -376,7 +376,7 @@ def _json_value(col: Column, value: Any) -> Any:
 
 def _present(r: Rollouts, level: str) -> list[tuple[Column, list[Any]]]:
     out = []
-    for col in _ANNOTATIONS[level]:
+    for col in [c for c in r.columns().values() if c.json is not None and c.level == level]:
         value = getattr(r, col.name)
         if value is not None:
             out.append((col, value.cpu().tolist()))

@@ -18,7 +18,7 @@ import torch
 
 from stepcredit import segments
 from stepcredit.errors import RolloutError
-from stepcredit.rollouts import COLUMNS, TEXT_COLUMNS, Column, Rollouts, Texts
+from stepcredit.rollouts import TEXT_COLUMNS, Column, Rollouts, Texts
 
 __all__ = ["from_arrow", "read_parquet", "to_arrow", "write_parquet"]
 
@@ -38,7 +38,7 @@ def _list(offsets: torch.Tensor, values: pa.Array) -> pa.Array:
 def _arrow_columns(r: Rollouts, level: str) -> dict[str, pa.Array]:
     """The texts and tensor columns of one level, under their Parquet names, in schema order."""
     out = {c.key: getattr(r.texts, name) for name, c in TEXT_COLUMNS.items() if c.level == level}
-    for name, col in COLUMNS.items():
+    for name, col in r.columns().items():
         value = getattr(r, name)
         if value is None or col.level != level or name in _STRUCTURE:
             continue
@@ -97,8 +97,9 @@ def _tensor(arr: pa.Array, col: Column, source: str) -> torch.Tensor:
     return torch.from_numpy(arr.to_numpy(zero_copy_only=False).copy()).to(col.dtype)
 
 
-def from_arrow(table: pa.Table, source: str = "<table>") -> Rollouts:
-    """Inverse of ``to_arrow``; groups numbered by first appearance."""
+def from_arrow(table: pa.Table, source: str = "<table>", *, cls: type[Rollouts] = Rollouts) -> Rollouts:
+    """Inverse of ``to_arrow``; groups numbered by first appearance. ``cls``: ``Rollouts`` or a subclass
+    that declares more columns (read when the file has them)."""
     from stepcredit.io._tensors import dense_groups
 
     for name in ("id", "group", "outcome", "steps"):
@@ -119,7 +120,8 @@ def from_arrow(table: pa.Table, source: str = "<table>") -> Rollouts:
     }
     get = {"trajectory": lambda key: top[key], "step": steps.field, "call": calls.field}
     cols: dict[str, torch.Tensor] = {}
-    for name, col in COLUMNS.items():
+    columns = cls.columns()
+    for name, col in columns.items():
         if name in _STRUCTURE or col.level not in structs:
             continue
         if has[col.level](col.key):
@@ -128,7 +130,7 @@ def from_arrow(table: pa.Table, source: str = "<table>") -> Rollouts:
             raise RolloutError(f"missing nested column {col.key!r}", source=source, field=col.key)
     group, names = dense_groups(table.column("group").to_numpy(zero_copy_only=False).astype(str))
     meta = table.schema.metadata or {}
-    tokens = [k for k, c in COLUMNS.items() if c.together is not None and k != "response_mask"]
+    tokens = [k for k, c in columns.items() if c.together is not None and k != "response_mask"]
     if RESPONSE_LENGTH in meta and "step_token_start" in cols and "step_token_end" in cols:
         t = int(meta[RESPONSE_LENGTH])
         traj = segments.segment_ids(torch.as_tensor(step_off))
@@ -146,7 +148,7 @@ def from_arrow(table: pa.Table, source: str = "<table>") -> Rollouts:
             texts[name] = get[tcol.level](tcol.key)
         elif name != "prompt":
             raise RolloutError(f"missing nested column {tcol.key!r}", source=source, field=tcol.key)
-    return Rollouts(
+    return cls(
         group=group,
         step_offsets=torch.as_tensor(step_off, dtype=torch.int64),
         call_offsets=torch.as_tensor(call_off, dtype=torch.int64),
@@ -155,9 +157,9 @@ def from_arrow(table: pa.Table, source: str = "<table>") -> Rollouts:
     )
 
 
-def read_parquet(path: str | Path) -> Rollouts:
+def read_parquet(path: str | Path, *, cls: type[Rollouts] = Rollouts) -> Rollouts:
     try:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise RolloutError(f"cannot read Parquet ({exc})", source=str(path)) from None
-    return from_arrow(table, str(path))
+    return from_arrow(table, str(path), cls=cls)

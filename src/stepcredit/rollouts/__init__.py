@@ -18,7 +18,7 @@ from stepcredit.rollouts._batch import (
     tool_ok_from_calls,
 )
 from stepcredit.rollouts._build import CallRecord, StatePolicy, StepRecord, TrajectoryRecord, build, canonical_json
-from stepcredit.rollouts._columns import Check, Column, Level
+from stepcredit.rollouts._columns import Check, Column, Level, column
 from stepcredit.rollouts._states import distinct_states, history_states, observation_states, text_keys
 from stepcredit.rollouts._summary import summarize
 
@@ -41,6 +41,7 @@ __all__ = [
     "TrajectoryRecord",
     "build",
     "canonical_json",
+    "column",
     "distinct_states",
     "history_states",
     "observation_states",

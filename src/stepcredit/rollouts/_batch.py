@@ -173,7 +173,7 @@ class Rollouts:
     # ------------------------------------------------------------------ construction + validation
     def __post_init__(self) -> None:
         put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen dataclass
-        for name, col in COLUMNS.items():
+        for name, col in self.columns().items():
             value = getattr(self, name)
             if value is None:
                 if col.required:
@@ -182,20 +182,21 @@ class Rollouts:
             assert col.dtype is not None
             put(name, col.coerce(value))
         device = self.group.device
-        for name in COLUMNS:
+        for name in self.columns():
             value = getattr(self, name)
             if value is not None and value.device != device:
                 put(name, value.to(device))
         validate_structure(self)
-        for name, col in sorted(COLUMNS.items(), key=lambda item: item[1].derived):  # derived ones last
+        for name, col in sorted(self.columns().items(), key=lambda item: item[1].derived):  # derived ones last
             if getattr(self, name) is None and col.default is not None:
                 put(name, col.default(self))
         validate_values(self)
 
     @classmethod
     def columns(cls) -> dict[str, Column]:
-        """The column schema: every tensor column, in declaration order (``Texts.columns()``: the texts)."""
-        return COLUMNS
+        """The column schema: every tensor column, in declaration order. A subclass that declares more
+        columns (``extra: Tensor | None = column("step", torch.float32, ...)``) gets them everywhere."""
+        return schema(cls)
 
     def size(self, level: Level) -> int:
         """Rows at ``level``: trajectories, groups, steps or calls (token rows: trajectories)."""
@@ -304,7 +305,7 @@ class Rollouts:
         rank[order] = torch.arange(order.numel(), device=self.device)
         rows = {"trajectory": idx, "token": idx, "step": steps, "call": calls, "group": uniq[order]}
         out: dict[str, Any] = {}
-        for name, col in COLUMNS.items():
+        for name, col in self.columns().items():
             value = getattr(self, name)
             if value is None:
                 continue
@@ -314,7 +315,7 @@ class Rollouts:
                 out[name] = rank[inverse]
             else:
                 out[name] = value[rows[col.level]]
-        return Rollouts(**out, texts=self.texts.take(rows))
+        return type(self)(**out, texts=self.texts.take(rows))
 
     def _counts(self, offsets_column: str) -> Tensor:
         off = getattr(self, offsets_column)
@@ -322,8 +323,9 @@ class Rollouts:
 
     @classmethod
     def concat(cls, parts: Iterable[Rollouts]) -> Rollouts:
-        """One batch of several, in order. Groups and trees are renumbered so that no two parts share
-        one; trajectory ids are kept (and must stay unique). A column some parts lack is filled with
+        """One batch of several, in order. Groups are renumbered so that no two parts share one (and so
+        neither do trees, which are numbered within their group); trajectory ids are kept (and must
+        stay unique). A column some parts lack is filled with
         its declared default for rows (labels 0, confidence NaN, a tree of its own, …); one without a
         fill value (PRM scores, rubric verdicts, token columns) must be in every part or in none.
         Token rows of different lengths are padded on the right with masked tokens."""
@@ -335,13 +337,18 @@ class Rollouts:
         device = parts[0].device
         parts = [p.to(device) for p in parts]
         out: dict[str, Any] = {}
-        for name, col in COLUMNS.items():
+        for name, col in cls.columns().items():
             values = [getattr(p, name) for p in parts]
             if col.offsets is not None:
                 out[name] = _offsets(torch.cat([p._counts(name) for p in parts]))
                 continue
             if all(v is None for v in values):
                 continue
+            # a part without rows at the column's level lacks nothing
+            values = [
+                _filled(col, 0, device) if v is None and p.size(col.level) == 0 and col.level != "token" else v
+                for v, p in zip(values, parts, strict=True)
+            ]
             if any(v is None for v in values):
                 if col.fill is None:
                     have = sum(v is not None for v in values)
@@ -354,7 +361,7 @@ class Rollouts:
                     v if v is not None else _filled(col, p.size(col.level), device)
                     for v, p in zip(values, parts, strict=True)
                 ]
-            if name == "group" or col.fill == "own":  # ids: shift each part past the ids of the ones before
+            if name == "group":  # shift each part's groups past the ones before (trees are per group)
                 shift = torch.tensor([0] + [int(v.max()) + 1 if v.numel() else 0 for v in values[:-1]]).cumsum(0)
                 values = [v + int(k) for v, k in zip(values, shift, strict=True)]
             if col.level == "token":
@@ -389,7 +396,9 @@ class Rollouts:
 
     def equals(self, other: Rollouts) -> bool:
         """Same columns (dtype, shape and values; NaN equals NaN) and the same texts."""
-        for name in COLUMNS:
+        if type(self) is not type(other):
+            return False
+        for name in self.columns():
             a, b = getattr(self, name), getattr(other, name)
             if (a is None) != (b is None):
                 return False
@@ -443,6 +452,8 @@ def _offsets(counts: Tensor) -> Tensor:
 
 def _filled(col: Column, rows: int, device: torch.device) -> Tensor:
     assert col.dtype is not None
+    if rows == 0:
+        return torch.zeros((0,), dtype=col.dtype, device=device)
     if col.fill == "own":
         return torch.arange(rows, dtype=col.dtype, device=device)
     assert not isinstance(col.fill, str) and col.fill is not None

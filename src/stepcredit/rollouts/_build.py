@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 
 from stepcredit.errors import RolloutError
-from stepcredit.rollouts._batch import COLUMNS, TEXT_COLUMNS, TOOL_UNKNOWN, Rollouts, StepKind, Texts, _offsets
+from stepcredit.rollouts._batch import TEXT_COLUMNS, TOOL_UNKNOWN, Rollouts, StepKind, Texts, _offsets
 from stepcredit.rollouts._states import distinct_states, history_states
 
 __all__ = ["CallRecord", "StatePolicy", "StepRecord", "TrajectoryRecord", "build", "canonical_json"]
@@ -84,7 +84,9 @@ def _error(rec: TrajectoryRecord, name: str, message: str) -> RolloutError:
     return RolloutError(message, source=rec.source or None, trajectory=rec.id, group=rec.group, field=name)
 
 
-def build(records: Sequence[TrajectoryRecord], *, states: StatePolicy = "history") -> Rollouts:
+def build(
+    records: Sequence[TrajectoryRecord], *, states: StatePolicy = "history", cls: type[Rollouts] = Rollouts
+) -> Rollouts:
     """Build one validated ``Rollouts`` from records.
 
     Groups are numbered densely in order of first appearance. ``states="history"`` keys each step by
@@ -95,7 +97,8 @@ def build(records: Sequence[TrajectoryRecord], *, states: StatePolicy = "history
     collide with the given ones. Trees are numbered in order of first appearance; when any record names
     a tree, the column exists and a record without one is a tree of its own.
 
-    Every other column is read from the record attribute its declaration names. An optional column
+    Every other column of ``cls`` (``Rollouts`` or a subclass declaring more columns) is read from the
+    record attribute its declaration names (records may subclass the record types to carry it). An optional column
     exists when any record gives it; records that do not get the column's fill value (labels 0,
     confidence NaN, abandoned False), and a column without one (PRM scores, rubric verdicts) must be
     given by every record or by none.
@@ -111,10 +114,10 @@ def build(records: Sequence[TrajectoryRecord], *, states: StatePolicy = "history
         "call": calls,
     }
     cols: dict[str, Any] = {}
-    for name, col in COLUMNS.items():
+    for name, col in cls.columns().items():
         if col.record is None or name in _DERIVED:
             continue
-        values = [getattr(obj, col.record) for _, _, obj in rows[col.level]]
+        values = [getattr(obj, col.record, None) for _, _, obj in rows[col.level]]  # absent attribute: not given
         given = next((i for i, v in enumerate(values) if v is not None), None)
         if given is None:
             continue
@@ -167,7 +170,7 @@ def build(records: Sequence[TrajectoryRecord], *, states: StatePolicy = "history
         for name, col in TEXT_COLUMNS.items()
         if col.record is not None
     }
-    return Rollouts(
+    return cls(
         **cols,
         texts=Texts.create(
             len(trajs), len(group_index), len(steps), len(calls), group_names=list(group_index), **texts

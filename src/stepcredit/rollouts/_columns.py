@@ -13,6 +13,7 @@ check.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -218,6 +219,7 @@ def column(level: Level, dtype: torch.dtype | None, **spec: Any) -> Any:
     return field(default=None, metadata={COLUMN: Column(level, dtype, **spec)})
 
 
+@functools.cache
 def schema(cls: type) -> dict[str, Column]:
     """The columns declared on a dataclass, in declaration order, with their names filled in."""
     out = {}
