@@ -78,6 +78,32 @@ def test_chat_field_options(tmp_path):
     assert json.loads(out.stdout)["successes"] == 1
 
 
+def test_id_field_builds_ids_from_fields(tmp_path):
+    msgs = [{"role": "assistant", "content": "x"}]
+    p = tmp_path / "c.jsonl"
+    p.write_text(
+        "".join(
+            json.dumps({"task_id": t, "trial": k, "group": t, "reward": 1, "messages": msgs}) + "\n"
+            for t in ("a", "b")
+            for k in (0, 1)
+        )
+    )
+    out = tmp_path / "credit.jsonl"
+    res = run("credit", str(p), "--id-field", "task_id,trial", "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["a:0", "a:1", "b:0", "b:1"]
+    res = run("inspect", str(p), "--id-field", "task_id,attempt")
+    assert res.returncode == 2 and "field 'attempt'" in res.stderr
+
+
+def test_brackets_in_errors_and_help_are_printed_as_written(tmp_path):
+    p = tmp_path / "b.jsonl"
+    p.write_text(json.dumps({"id": "[bold]x[/bold]", "group": "g", "reward": "[1]", "messages": []}) + "\n")
+    res = run("inspect", str(p))
+    assert res.returncode == 2 and "'[bold]x[/bold]'" in res.stderr and "'[1]'" in res.stderr
+    assert "JSON {group: [reference actions]}" in " ".join(run("audit", "--help").stdout.split())
+
+
 def test_demo_runs():
     out = run("demo", "--groups", "4", "--group-size", "3")
     assert out.returncode == 0, out.stderr

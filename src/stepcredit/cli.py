@@ -34,6 +34,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help is plain text: brackets in it ({group: [actions]}) print as written
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -252,11 +253,9 @@ def recipes() -> None:
 
 
 @app.command(
-    help=(
-        "Measure where each recipe's credit lands against step/call labels; write an HTML report.\n\n"
-        "Labels come from the log (a per-step 'label', tau2 results) or from --references, a JSON file of "
-        "reference actions. " + REFERENCES_FORMAT.replace("\n", " ")
-    )
+    help="Measure where each recipe's credit lands against step/call labels; write an HTML report.\n\n"
+    "Labels come from the log (a per-step 'label', tau2 results) or from --references, a JSON file of "
+    "reference actions:\n\n\b\n" + REFERENCES_FORMAT
 )
 @reads_log
 def audit(

@@ -87,6 +87,30 @@ def test_audit_chat_log_with_reference_actions(tmp_path):
     bad.write_text("[1, 2]")
     res = run("audit", str(log), "--references", str(bad))
     assert res.returncode == 2 and "expected a JSON object" in res.stderr
+    # a reference file for other tasks: an error, not an audit of all "–"
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"no-such-task": refs[next(iter(refs))]}))
+    res = run("audit", str(log), "--references", str(other), "-o", str(tmp_path / "r.html"))
+    assert res.returncode == 2 and "no reference group matches a loaded group" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    for broken, field in (
+        ({"g": [{"arguments": {}}]}, "[0].name"),
+        ({"g": [{"name": "f"}]}, "[0].arguments"),
+        ({"g": ["book"]}, "[0]"),
+        ({"g": {"name": "f"}}, None),
+        ({"g": [{"name": "f", "arguments": {}, "compare_args": "id"}]}, "[0].compare_args"),
+    ):
+        bad.write_text(json.dumps(broken))
+        res = run("audit", str(log), "--references", str(bad), "-o", str(tmp_path / "r.html"))
+        assert res.returncode == 2, broken
+        assert "group 'g'" in res.stderr and (field is None or f"field '{field}'" in res.stderr), res.stderr
+
+
+def test_audit_help_documents_the_reference_format():
+    out = run("audit", "--help")
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())
+    assert '"name" (string) and "arguments" (object) are required' in text and "compare_args" in text
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -124,15 +124,23 @@ _NUMBER = COLUMNS["confidence"]  # parses like any finite number
 _NAME = COLUMNS["tree"]  # parses like any string-or-integer name
 
 
-def annotations(
-    obj: dict[str, Any], level: str, where: _Record, fields: ChatFields, prefix: str = ""
-) -> dict[str, Any]:
-    """The record attributes of the annotation columns of ``level`` found in ``obj``."""
+Paths = list[tuple[Column, str, str]]  # (column, path in the object, record attribute)
+
+
+def annotation_paths(level: str, fields: ChatFields | None = None) -> Paths:
+    """Where the annotation columns of ``level`` are found (calls: under their own names)."""
+    return [(c, fields.path(c) if fields else c.key, c.record or c.name) for c in _ANNOTATIONS[level]]
+
+
+_CALL_PATHS = annotation_paths("call")
+
+
+def annotations(obj: dict[str, Any], paths: Paths, where: _Record, prefix: str = "") -> dict[str, Any]:
+    """The record attributes of the annotation columns found in ``obj``."""
     out = {}
-    for col in _ANNOTATIONS[level]:
-        path = fields.path(col) if level != "call" else col.key
-        assert col.record is not None
-        out[col.record] = where.parse(col, get_path(obj, path), f"{prefix}{path}")
+    for col, path, attr in paths:
+        value = get_path(obj, path)
+        out[attr] = None if value is _MISSING else where.parse(col, value, f"{prefix}{path}")
     return out
 
 
@@ -183,9 +191,7 @@ def _parse_call(raw: Any, where: _Record, field: str) -> tuple[str, CallRecord]:
     if not isinstance(name, str) or not name:
         raise where.error(f"{field}.name", f"expected a tool name, got {name!r:.60}")
     args = _arguments(spec.get("arguments"), where, f"{field}.arguments")
-    return str(call_id), CallRecord(
-        name=name, arguments=args, **annotations(raw, "call", where, ChatFields(), f"{field}.")
-    )
+    return str(call_id), CallRecord(name=name, arguments=args, **annotations(raw, _CALL_PATHS, where, f"{field}."))
 
 
 def _tool_ok(msg: dict[str, Any], text: str, where: _Record, field: str) -> int:
@@ -220,6 +226,7 @@ def parse_messages(messages: Any, where: _Record, fields: ChatFields) -> tuple[s
     observation: list[list[str]] = []
     pending: dict[str, deque[CallRecord]] = {}
     foreign: dict[str, int] = {}  # calls made by the user side (tau2 requestor "user"): observation only
+    step_paths = annotation_paths("step", fields)
     for j, msg in enumerate(messages):
         at = f"{fields.messages}[{j}]"
         if not isinstance(msg, dict):
@@ -241,7 +248,7 @@ def parse_messages(messages: Any, where: _Record, fields: ChatFields) -> tuple[s
                     action=content_text(msg.get("content"), where, f"{at}.content"),
                     calls=calls,
                     reward=0.0 if reward is None else reward,
-                    **annotations(msg, "step", where, fields, f"{at}."),
+                    **annotations(msg, step_paths, where, f"{at}."),
                 )
             )
             observation.append([])
@@ -322,7 +329,7 @@ def parse_record(obj: Any, source: str, fields: ChatFields = ChatFields()) -> Tr
         steps=steps,
         prompt=prompt,
         source=source,
-        **annotations(obj, "trajectory", where, fields),
+        **annotations(obj, annotation_paths("trajectory", fields), where),
     )
 
 
