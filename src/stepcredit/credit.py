@@ -30,6 +30,14 @@ def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
     return a + b
 
 
+def _scale(a: Tensor | None, weight: float) -> Tensor | None:
+    return None if a is None else a * weight
+
+
+def _pick(a: Tensor | None, rows: Tensor) -> Tensor | None:
+    return None if a is None else a[rows]
+
+
 @dataclass(frozen=True, eq=False)
 class Credit:
     """Additive credit components for one ``Rollouts`` batch.
@@ -67,14 +75,12 @@ class Credit:
         return Credit(self.trajectory + other.trajectory, _add(self.step, other.step), _add(self.call, other.call))
 
     def scale(self, weight: float) -> Credit:
-        mul = lambda t: None if t is None else t * weight  # noqa: E731
-        return Credit(self.trajectory * weight, mul(self.step), mul(self.call))
+        return Credit(self.trajectory * weight, _scale(self.step, weight), _scale(self.call, weight))
 
     def select(self, rollouts: Rollouts, trajectories: Tensor) -> Credit:
         """The credit of ``rollouts.select(trajectories)``."""
         steps, calls = rollouts.expand(trajectories)
-        pick = lambda t, ix: None if t is None else t[ix]  # noqa: E731
-        return Credit(self.trajectory[trajectories], pick(self.step, steps), pick(self.call, calls))
+        return Credit(self.trajectory[trajectories], _pick(self.step, steps), _pick(self.call, calls))
 
     # ------------------------------------------------------------------------------------ views
     def per_step(self, rollouts: Rollouts) -> Tensor:
@@ -103,7 +109,7 @@ class Credit:
                 rollouts.call_token_start,
                 rollouts.call_token_end,
                 rollouts.call_traj,
-                tuple(mask.shape),
+                (mask.shape[0], mask.shape[1]),
             )
             out = out + segments.broadcast_to_tokens(self.call, call_map)
         return out

@@ -66,6 +66,7 @@ class RecipeResult:
 
 
 def _step(kind: Kind, item: Any, where: str) -> RecipeStep:
+    params: Any
     if isinstance(item, str):
         name, params = item, {}
     elif isinstance(item, Mapping) and len(item) == 1:

@@ -25,7 +25,7 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 __all__ = [
     "KINDS",
@@ -170,7 +170,10 @@ def component_params(component: Component) -> dict[str, tuple[Any, Any]]:
 REGISTRY: dict[Kind, dict[str, Component]] = {kind: {} for kind in KINDS}
 
 
-def register(kind: Kind, name: str | None = None, *, needs_credit: bool = False) -> Callable[[Any], Any]:
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def register(kind: Kind, name: str | None = None, *, needs_credit: bool = False) -> Callable[[F], F]:
     """Decorator: register ``fn`` as a ``kind`` component under ``name`` (default: its ``__name__``).
 
     The function returned checks its keyword arguments against its type hints on every call."""
@@ -179,7 +182,7 @@ def register(kind: Kind, name: str | None = None, *, needs_credit: bool = False)
     if needs_credit and kind != "selection":
         raise ValueError("only selection components can need credit")
 
-    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def deco(fn: F) -> F:
         key = name or fn.__name__
         existing = REGISTRY[kind].get(key)
         if existing is not None and inspect.unwrap(existing.fn) is not inspect.unwrap(fn):
@@ -191,7 +194,7 @@ def register(kind: Kind, name: str | None = None, *, needs_credit: bool = False)
             return fn(*args, **kwargs)
 
         REGISTRY[kind][key] = Component(kind, key, checked, needs_credit)
-        return checked
+        return typing.cast(F, checked)
 
     return deco
 
@@ -207,7 +210,7 @@ def import_callable(spec: str | Callable[..., Any], what: str) -> Callable[..., 
     fn = getattr(importlib.import_module(module), name, None)
     if not callable(fn):
         raise ValueError(f"{what} {spec!r} is not a callable")
-    return fn
+    return typing.cast(Callable[..., Any], fn)
 
 
 def get(kind: Kind, name: str) -> Component:

@@ -197,6 +197,7 @@ def length_skew(rollouts: Rollouts, credit: Credit, buckets: tuple[int, ...] = D
     edges = [*buckets, None]
     rows = []
     for lo, hi in itertools.pairwise(edges):
+        assert lo is not None
         pick = (n >= lo) & (n < hi) if hi is not None else n >= lo
         name = f"{lo}–{hi - 1}" if hi is not None else f"{lo}+"
         rows.append(

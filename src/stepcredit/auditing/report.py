@@ -192,7 +192,7 @@ def _trajectories(audit: Audit) -> tuple[str, str]:
             good_calls[traj_of_call[c]] += lab == 1
     elif step_label is not None:
         for s, lab in enumerate(step_label):
-            good_calls[r.step_traj[s].item()] += lab == 1
+            good_calls[int(r.step_traj[s])] += lab == 1
     order = sorted(range(r.num_trajectories), key=lambda i: (not (failed[i] and good_calls[i] > 0), not failed[i], i))
     scales = []
     for a in audit.recipes:

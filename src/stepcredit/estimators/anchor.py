@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+from torch import Tensor
+
 from stepcredit import segments
 from stepcredit.credit import Credit
 from stepcredit.registry import Interval, register
 from stepcredit.rollouts import Rollouts
+from stepcredit.segments import Norm
 
 
-def step_returns(rollouts: Rollouts, gamma: float) -> segments.Tensor:
+def step_returns(rollouts: Rollouts, gamma: float) -> Tensor:
     """``G_t = Σ_{k≥t} γ^{k−t} r_k`` within each trajectory, where ``r_k`` is the step's intermediate
     reward and the outcome is the reward of the trajectory's last step."""
     r = rollouts
@@ -20,7 +23,7 @@ def step_returns(rollouts: Rollouts, gamma: float) -> segments.Tensor:
     return segments.reverse_discounted_cumsum(rewards, r.step_offsets, gamma)
 
 
-def state_groups(rollouts: Rollouts, similarity: float | None = None) -> tuple[segments.Tensor, int]:
+def state_groups(rollouts: Rollouts, similarity: float | None = None) -> tuple[Tensor, int]:
     """Dense id of every step's ``(group, state)`` decision point; with ``similarity`` the states come
     from anchor-observation similarity (``stepcredit.rollouts.observation_states``)."""
     r = rollouts
@@ -65,7 +68,7 @@ def gigpo(
     ``grpo`` with the same norm.
     """
     r = rollouts
-    norm = "mean" if mode == "mean_norm" else "std"
+    norm: Norm = "mean" if mode == "mean_norm" else "std"
     weights = r.steps_per_trajectory if episode_weighting == "steps" else None
     total = r.outcome + segments.segment_sum(r.reward, r.step_traj, r.num_trajectories)
     episode = segments.group_normalize(total, r.group, r.num_groups, norm=norm, eps=eps, weights=weights)

@@ -135,7 +135,7 @@ def annotation_paths(level: str, fields: ChatFields | None = None) -> Paths:
 _CALL_PATHS = annotation_paths("call")
 
 
-def annotations(obj: dict[str, Any], paths: Paths, where: _Record, prefix: str = "") -> dict[str, Any]:
+def read_annotations(obj: dict[str, Any], paths: Paths, where: _Record, prefix: str = "") -> dict[str, Any]:
     """The record attributes of the annotation columns found in ``obj``."""
     out = {}
     for col, path, attr in paths:
@@ -191,7 +191,7 @@ def _parse_call(raw: Any, where: _Record, field: str) -> tuple[str, CallRecord]:
     if not isinstance(name, str) or not name:
         raise where.error(f"{field}.name", f"expected a tool name, got {name!r:.60}")
     args = _arguments(spec.get("arguments"), where, f"{field}.arguments")
-    return str(call_id), CallRecord(name=name, arguments=args, **annotations(raw, _CALL_PATHS, where, f"{field}."))
+    return str(call_id), CallRecord(name=name, arguments=args, **read_annotations(raw, _CALL_PATHS, where, f"{field}."))
 
 
 def _tool_ok(msg: dict[str, Any], text: str, where: _Record, field: str) -> int:
@@ -248,15 +248,15 @@ def parse_messages(messages: Any, where: _Record, fields: ChatFields) -> tuple[s
                     action=content_text(msg.get("content"), where, f"{at}.content"),
                     calls=calls,
                     reward=0.0 if reward is None else reward,
-                    **annotations(msg, step_paths, where, f"{at}."),
+                    **read_annotations(msg, step_paths, where, f"{at}."),
                 )
             )
             observation.append([])
         elif role in ("tool", "function"):
-            call_id = msg.get("tool_call_id", msg.get("id"))
-            if call_id is None:
+            raw_id = msg.get("tool_call_id", msg.get("id"))
+            if raw_id is None:
                 raise where.error(f"{at}.tool_call_id", "tool result has no tool_call_id (or id)")
-            call_id = str(call_id)
+            call_id = str(raw_id)
             text = content_text(msg.get("content"), where, f"{at}.content")
             queue = pending.get(call_id)
             if queue:
@@ -309,9 +309,10 @@ def parse_record(obj: Any, source: str, fields: ChatFields = ChatFields()) -> Tr
     raw_group = get_path(obj, fields.group)
     if raw_group is _MISSING:
         raise where.error(fields.group, "missing group (the task / prompt id; set the group field name)")
-    where.group = where.parse(_NAME, raw_group, fields.group)
-    if where.group is None:
+    group = where.parse(_NAME, raw_group, fields.group)
+    if group is None:
         raise where.error(fields.group, "expected a string or integer, got null")
+    where.group = group
     raw_reward = get_path(obj, fields.reward)
     if raw_reward is _MISSING:
         raise where.error(fields.reward, "missing outcome reward (set the reward field name)")
@@ -329,7 +330,7 @@ def parse_record(obj: Any, source: str, fields: ChatFields = ChatFields()) -> Tr
         steps=steps,
         prompt=prompt,
         source=source,
-        **annotations(obj, annotation_paths("trajectory", fields), where),
+        **read_annotations(obj, annotation_paths("trajectory", fields), where),
     )
 
 

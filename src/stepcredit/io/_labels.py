@@ -50,7 +50,7 @@ def _matches(arguments: Any, reference: dict[str, Any]) -> bool:
     ref_args = reference.get("arguments") or {}
     keys = reference.get("compare_args")
     if keys is None:
-        return arguments == ref_args
+        return bool(arguments == ref_args)
     if not isinstance(arguments, dict):
         return False
     return all(arguments.get(k) == ref_args.get(k) for k in keys)

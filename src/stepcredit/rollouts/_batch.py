@@ -172,7 +172,6 @@ class Rollouts:
 
     # ------------------------------------------------------------------ construction + validation
     def __post_init__(self) -> None:
-        put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen dataclass
         for name, col in self.columns().items():
             value = getattr(self, name)
             if value is None:
@@ -180,17 +179,20 @@ class Rollouts:
                     raise RolloutError("a required column is missing", field=name)
                 continue
             assert col.dtype is not None
-            put(name, col.coerce(value))
+            self._put(name, col.coerce(value))
         device = self.group.device
         for name in self.columns():
             value = getattr(self, name)
             if value is not None and value.device != device:
-                put(name, value.to(device))
+                self._put(name, value.to(device))
         validate_structure(self)
         for name, col in sorted(self.columns().items(), key=lambda item: item[1].derived):  # derived ones last
             if getattr(self, name) is None and col.default is not None:
-                put(name, col.default(self))
+                self._put(name, col.default(self))
         validate_values(self)
+
+    def _put(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)  # frozen dataclass: only construction sets columns
 
     @classmethod
     def columns(cls) -> dict[str, Column]:
@@ -278,9 +280,8 @@ class Rollouts:
         """``(N, T)`` int64: the step whose span covers each token, −1 where none does."""
         if self.response_mask is None or self.step_token_start is None or self.step_token_end is None:
             raise RolloutError("this batch has no token columns (response_mask, step spans)", field="response_mask")
-        return segments.span_index_map(
-            self.step_token_start, self.step_token_end, self.step_traj, tuple(self.response_mask.shape)
-        )
+        shape = (self.response_mask.shape[0], self.response_mask.shape[1])
+        return segments.span_index_map(self.step_token_start, self.step_token_end, self.step_traj, shape)
 
     def expand(self, trajectories: Tensor) -> tuple[Tensor, Tensor]:
         """The steps and the calls of ``trajectories`` (in that order): ``(steps [S'], calls [C'])``."""
@@ -318,7 +319,7 @@ class Rollouts:
         return type(self)(**out, texts=self.texts.take(rows))
 
     def _counts(self, offsets_column: str) -> Tensor:
-        off = getattr(self, offsets_column)
+        off: Tensor = getattr(self, offsets_column)
         return off[1:] - off[:-1]
 
     @classmethod

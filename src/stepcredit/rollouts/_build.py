@@ -117,7 +117,8 @@ def build(
     for name, col in cls.columns().items():
         if col.record is None or name in _DERIVED:
             continue
-        values = [getattr(obj, col.record, None) for _, _, obj in rows[col.level]]  # absent attribute: not given
+        # a record type without the attribute does not give the column
+        values: list[Any] = [getattr(obj, col.record, None) for _, _, obj in rows[col.level]]
         given = next((i for i, v in enumerate(values) if v is not None), None)
         if given is None:
             continue
@@ -132,6 +133,7 @@ def build(
         else:
             values = [col.fill if v is None else v for v in values]
         if col.extra_dims:
+            values = [list(v) for v in values]
             width = len(values[given])
             bad = next((i for i, v in enumerate(values) if len(v) != width), None)
             if bad is not None:

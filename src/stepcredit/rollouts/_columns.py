@@ -13,7 +13,6 @@ check.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -219,12 +218,17 @@ def column(level: Level, dtype: torch.dtype | None, **spec: Any) -> Any:
     return field(default=None, metadata={COLUMN: Column(level, dtype, **spec)})
 
 
-@functools.cache
+_SCHEMAS: dict[type, dict[str, Column]] = {}
+
+
 def schema(cls: type) -> dict[str, Column]:
     """The columns declared on a dataclass, in declaration order, with their names filled in."""
+    if cls in _SCHEMAS:
+        return _SCHEMAS[cls]
     out = {}
     for f in cls.__dataclass_fields__.values():  # type: ignore[attr-defined]
         spec = f.metadata.get(COLUMN)
         if spec is not None:
             out[f.name] = Column(**{**spec.__dict__, "name": f.name})
+    _SCHEMAS[cls] = out
     return out

@@ -151,9 +151,9 @@ def validate_values(r: Rollouts) -> None:
         value = getattr(r, name)
         if value is None or col.check is None:
             continue
-        bad = col.check.first_bad(value)
-        if bad is not None:
-            i, expected = bad
+        failed = col.check.first_bad(value)
+        if failed is not None:
+            i, expected = failed
             traj, where = _row(r, col.level, i)
             got = value[i].tolist()
             raise _fail(r, traj, name, f"{where}expected {expected}, got {got}")

@@ -32,7 +32,7 @@ def prm_scores(rollouts: Rollouts, scorer: str | Scorer | None = None) -> Tensor
         if rollouts.prm is None:
             raise ValueError("no PRM scores: give a scorer or load rollouts with a prm column")
         return rollouts.prm
-    scores = import_callable(scorer, "scorer")(rollouts)
+    scores: Tensor = import_callable(scorer, "scorer")(rollouts)
     if scores.shape != (rollouts.num_steps,) or not bool(torch.isfinite(scores).all()):
         raise ValueError(f"the scorer must return {rollouts.num_steps} finite scores, got shape {tuple(scores.shape)}")
     return scores.to(torch.float32)
