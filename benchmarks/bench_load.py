@@ -12,7 +12,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from stepcredit.io import load, log_files, read_tau2_records, write_parquet
+from stepcredit.io import load, log_files, write_parquet
+from stepcredit.io._tau2 import read_tau2_records
 from stepcredit.rollouts import build
 from timing import median_ms  # benchmarks/timing.py
 

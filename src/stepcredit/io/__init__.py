@@ -10,7 +10,6 @@ from typing import Any, Literal
 from stepcredit.errors import RolloutError
 from stepcredit.io._chat import (
     ChatFields,
-    iter_json_records,
     parse_record,
     read_chat_records,
     read_json,
@@ -18,10 +17,10 @@ from stepcredit.io._chat import (
     write_chat_jsonl,
 )
 from stepcredit.io._credit_file import credit_records, read_credit_jsonl, write_credit_jsonl
-from stepcredit.io._labels import AIRLINE_WRITE_TOOLS, REFERENCES_FORMAT, check_references, label_calls, read_references
+from stepcredit.io._labels import REFERENCES_FORMAT, check_references, label_calls, read_references
 from stepcredit.io._parquet import from_arrow, read_parquet, to_arrow, write_parquet
-from stepcredit.io._tau2 import TAU2_FIELDS, is_tau2, parse_tau2, read_tau2_records
-from stepcredit.io._tensors import dense_groups, from_trainer_tensors
+from stepcredit.io._tau2 import TAU2_FIELDS, is_tau2, parse_tau2
+from stepcredit.io._tensors import from_trainer_tensors
 from stepcredit.rollouts import Rollouts, StatePolicy, TrajectoryRecord, build
 
 Format = Literal["auto", "chat", "tau2", "parquet"]
@@ -29,7 +28,6 @@ FORMATS: tuple[str, ...] = ("auto", "chat", "tau2", "parquet")
 LOG_SUFFIXES = (".json", ".jsonl", ".parquet")
 
 __all__ = [
-    "AIRLINE_WRITE_TOOLS",
     "FORMATS",
     "REFERENCES_FORMAT",
     "TAU2_FIELDS",
@@ -37,21 +35,17 @@ __all__ = [
     "Format",
     "check_references",
     "credit_records",
-    "dense_groups",
     "from_arrow",
     "from_trainer_tensors",
-    "iter_json_records",
     "label_calls",
     "load",
     "load_records",
     "log_files",
     "parse_record",
     "parse_tau2",
-    "read_chat_records",
     "read_credit_jsonl",
     "read_parquet",
     "read_references",
-    "read_tau2_records",
     "to_arrow",
     "to_chat_records",
     "write_chat_jsonl",
