@@ -28,6 +28,7 @@ import stepcredit.estimators  # registers the estimators
 import stepcredit.selection  # registers the selections
 import stepcredit.shaping  # noqa: F401 - registers the shaping components
 from stepcredit.credit import Credit
+from stepcredit.errors import show
 from stepcredit.registry import KINDS, Component, Kind, check_params, get
 from stepcredit.rollouts import Rollouts
 
@@ -85,7 +86,7 @@ def _step(kind: Kind, item: Any, where: str) -> RecipeStep:
     if kind == "credit" and "weight" in params:
         weight = params.pop("weight")
         if not isinstance(weight, int | float) or isinstance(weight, bool) or not math.isfinite(weight):
-            raise RecipeError(f"{where}: weight of {name!r} must be a finite number, got {weight!r:.80}")
+            raise RecipeError(f"{where}: weight of {name!r} must be a finite number, got {show(weight)}")
     accepted = component.params
     for key in params:
         if key not in accepted:

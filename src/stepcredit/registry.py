@@ -27,6 +27,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
+from stepcredit.errors import show
+
 __all__ = [
     "KINDS",
     "REGISTRY",
@@ -141,7 +143,7 @@ def check_params(name: str, fn: Callable[..., Any], params: Mapping[str, Any]) -
     accepted = _params(inspect.unwrap(fn))
     for key, value in params.items():
         if key in accepted and not _accepts(value, accepted[key][0]):
-            raise ValueError(f"{name}.{key} must be {describe(accepted[key][0])}, got {value!r:.80}")
+            raise ValueError(f"{name}.{key} must be {describe(accepted[key][0])}, got {show(value)}")
 
 
 @dataclass(frozen=True)

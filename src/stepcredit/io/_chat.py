@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stepcredit.errors import RolloutError
+from stepcredit.errors import RolloutError, show
 from stepcredit.rollouts import (
     COLUMNS,
     TOOL_ERROR,
@@ -150,7 +150,7 @@ def content_text(content: Any, where: _Record, field: str) -> str:
     if content is None:
         return ""
     if isinstance(content, str):
-        return content
+        return _text(content, where, field)
     if isinstance(content, list):
         parts = []
         for part in content:
@@ -161,22 +161,35 @@ def content_text(content: Any, where: _Record, field: str) -> str:
             elif isinstance(part, dict) and isinstance(part.get("type"), str):
                 parts.append(f"[{part['type']}]")  # a non-text part (image, audio): a placeholder
             else:
-                raise where.error(field, f"expected content parts with a 'text' string or a 'type', got {part!r:.60}")
-        return "".join(parts)
+                raise where.error(field, f"expected content parts with a 'text' string or a 'type', got {show(part)}")
+        return _text("".join(parts), where, field)
     raise where.error(field, f"expected a string, null or a list of parts, got {type(content).__name__}")
 
 
 def _arguments(raw: Any, where: _Record, field: str) -> str:
     if raw is None:
         return "{}"
-    if isinstance(raw, dict):
-        return canonical_json(raw)
-    if isinstance(raw, str):
-        try:
-            return canonical_json(json.loads(raw))
-        except json.JSONDecodeError:
-            return raw  # malformed arguments are the model's output: keep them as written
+    try:
+        if isinstance(raw, dict):
+            return canonical_json(raw)
+        if isinstance(raw, str):
+            try:
+                return canonical_json(json.loads(raw))
+            except ValueError:
+                return _text(raw, where, field)  # malformed arguments are the model's output: kept as written
+    except RecursionError:
+        raise where.error(field, "arguments nested too deeply to read") from None
     raise where.error(field, f"expected a JSON object or a JSON string, got {type(raw).__name__}")
+
+
+def _text(value: str, where: _Record, field: str) -> str:
+    """``value``, checked to be valid Unicode (JSON escapes can smuggle in lone surrogates)."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise where.error(field, f"contains a lone surrogate ({value[exc.start]!r}), not valid Unicode") from None
+    return value
 
 
 def _parse_call(raw: Any, where: _Record, field: str) -> tuple[str, CallRecord]:
@@ -184,13 +197,14 @@ def _parse_call(raw: Any, where: _Record, field: str) -> tuple[str, CallRecord]:
         raise where.error(field, f"expected a tool call object, got {type(raw).__name__}")
     call_id = raw.get("id")
     if not isinstance(call_id, str | int) or isinstance(call_id, bool) or call_id == "":
-        raise where.error(f"{field}.id", f"expected a call id (string), got {call_id!r:.60}")
+        raise where.error(f"{field}.id", f"expected a call id (string), got {show(call_id)}")
     fn = raw.get("function")
     spec = fn if isinstance(fn, dict) else raw
     name = spec.get("name")
     if not isinstance(name, str) or not name:
-        raise where.error(f"{field}.name", f"expected a tool name, got {name!r:.60}")
-    args = _arguments(spec.get("arguments"), where, f"{field}.arguments")
+        raise where.error(f"{field}.name", f"expected a tool name, got {show(name)}")
+    _text(name, where, f"{field}.name")
+    args = _text(_arguments(spec.get("arguments"), where, f"{field}.arguments"), where, f"{field}.arguments")
     return str(call_id), CallRecord(name=name, arguments=args, **read_annotations(raw, _CALL_PATHS, where, f"{field}."))
 
 
@@ -202,8 +216,9 @@ def _tool_ok(msg: dict[str, Any], text: str, where: _Record, field: str) -> int:
                 return TOOL_UNKNOWN
             if isinstance(flag, bool):
                 return TOOL_ERROR if flag else TOOL_OK
-            if isinstance(flag, str):  # an error message in the field
-                return TOOL_ERROR if flag else TOOL_OK
+            if isinstance(flag, str):  # "true"/"false" as text, or an error message in the field
+                word = flag.strip().lower()
+                return TOOL_OK if word in ("", "false", "0", "no", "null", "none") else TOOL_ERROR
             raise where.error(f"{field}.{key}", f"expected a boolean, got {type(flag).__name__}")
     return TOOL_ERROR if text.lstrip().startswith("Error") else TOOL_OK
 
@@ -272,7 +287,7 @@ def parse_messages(messages: Any, where: _Record, fields: ChatFields) -> tuple[s
                 )
         else:
             raise where.error(
-                f"{at}.role", f"unknown role {role!r:.40}; expected system, developer, user, assistant or tool"
+                f"{at}.role", f"unknown role {show(role)}; expected system, developer, user, assistant or tool"
             )
     for call_id, queue in pending.items():
         if queue:
@@ -334,14 +349,27 @@ def parse_record(obj: Any, source: str, fields: ChatFields = ChatFields()) -> Tr
     )
 
 
-def read_json(path: Path) -> Any:
-    """A whole ``.json`` file, or ``RolloutError`` naming the file and the parse error."""
+def parse_json(text: str | bytes, source: str) -> Any:
+    """``json.loads`` with every way it can fail as one ``RolloutError`` naming ``source``: invalid JSON,
+    integers past Python's digit limit, nesting deeper than the parser's recursion, text that is not
+    UTF-8."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise RolloutError(f"invalid JSON ({exc})", source=str(path)) from None
+        return json.loads(text)
     except UnicodeDecodeError as exc:
-        raise RolloutError(f"not UTF-8 text ({exc})", source=str(path)) from None
+        raise RolloutError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", source=source) from None
+    except RecursionError:
+        raise RolloutError("JSON nested too deeply to read", source=source) from None
+    except ValueError as exc:  # JSONDecodeError, and ints past sys.get_int_max_str_digits()
+        raise RolloutError(f"invalid JSON ({str(exc)[:200]})", source=source) from None
+
+
+def read_json(path: Path) -> Any:
+    """A whole ``.json`` file, or ``RolloutError`` naming the file and what is wrong with it."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RolloutError(f"cannot read ({exc.strerror})", source=str(path)) from None
+    return parse_json(data, str(path))
 
 
 def iter_json_records(path: Path, obj: Any = _MISSING) -> Iterator[tuple[Any, str]]:
@@ -355,15 +383,11 @@ def iter_json_records(path: Path, obj: Any = _MISSING) -> Iterator[tuple[Any, st
         else:
             yield obj, str(path)
         return
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:  # bytes: a line that is not UTF-8 is reported with its number
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RolloutError(f"invalid JSON ({exc})", source=f"{path}:{lineno}") from None
-            yield record, f"{path}:{lineno}"
+            yield parse_json(line, f"{path}:{lineno}"), f"{path}:{lineno}"
 
 
 def read_chat_records(path: Path, fields: ChatFields = ChatFields(), obj: Any = _MISSING) -> list[TrajectoryRecord]:

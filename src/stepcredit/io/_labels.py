@@ -20,10 +20,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from stepcredit.errors import RolloutError
+from stepcredit.errors import RolloutError, show
 from stepcredit.rollouts import TOOL_ERROR, TrajectoryRecord
 
-__all__ = ["AIRLINE_WRITE_TOOLS", "REFERENCES_FORMAT", "check_references", "label_calls", "read_references"]
+__all__ = [
+    "AIRLINE_WRITE_TOOLS",
+    "REFERENCES_FORMAT",
+    "check_actions",
+    "check_references",
+    "label_calls",
+    "read_references",
+]
 
 REFERENCES_FORMAT = """\
 A JSON object mapping each group (task id) to its reference actions, the calls a correct run makes:
@@ -74,7 +81,7 @@ def label_calls(
         for call in step.calls:
             try:
                 args = json.loads(call.arguments)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 args = call.arguments
             match = next(
                 (i for i, a in enumerate(pool) if not used[i] and a.get("name") == call.name and _matches(args, a)),
@@ -93,6 +100,29 @@ def label_calls(
         step.label = -1 if -1 in labels else (1 if 1 in labels else 0)
 
 
+def check_actions(actions: Any, source: str, group: str, prefix: str = "") -> list[dict[str, Any]]:
+    """A list of reference actions, or ``RolloutError`` naming the group, the action and the field that
+    does not fit ``REFERENCES_FORMAT`` (``prefix``: where the list sits in its file)."""
+
+    def fail(field: str, message: str) -> RolloutError:
+        return RolloutError(message, source=source, group=group, field=f"{prefix}{field}" or None)
+
+    if not isinstance(actions, list):
+        raise fail("", f"expected a list of reference actions, got {type(actions).__name__}")
+    for k, action in enumerate(actions):
+        at = f"[{k}]"
+        if not isinstance(action, Mapping):
+            raise fail(at, f"expected an action object, got {type(action).__name__}")
+        if not isinstance(action.get("name"), str) or not action["name"]:
+            raise fail(f"{at}.name", f"expected a tool name (string), got {show(action.get('name'))}")
+        if not isinstance(action.get("arguments"), Mapping):
+            raise fail(f"{at}.arguments", f"expected an arguments object, got {show(action.get('arguments'))}")
+        keys = action.get("compare_args")
+        if keys is not None and not (isinstance(keys, list) and all(isinstance(x, str) for x in keys)):
+            raise fail(f"{at}.compare_args", f"expected a list of argument names or null, got {show(keys)}")
+    return [dict(a) for a in actions]
+
+
 def check_references(refs: Any, source: str = "references") -> dict[str, list[dict[str, Any]]]:
     """``refs`` as ``{group: [reference action]}``, or ``RolloutError`` naming the group, the action
     and the field that does not fit ``REFERENCES_FORMAT``."""
@@ -100,48 +130,11 @@ def check_references(refs: Any, source: str = "references") -> dict[str, list[di
         raise RolloutError(
             f"expected a JSON object {{group: [reference actions]}}, got {type(refs).__name__}", source=source
         )
-    out = {}
-    for group, actions in refs.items():
-        if not isinstance(actions, list):
-            raise RolloutError(
-                f"expected a list of reference actions, got {type(actions).__name__}", source=source, group=str(group)
-            )
-        for k, action in enumerate(actions):
-            at = f"[{k}]"
-            if not isinstance(action, Mapping):
-                raise RolloutError(
-                    f"expected an action object, got {type(action).__name__}", source=source, group=str(group), field=at
-                )
-            if not isinstance(action.get("name"), str) or not action["name"]:
-                raise RolloutError(
-                    f"expected a tool name (string), got {action.get('name')!r:.60}",
-                    source=source,
-                    group=str(group),
-                    field=f"{at}.name",
-                )
-            if not isinstance(action.get("arguments"), Mapping):
-                raise RolloutError(
-                    f"expected an arguments object, got {action.get('arguments')!r:.60}",
-                    source=source,
-                    group=str(group),
-                    field=f"{at}.arguments",
-                )
-            keys = action.get("compare_args")
-            if keys is not None and not (isinstance(keys, list) and all(isinstance(x, str) for x in keys)):
-                raise RolloutError(
-                    f"expected a list of argument names or null, got {keys!r:.60}",
-                    source=source,
-                    group=str(group),
-                    field=f"{at}.compare_args",
-                )
-        out[str(group)] = [dict(a) for a in actions]
-    return out
+    return {str(group): check_actions(actions, source, str(group)) for group, actions in refs.items()}
 
 
 def read_references(path: str | Path) -> dict[str, list[dict[str, Any]]]:
     """Reference actions from a JSON file (``REFERENCES_FORMAT``), checked."""
-    try:
-        refs = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RolloutError(f"cannot read reference actions ({exc})", source=str(path)) from None
-    return check_references(refs, str(path))
+    from stepcredit.io._chat import read_json
+
+    return check_references(read_json(Path(path)), str(path))

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import torch
 
 from stepcredit import segments
-from stepcredit.errors import RolloutError
+from stepcredit.errors import RolloutError, show
 from stepcredit.rollouts import TEXT_COLUMNS, Column, Rollouts, Texts
 
 __all__ = ["from_arrow", "read_parquet", "to_arrow", "write_parquet"]
@@ -76,8 +76,12 @@ def write_parquet(rollouts: Rollouts, path: str | Path) -> None:
     pq.write_table(to_arrow(rollouts), path)
 
 
-def _flat(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
+def _flat(col: pa.ChunkedArray | pa.Array, name: str, source: str) -> tuple[np.ndarray, pa.Array]:
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)):
+        raise RolloutError(f"expected a list column, got {arr.type}", source=source, field=name)
+    if arr.null_count:
+        raise RolloutError("contains nulls", source=source, field=name)
     offsets = arr.offsets.to_numpy()
     return offsets - offsets[0], arr.flatten()
 
@@ -87,14 +91,47 @@ def _tensor(arr: pa.Array, col: Column, source: str) -> torch.Tensor:
         raise RolloutError("contains nulls", source=source, field=col.key)
     assert col.dtype is not None
     if col.extra_dims:
-        offsets, values = _flat(arr)
+        offsets, values = _flat(arr, col.key, source)
         widths = set((offsets[1:] - offsets[:-1]).tolist())
         if len(widths) > 1:
             raise RolloutError(f"{col.name} lists differ in length across trajectories", source=source, field=col.key)
         return _tensor(values, Column(col.level, col.dtype, name=col.name), source).reshape(
             len(arr), widths.pop() if widths else 0
         )
-    return torch.from_numpy(arr.to_numpy(zero_copy_only=False).copy()).to(col.dtype)
+    kind = arr.type
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
+        raise RolloutError(f"expected numbers, got {kind}", source=source, field=col.key)
+    values = torch.from_numpy(arr.to_numpy(zero_copy_only=False).copy())
+    if values.is_floating_point() and not col.dtype.is_floating_point and not torch.equal(values, values.round()):
+        raise RolloutError(f"expected integer values, got {kind} with fractions", source=source, field=col.key)
+    return col.coerce(values)  # range checks of the dtype (e.g. state keys past int64) happen here
+
+
+MAX_MASK_CELLS = 1 << 30  # a response mask read from a file: at most 1 Gi tokens (1 GiB of bool)
+
+
+def _response_length(raw: bytes, ends: torch.Tensor, rows: int, source: str) -> int:
+    """The response length the metadata claims, checked against the data: it cannot be shorter than
+    the spans, and it never sets an allocation beyond ``MAX_MASK_CELLS`` (padding past the spans is
+    all the metadata can add)."""
+    try:
+        t = int(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise RolloutError(f"expected an integer, got {show(raw)}", source=source, field="response_length") from None
+    need = int(ends.max()) if ends.numel() else 0
+    if t < need:
+        raise RolloutError(
+            f"{t} is shorter than the token spans in the data (they end at {need})",
+            source=source,
+            field="response_length",
+        )
+    if t > need and rows * t > MAX_MASK_CELLS:
+        raise RolloutError(
+            f"{t} in the file's metadata would allocate a ({rows}, {t}) mask; the spans in the data end at {need}",
+            source=source,
+            field="response_length",
+        )
+    return t
 
 
 def from_arrow(table: pa.Table, source: str = "<table>", *, cls: type[Rollouts] = Rollouts) -> Rollouts:
@@ -105,12 +142,12 @@ def from_arrow(table: pa.Table, source: str = "<table>", *, cls: type[Rollouts] 
     for name in ("id", "group", "outcome", "steps"):
         if name not in table.column_names:
             raise RolloutError(f"missing column {name!r}", source=source, field=name)
-    step_off, steps = _flat(table.column("steps"))
+    step_off, steps = _flat(table.column("steps"), "steps", source)
     if not pa.types.is_struct(steps.type):
         raise RolloutError("expected a list of step structs", source=source, field="steps")
     if "calls" not in steps.type.names:
         raise RolloutError("missing nested column 'calls'", source=source, field="calls")
-    call_off, calls = _flat(steps.field("calls"))
+    call_off, calls = _flat(steps.field("calls"), "calls", source)
     top = {name: table.column(name).combine_chunks() for name in table.column_names}
     structs = {"trajectory": top, "step": steps, "call": calls}
     has = {
@@ -128,11 +165,16 @@ def from_arrow(table: pa.Table, source: str = "<table>", *, cls: type[Rollouts] 
             cols[name] = _tensor(get[col.level](col.key), col, source)
         elif col.required or col.default is not None:  # always written: a file without it is not ours
             raise RolloutError(f"missing nested column {col.key!r}", source=source, field=col.key)
-    group, names = dense_groups(table.column("group").to_numpy(zero_copy_only=False).astype(str))
+    group_col = table.column("group")
+    if group_col.null_count:
+        raise RolloutError("group names must not be null", source=source, field="group")
+    if not (pa.types.is_string(group_col.type) or pa.types.is_large_string(group_col.type)):
+        raise RolloutError(f"expected group names (strings), got {group_col.type}", source=source, field="group")
+    group, names = dense_groups(group_col.to_numpy(zero_copy_only=False).astype(str))
     meta = table.schema.metadata or {}
     tokens = [k for k, c in columns.items() if c.together is not None and k != "response_mask"]
     if RESPONSE_LENGTH in meta and "step_token_start" in cols and "step_token_end" in cols:
-        t = int(meta[RESPONSE_LENGTH])
+        t = _response_length(meta[RESPONSE_LENGTH], cols["step_token_end"], table.num_rows, source)
         traj = segments.segment_ids(torch.as_tensor(step_off))
         cols["response_mask"] = (
             segments.span_index_map(cols["step_token_start"], cols["step_token_end"], traj, (table.num_rows, t)) >= 0

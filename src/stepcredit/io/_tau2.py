@@ -13,7 +13,7 @@ from typing import Any
 
 from stepcredit.errors import RolloutError
 from stepcredit.io._chat import ChatFields, parse_record, read_json
-from stepcredit.io._labels import label_calls
+from stepcredit.io._labels import check_actions, label_calls
 from stepcredit.rollouts import TrajectoryRecord
 
 TAU2_FIELDS = ChatFields(id="id", group="task_id", reward="reward_info.reward", messages="messages")
@@ -23,10 +23,21 @@ def is_tau2(obj: Any) -> bool:
     return isinstance(obj, dict) and isinstance(obj.get("simulations"), list)
 
 
-def reference_actions(task: dict[str, Any]) -> list[dict[str, Any]]:
-    """The reference actions of a tau2 task (``evaluation_criteria.actions``; none → empty)."""
-    criteria = task.get("evaluation_criteria") or {}
-    return list(criteria.get("actions") or [])
+def reference_actions(task: dict[str, Any], source: str = "tau2") -> list[dict[str, Any]]:
+    """The reference actions of a tau2 task (``evaluation_criteria.actions``; none → empty), checked."""
+    group = str(task.get("id"))
+    criteria = task.get("evaluation_criteria")
+    if criteria is None:
+        return []
+    if not isinstance(criteria, dict):
+        raise RolloutError(
+            f"expected an object, got {type(criteria).__name__}",
+            source=source,
+            group=group,
+            field="evaluation_criteria",
+        )
+    actions = criteria.get("actions")
+    return [] if actions is None else check_actions(actions, source, group, "evaluation_criteria.actions")
 
 
 def parse_tau2(obj: Any, source: str, *, labels: bool = True, id_field: str = "id") -> list[TrajectoryRecord]:
@@ -39,15 +50,18 @@ def parse_tau2(obj: Any, source: str, *, labels: bool = True, id_field: str = "i
             "expected a tau2 results object with a 'simulations' list", source=source, field="simulations"
         )
     tasks = obj.get("tasks") or []
-    if not isinstance(tasks, list) or not all(isinstance(t, dict) and "id" in t for t in tasks):
+    if not isinstance(tasks, list) or not all(
+        isinstance(t, dict) and isinstance(t.get("id"), str | int) for t in tasks
+    ):
         raise RolloutError("expected a list of task objects with an 'id'", source=source, field="tasks")
-    by_id = {str(t["id"]): t for t in tasks}
+    # every task's reference actions are checked, used or not
+    references = {str(t["id"]): reference_actions(t, source) for t in tasks} if labels else {}
     records = []
     for i, sim in enumerate(obj["simulations"]):
         rec = parse_record(sim, f"{source}: simulations[{i}]", fields)
         if labels:
-            task = by_id.get(rec.group)
-            if task is None:
+            actions = references.get(rec.group)
+            if actions is None:
                 raise RolloutError(
                     f"task {rec.group!r} is not among the file's tasks, so its calls cannot be labelled",
                     source=rec.source,
@@ -55,7 +69,7 @@ def parse_tau2(obj: Any, source: str, *, labels: bool = True, id_field: str = "i
                     group=rec.group,
                     field="task_id",
                 )
-            label_calls(rec, reference_actions(task))
+            label_calls(rec, actions)
         records.append(rec)
     return records
 

@@ -102,7 +102,7 @@ class Rollouts:
     confidence: Tensor | None = column(
         "trajectory",
         torch.float32,
-        check=Check(no_inf=True),
+        check=Check(no_inf=True, low=0.0, high=1.0),
         record="confidence",
         fill=float("nan"),
         json="number",

@@ -145,6 +145,11 @@ def build(
                 )
         assert col.dtype is not None
         tensor = torch.tensor(values, dtype=col.dtype)
+        if col.dtype.is_floating_point and bool(torch.isinf(tensor).any()):  # finite values past float32
+            rec, t, _ = rows[col.level][int(torch.nonzero(torch.isinf(tensor))[0, 0])]
+            where = f"step {t}: " if col.level == "step" else ""
+            bad = values[int(torch.nonzero(torch.isinf(tensor))[0, 0])]
+            raise _error(rec, name, f"{where}{bad:g} is beyond float32's range (about ±3.4e38)")
         cols[name] = tensor.reshape(len(values), width) if col.extra_dims else tensor
     # the derived columns
     group_index: dict[str, int] = {}

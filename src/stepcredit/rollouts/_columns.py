@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from stepcredit import segments
-from stepcredit.errors import RolloutError
+from stepcredit.errors import RolloutError, show
 
 if TYPE_CHECKING:
     from stepcredit.rollouts._batch import Rollouts
@@ -179,36 +179,47 @@ class Column:
             return None
         if kind == "number":
             if not isinstance(value, int | float):  # a bool is an int: True reads as 1.0
-                raise ValueError(f"expected a number, got {type(value).__name__} {value!r:.60}")
-            x = float(value)
+                raise ValueError(f"expected a number, got {type(value).__name__} {show(value)}")
+            try:
+                x = float(value)
+            except OverflowError:
+                raise ValueError(f"expected a finite number, got {show(value)}") from None
             if not math.isfinite(x):
                 raise ValueError(f"expected a finite number, got {x}")
             return x
         if kind == "label":
             if isinstance(value, bool) or value not in (-1, 0, 1):
-                raise ValueError(f"expected a label -1, 0 or 1, got {value!r:.60}")
+                raise ValueError(f"expected a label -1, 0 or 1, got {show(value)}")
             return int(value)
         if kind == "flag":
             if not isinstance(value, bool):
-                raise ValueError(f"expected a boolean, got {value!r:.60}")
+                raise ValueError(f"expected a boolean, got {show(value)}")
             return value
         if kind == "integer":
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"expected an integer, got {value!r:.60}")
+                raise ValueError(f"expected an integer, got {show(value)}")
+            if not -(2**63) <= value < 2**63:
+                raise ValueError(f"expected a signed 64-bit integer, got {show(value)}")
             return value
         if kind == "name":
             if isinstance(value, bool) or not isinstance(value, str | int):
-                raise ValueError(f"expected a string or integer, got {type(value).__name__} {value!r:.60}")
-            return str(value)
+                raise ValueError(f"expected a string or integer, got {type(value).__name__} {show(value)}")
+            text = str(value)
+            if not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise ValueError(f"contains a lone surrogate ({text[exc.start]!r}), not valid Unicode") from None
+            return text
         if kind == "kind":
             try:
                 return StepKind[str(value).upper()]
             except KeyError:
                 names = [k.name.lower() for k in StepKind]
-                raise ValueError(f"expected one of {names}, got {value!r:.60}") from None
+                raise ValueError(f"expected one of {names}, got {show(value)}") from None
         if kind == "booleans":
             if not isinstance(value, list) or not all(isinstance(v, bool) for v in value):
-                raise ValueError(f"expected a list of booleans (one verdict each), got {value!r:.60}")
+                raise ValueError(f"expected a list of booleans (one verdict each), got {show(value)}")
             return value
         raise TypeError(f"column {self.name!r} has no chat JSON form")
 

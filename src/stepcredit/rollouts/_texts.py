@@ -110,7 +110,7 @@ def malformed_call_steps(rollouts: Rollouts) -> list[bool]:
         try:
             json.loads(text)
             bad_call.append(False)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             bad_call.append(True)
     coff = r.call_offsets.tolist()
     return [any(bad_call[coff[s] : coff[s + 1]]) for s in range(r.num_steps)]

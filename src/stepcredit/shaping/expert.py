@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import json
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 import torch
 
-from stepcredit.errors import RolloutError
+from stepcredit.errors import RolloutError, show
 from stepcredit.registry import register
 from stepcredit.rollouts import Rollouts, canonical_json
 from stepcredit.rollouts._texts import malformed_call_steps, step_action_texts
@@ -26,17 +25,16 @@ def render_expert_action(action: Any) -> str:
         return f"{action['name']} {canonical_json(action.get('arguments') or {})}"
     if isinstance(action, list):
         return "\n".join(render_expert_action(a) for a in action)
-    raise ValueError(f"expected an expert action (string, {{name, arguments}} or a list of them), got {action!r:.60}")
+    raise ValueError(f"expected an expert action (string, {{name, arguments}} or a list of them), got {show(action)}")
 
 
 def load_experts(experts: str | Mapping[str, list[Any]]) -> dict[str, list[str]]:
     """Expert trajectories per group: a mapping group name → list of actions, or a JSON file of it."""
     if isinstance(experts, str):
         path = Path(experts)
-        try:
-            experts = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RolloutError(f"cannot read expert trajectories ({exc})", source=str(path)) from None
+        from stepcredit.io._chat import read_json
+
+        experts = read_json(path)
     if not isinstance(experts, Mapping):
         raise RolloutError("expected a mapping of group name to a list of expert actions", field="experts")
     out = {}
