@@ -63,6 +63,18 @@ class Log:
     reward_field: str = "reward"
     messages_field: str = "messages"
 
+    def output(self, path: Path, suffixes: tuple[str, ...] = ()) -> Path:
+        """``path`` checked as an output of this command: a file name (with one of ``suffixes``) in a
+        folder that exists, and never one of the inputs (exit 2 with one line otherwise)."""
+        from stepcredit.io import check_output
+
+        def go() -> Path:
+            if suffixes and path.suffix not in suffixes:
+                raise RolloutError(f"expected a {' or '.join(suffixes)} file name", source=str(path), field="output")
+            return check_output(path, [self.path])
+
+        return _guard(go)
+
     def load(self, references: Path | None = None) -> Rollouts:
         """The batch (exit 2 with one line on bad input)."""
         from stepcredit.io import ChatFields, load
@@ -179,8 +191,7 @@ def convert(
     from stepcredit.io import write_chat_jsonl, write_parquet
 
     writers = {".jsonl": write_chat_jsonl, ".parquet": write_parquet}
-    if output.suffix not in writers:
-        _guard(lambda: _raise(RolloutError("expected a .jsonl or .parquet file name", source=str(output))))
+    log.output(output, tuple(writers))
     rollouts = log.load()
     writers[output.suffix](rollouts, output)
     console.print(f"wrote {rollouts.num_trajectories} trajectories to {escape(str(output))}")
@@ -195,10 +206,27 @@ RecipeOpt = Annotated[
 ]
 
 
-def _recipe(spec: str) -> Any:
+AllowImports = Annotated[
+    bool,
+    typer.Option(
+        "--allow-imports",
+        help="Let the recipe name user code as 'module:function' (toolpo.correct, prm_mix.scorer, rubric_gate "
+        "rubrics): that code is imported and run on the log's data, so a recipe file is then a program. Off: "
+        "built-in names only.",
+    ),
+]
+
+
+def _recipe(spec: str, allow_imports: bool = False) -> Any:
     from stepcredit.recipe import Recipe
 
-    return _guard(lambda: Recipe.load(spec))
+    def go() -> Any:
+        try:
+            return Recipe.load(spec, allow_imports=allow_imports)
+        except RecursionError:  # pragma: no cover - read_yaml turns these into RecipeError
+            raise RolloutError("recipe nested too deeply", source=spec) from None
+
+    return _guard(go)
 
 
 @app.command()
@@ -209,11 +237,13 @@ def credit(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the credit JSONL.")] = Path(
         "credit.jsonl"
     ),
+    allow_imports: AllowImports = False,
 ) -> None:
     """Run a recipe on a log and write per-step / per-call credit next to the step texts (JSONL)."""
     from stepcredit.io import write_credit_jsonl
 
-    rec = _recipe(recipe)
+    rec = _recipe(recipe, allow_imports)
+    log.output(output)
     rollouts = log.load()
     result = _guard(lambda: rec.run(rollouts))
     write_credit_jsonl(result.rollouts, result.credit, output, rec.name)
@@ -275,19 +305,23 @@ def audit(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the HTML report.")] = Path(
         "report.html"
     ),
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of the groups for the intervals.")] = 1000,
-    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    bootstrap: Annotated[
+        int, typer.Option(min=0, max=100_000, help="Bootstrap resamples of the groups for the intervals.")
+    ] = 1000,
+    seed: Annotated[int, typer.Option(min=0, max=2**63 - 1, help="Seed of the bootstrap.")] = 0,
     success_threshold: Annotated[float, typer.Option(help="Outcome at or above which a trajectory succeeded.")] = 1.0,
     open_report: Annotated[bool, typer.Option("--open", help="Open the report in a browser.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON instead of a table.")] = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print the metrics as a Markdown table.")] = False,
+    allow_imports: AllowImports = False,
 ) -> None:
     from stepcredit.auditing import DEFAULT_RECIPES, markdown_table, write_report
     from stepcredit.auditing import audit as run_audit
     from stepcredit.auditing.report import METRIC_NAMES, metric_cells
 
     specs = [x.strip() for x in recipes.split(",") if x.strip()] or list(DEFAULT_RECIPES)
-    loaded = [_recipe(spec) for spec in specs]
+    loaded = [_recipe(spec, allow_imports) for spec in specs]
+    log.output(output)
     if labels not in ("auto", "none"):
         _guard(lambda: _raise(RolloutError(f"expected auto or none, got {labels!r}", field="--labels")))
     rollouts = log.load(references=references)
@@ -331,9 +365,9 @@ def audit(
 
 @app.command()
 def demo(
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic rollouts.")] = 0,
-    groups: Annotated[int, typer.Option(help="Number of tasks (groups).")] = 32,
-    group_size: Annotated[int, typer.Option(help="Rollouts per task.")] = 8,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the synthetic rollouts.")] = 0,
+    groups: Annotated[int, typer.Option(min=1, max=100_000, help="Number of tasks (groups).")] = 32,
+    group_size: Annotated[int, typer.Option(min=1, max=1_000, help="Rollouts per task.")] = 8,
 ) -> None:
     """Run every built-in recipe on synthetic tool-use rollouts (labelled) and show where credit lands."""
     from stepcredit.auditing import blame_rate

@@ -66,7 +66,59 @@ class RecipeResult:
     kept: Tensor
 
 
-def _step(kind: Kind, item: Any, where: str) -> RecipeStep:
+class _SafeLoader(yaml.SafeLoader):
+    """YAML without its bombs: what aliases expand to is counted (a 400-byte "billion laughs" names
+    a billion nodes) and bounded; nesting depth is bounded by the parser's recursion."""
+
+    max_expanded = 10_000  # nodes that aliases may stand for, in all
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            node = self.anchors.get(self.peek_event().anchor)
+            if node is not None:
+                memo: dict[int, int] = self.__dict__.setdefault("_sizes", {})
+                self.expanded = getattr(self, "expanded", 0) + _expanded_size(node, memo)
+                if self.expanded > self.max_expanded:
+                    raise RecipeError(
+                        f"aliases (*name) expand to more than {self.max_expanded} values: not a recipe"
+                    )
+        return super().compose_node(parent, index)
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many nodes ``node`` stands for once every alias in it is expanded (memoized per node)."""
+    key = id(node)
+    if key not in memo:
+        if isinstance(node, yaml.SequenceNode):
+            memo[key] = 1 + sum(_expanded_size(child, memo) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            memo[key] = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+        else:
+            memo[key] = 1
+    return memo[key]
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """A YAML document (safe: no tags that build objects, aliases bounded), or ``RecipeError``."""
+    try:
+        return yaml.load(text, Loader=_SafeLoader)
+    except RecipeError as exc:
+        raise RecipeError(f"{source}: {exc}") from None
+    except RecursionError:
+        raise RecipeError(f"{source}: YAML nested too deeply to read") from None
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: integers past Python's digit limit
+        raise RecipeError(f"{source}: cannot read recipe ({show(str(exc))})") from None
+
+
+def _names_code(value: Any) -> str | None:
+    """The first ``"module:function"`` string in a parameter value (or its list items), if any."""
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, str) and ":" in v:
+            return v
+    return None
+
+
+def _step(kind: Kind, item: Any, where: str, allow_imports: bool = False) -> RecipeStep:
     params: Any
     if isinstance(item, str):
         name, params = item, {}
@@ -97,6 +149,14 @@ def _step(kind: Kind, item: Any, where: str) -> RecipeStep:
         check_params(str(name), component.fn, params)
     except ValueError as exc:
         raise RecipeError(f"{where}: {exc}") from None
+    if not allow_imports:
+        for key in component.code_params:
+            code = _names_code(params.get(key))
+            if code is not None:
+                raise RecipeError(
+                    f"{where}: {name}.{key} names user code {show(code)}, which would be imported and run on the "
+                    "log's data; allow it with --allow-imports (Recipe.load(..., allow_imports=True))"
+                )
     return RecipeStep(component, types.MappingProxyType(params), float(weight))
 
 
@@ -111,7 +171,10 @@ class Recipe:
     description: str = ""
 
     @classmethod
-    def from_dict(cls, config: Mapping[str, Any], name: str = "recipe") -> Recipe:
+    def from_dict(cls, config: Mapping[str, Any], name: str = "recipe", *, allow_imports: bool = False) -> Recipe:
+        """A recipe from its config. A parameter that names user code (``"module:function"``: a
+        verifier, a PRM scorer, a rubric check) imports and runs that code on the log's data, so it is
+        refused unless ``allow_imports``."""
         if not isinstance(config, Mapping):
             raise RecipeError(f"{name}: a recipe is a mapping of stages, got {type(config).__name__}")
         unknown = set(config) - {*KINDS, "name", "description"}
@@ -123,7 +186,9 @@ class Recipe:
             items = config.get(kind) or []
             if not isinstance(items, list):
                 raise RecipeError(f"{name}: {kind} must be a list, got {type(items).__name__}")
-            stages[kind] = tuple(_step(kind, item, f"{name}: {kind}[{i}]") for i, item in enumerate(items))
+            stages[kind] = tuple(
+                _step(kind, item, f"{name}: {kind}[{i}]", allow_imports) for i, item in enumerate(items)
+            )
         if not stages["credit"]:
             raise RecipeError(f"{name}: a recipe needs at least one credit component")
         needs = [s.component.needs_credit for s in stages["selection"]]
@@ -132,32 +197,39 @@ class Recipe:
         return cls(name, stages["shaping"], stages["selection"], stages["credit"], str(config.get("description", "")))
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> Recipe:
+    def from_yaml(cls, path: str | Path, *, allow_imports: bool = False) -> Recipe:
         p = Path(path)
         try:
-            config = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            raise RecipeError(f"{p}: cannot read recipe ({exc})") from None
-        return cls.from_dict(config, name=p.stem)
+            text = p.read_bytes().decode("utf-8")
+        except OSError as exc:
+            raise RecipeError(f"{p}: cannot read recipe ({exc.strerror})") from None
+        except UnicodeDecodeError as exc:
+            raise RecipeError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        return cls.from_dict(read_yaml(text, str(p)), name=p.stem, allow_imports=allow_imports)
 
     @classmethod
     def builtin(cls, name: str) -> Recipe:
         files = builtin_recipes()
         if name not in files:
             raise RecipeError(f"unknown recipe {name!r}; built-in: {', '.join(sorted(files))} (or a YAML file path)")
-        return cls.from_dict(yaml.safe_load(files[name]), name=name)
+        return cls.from_dict(read_yaml(files[name], name), name=name)
 
     @classmethod
-    def load(cls, spec: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
-        """A recipe from a built-in name, a YAML path or a dict."""
+    def load(cls, spec: str | Path | Mapping[str, Any] | Recipe, *, allow_imports: bool = False) -> Recipe:
+        """A recipe from a built-in name, a YAML path or a dict. A built-in name wins over a file or
+        folder of that name in the working directory; a path is a path when it ends in .yaml/.yml or
+        names a folder (``./grpo.yaml``, ``recipes/x``). ``allow_imports``: see ``from_dict``."""
         if isinstance(spec, Recipe):
             return spec
         if isinstance(spec, Mapping):
-            return cls.from_dict(spec)
+            return cls.from_dict(spec, allow_imports=allow_imports)
+        text = str(spec)
+        if isinstance(spec, str) and text in builtin_recipes():
+            return cls.builtin(text)
         path = Path(spec)
-        if path.suffix in (".yaml", ".yml") or path.exists():
-            return cls.from_yaml(path)
-        return cls.builtin(str(spec))
+        if path.suffix in (".yaml", ".yml") or "/" in text or "\\" in text or isinstance(spec, Path):
+            return cls.from_yaml(path, allow_imports=allow_imports)
+        return cls.builtin(text)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}
@@ -193,6 +265,7 @@ class Recipe:
             part = part if s.weight == 1.0 else part.scale(s.weight)
             credit = part if credit is None else credit + part
         assert credit is not None
+        credit.check(r, f"{self.name} (the weighted sum)")  # finite parts can sum past float32
         for s in late:
             idx = s.component.fn(r, credit, **s.params)
             credit, r, kept = credit.select(r, idx), r.select(idx), kept[idx]

@@ -33,6 +33,7 @@ __all__ = [
     "KINDS",
     "REGISTRY",
     "Component",
+    "Count",
     "Interval",
     "Kind",
     "NonNegative",
@@ -40,6 +41,8 @@ __all__ = [
     "Positive",
     "PositiveInt",
     "Probability",
+    "Seed",
+    "UserCode",
     "check_params",
     "component_params",
     "describe",
@@ -76,11 +79,28 @@ class Interval:
         return f"{'<' if self.high_open else '<='} {self.high:g}"
 
 
+@dataclass(frozen=True)
+class UserCode:
+    """Marks a parameter that may name user code as ``"module:function"`` (imported and called on the
+    log's data): recipes may set it only when imports are allowed."""
+
+
 Probability = Annotated[float, Interval(0, 1)]
 OpenUnit = Annotated[float, Interval(0, 1, low_open=True, high_open=True)]
 NonNegative = Annotated[float, Interval(0)]
 Positive = Annotated[float, Interval(0, low_open=True)]
-PositiveInt = Annotated[int, Interval(1)]
+PositiveInt = Annotated[int, Interval(1, 2**62)]
+Count = Annotated[int, Interval(0, 2**62)]
+Seed = Annotated[int, Interval(0, 2**63 - 1)]
+"""A seed of torch's generator: 0 ≤ seed < 2⁶³."""
+
+
+def _marked(hint: Any, marker: type) -> bool:
+    if typing.get_origin(hint) is Annotated:
+        return any(m is marker or isinstance(m, marker) for m in typing.get_args(hint)[1:])
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_marked(h, marker) for h in typing.get_args(hint))
+    return False
 
 
 def _accepts(value: Any, hint: Any) -> bool:
@@ -162,6 +182,11 @@ class Component:
     def params(self) -> dict[str, tuple[Any, Any]]:
         """Keyword parameters: name → (type hint, default)."""
         return _params(inspect.unwrap(self.fn))
+
+    @property
+    def code_params(self) -> list[str]:
+        """The parameters marked ``UserCode`` (they may name ``"module:function"``)."""
+        return [name for name, (hint, _) in self.params.items() if _marked(hint, UserCode)]
 
 
 def component_params(component: Component) -> dict[str, tuple[Any, Any]]:

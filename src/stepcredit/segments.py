@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 Norm = Literal["std", "mean", "none"]
+CONSTANT_RTOL = 8 * torch.finfo(torch.float32).eps
+"""Values of a group within this relative distance (8 float32 ulps, ≈ 9.5e-7) count as equal."""
 Singleton = Literal["raw", "zero"]
 
 
@@ -89,12 +91,19 @@ def group_stats(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per-segment ``(count, mean, std, constant)`` with optional row multiplicities ``weights``.
 
+    Statistics are computed in float64 whatever the input dtype (float32 outcomes of magnitude
+    ≳ 2e19 would overflow a float32 variance) and returned in float64. A segment is ``constant`` when
+    its positively weighted values differ by at most ``CONSTANT_RTOL`` relative to their magnitude:
+    values equal in exact arithmetic but summed in another order differ by an ulp or two, and must not
+    come out as ±0.06 after division by a zero std.
+
     With ``weights`` every row counts as if it were repeated ``weights[i]`` times (so statistics over
     steps can be taken from one row per trajectory, weighted by its step count). ``count`` is the
     total weight; ``std`` is Bessel-corrected when ``unbiased`` (0 when ``count <= 1``); ``constant``
     marks segments whose positively weighted values are all equal. ``with_std=False`` skips the
     second pass and returns zeros for ``std``.
     """
+    values = values.double()
     if weights is None:
         count = segment_count(index, num_segments).to(values.dtype)
         total = segment_sum(values, index, num_segments)
@@ -119,7 +128,8 @@ def group_stats(
         live = weights > 0
         lo.scatter_reduce_(0, index[live], values[live], reduce="amin")
         hi.scatter_reduce_(0, index[live], values[live], reduce="amax")
-    return count, mean, std, lo == hi
+    scale = torch.maximum(lo.abs(), hi.abs())
+    return count, mean, std, (hi - lo) <= CONSTANT_RTOL * scale
 
 
 def group_normalize(
@@ -138,8 +148,10 @@ def group_normalize(
 
     * ``singleton="raw"`` (verl): a group with one member (total weight ≤ 1) uses mean 0 and std 1,
       so it keeps its raw value (divided by ``1 + eps`` under ``"std"``); ``"zero"`` gives it 0.
-    * A group whose values are all equal gets exactly 0 (not ``O(ulp / eps)`` rounding noise of the
-      mean, which ``(x − mean) / (0 + eps)`` would otherwise amplify).
+    * A group whose values are all equal — within ``CONSTANT_RTOL`` of their magnitude — gets exactly
+      0 (not ``O(ulp / eps)`` rounding noise of the mean, which ``(x − mean) / (0 + eps)`` would
+      otherwise amplify).
+    * Statistics in float64 (see ``group_stats``); the result has the input's dtype.
     * ``weights``: row multiplicities for the statistics (see ``group_stats``).
     """
     if norm not in ("std", "mean", "none"):
@@ -148,6 +160,7 @@ def group_normalize(
         raise ValueError(f"singleton must be 'raw' or 'zero', got {singleton!r}")
     if norm == "none":
         return values.clone()
+    dtype, values = values.dtype, values.double()
     count, mean, std, constant = group_stats(
         values, index, num_segments, weights=weights, unbiased=unbiased, with_std=norm == "std"
     )
@@ -158,7 +171,7 @@ def group_normalize(
         std = torch.where(single, torch.ones_like(std), std)
         centered = centered / (std[index] + eps)
     zero = (constant & ~single) | (single if singleton == "zero" else torch.zeros_like(single))
-    return torch.where(zero[index], torch.zeros_like(centered), centered)
+    return torch.where(zero[index], torch.zeros_like(centered), centered).to(dtype)
 
 
 def whiten(values: Tensor, weights: Tensor | None = None) -> Tensor:

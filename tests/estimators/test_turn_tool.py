@@ -77,8 +77,8 @@ def test_toolpo_by_hand():
     succ = torch.tensor([2 / 3, -1 / 3, -1 / 3])
     action = torch.tensor([1.0, 1.0, 0.0]) - 2 / 3  # correct (tool_ok) calls: t0 1, t1 1, t2 0
     assert torch.allclose(credit.trajectory, succ)
-    assert torch.allclose(
-        credit.per_call(r), torch.stack([succ[0] + action[0], succ[0] + action[0], succ[1] + action[1]])
+    assert torch.allclose(  # the hand sums round in float32; the estimator's group statistics are float64
+        credit.per_call(r), torch.stack([succ[0] + action[0], succ[0] + action[0], succ[1] + action[1]]), atol=1e-6
     )
     assert torch.allclose(toolpo(r, action_weight=2.0).call, 2 * action[[0, 0, 1]])
 

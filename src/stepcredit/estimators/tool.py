@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Annotated, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -13,7 +13,7 @@ from torch import Tensor
 
 from stepcredit import segments
 from stepcredit.credit import Credit
-from stepcredit.registry import NonNegative, OpenUnit, import_callable, register
+from stepcredit.registry import NonNegative, OpenUnit, UserCode, import_callable, register
 from stepcredit.rollouts import TOOL_OK, Rollouts
 
 Verifier = Callable[[str, str, str], bool]
@@ -43,7 +43,7 @@ def toolpo(
     rollouts: Rollouts,
     *,
     action_weight: float = 1.0,
-    correct: str | Verifier = "tool_ok",
+    correct: Annotated[str | Verifier, UserCode] = "tool_ok",
     norm: segments.Norm = "mean",
     eps: float = 1e-6,
 ) -> Credit:
@@ -129,7 +129,7 @@ def action_anchor(
     adv = segments.group_normalize(r.outcome, r.group, r.num_groups, norm=norm, eps=eps)
     if r.num_calls == 0:
         return Credit(adv)
-    count, mean, std, _ = segments.group_stats(r.outcome, r.group, r.num_groups)
+    count, mean, std, _ = (x.to(r.outcome.dtype) for x in segments.group_stats(r.outcome, r.group, r.num_groups))
     scale = torch.where(count > 1, std + eps, torch.ones_like(std)) if norm == "std" else torch.ones_like(std)
     keys, k, call_traj, pair_key, pair_traj = key_occurrences(r)
     n_key = segments.segment_count(pair_key, k).to(r.outcome.dtype)

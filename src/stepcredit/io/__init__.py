@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from stepcredit.errors import RolloutError
+from stepcredit.io._atomic import atomic_write, check_output
 from stepcredit.io._chat import (
     ChatFields,
     parse_record,
@@ -33,6 +34,8 @@ __all__ = [
     "TAU2_FIELDS",
     "ChatFields",
     "Format",
+    "atomic_write",
+    "check_output",
     "check_references",
     "credit_records",
     "from_arrow",

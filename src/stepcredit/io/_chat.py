@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from stepcredit.errors import RolloutError, show
+from stepcredit.io._atomic import atomic_write
 from stepcredit.rollouts import (
     COLUMNS,
     TOOL_ERROR,
@@ -471,6 +472,6 @@ def to_chat_records(rollouts: Rollouts) -> list[dict[str, Any]]:
 
 def write_chat_jsonl(rollouts: Rollouts, path: str | Path) -> None:
     """Write one chat record a line (see ``to_chat_records``)."""
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         for rec in to_chat_records(rollouts):
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")

@@ -16,6 +16,7 @@ from typing import Any
 
 from stepcredit.credit import Credit
 from stepcredit.errors import RolloutError
+from stepcredit.io._atomic import atomic_write
 from stepcredit.io._chat import iter_json_records
 from stepcredit.rollouts import Rollouts, StepKind
 
@@ -73,9 +74,9 @@ def credit_records(rollouts: Rollouts, credit: Credit, recipe: str = "") -> list
 
 
 def write_credit_jsonl(rollouts: Rollouts, credit: Credit, path: str | Path, recipe: str = "") -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         for rec in credit_records(rollouts, credit, recipe):
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def read_credit_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ import torch
 
 from stepcredit import segments
 from stepcredit.errors import RolloutError, show
+from stepcredit.io._atomic import atomic_write
 from stepcredit.rollouts import TEXT_COLUMNS, Column, Rollouts, Texts
 
 __all__ = ["from_arrow", "read_parquet", "to_arrow", "write_parquet"]
@@ -73,7 +74,8 @@ def to_arrow(rollouts: Rollouts) -> pa.Table:
 
 
 def write_parquet(rollouts: Rollouts, path: str | Path) -> None:
-    pq.write_table(to_arrow(rollouts), path)
+    with atomic_write(path, "wb") as f:
+        pq.write_table(to_arrow(rollouts), f)
 
 
 def _flat(col: pa.ChunkedArray | pa.Array, name: str, source: str) -> tuple[np.ndarray, pa.Array]:

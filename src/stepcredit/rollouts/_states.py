@@ -9,6 +9,9 @@ Steps taken from the same decision point share a key; estimators that compare st
 * nothing (``distinct_states``): every step its own key;
 * the **anchor observation** (``observation_states``, GiGPO): steps whose observations are equal, or
   similar by ``difflib`` ratio ≥ threshold (verl-agent's ``enable_similarity``, greedy first-fit)
+  — the ratio of ``are_similar(new, representative)``, ``SequenceMatcher(None, new, representative)``
+  with Python's default ``autojunk`` (characters over 1% of a 200+ character representative are
+  junk), so long observations group as they do there —
   share a key. Clustering happens only within a group and only over distinct texts, so its cost is
   quadratic in the distinct observations of one task, never in the batch size.
 
@@ -89,7 +92,7 @@ def observation_states(rollouts: Rollouts, *, similarity: float | None = None) -
         if rep is None:
             rep = text
             for cand in reps.setdefault(g, []):
-                m = difflib.SequenceMatcher(None, text, cand, autojunk=False)
+                m = difflib.SequenceMatcher(None, text, cand)  # verl-agent's are_similar: default autojunk
                 if m.real_quick_ratio() >= similarity and m.quick_ratio() >= similarity and m.ratio() >= similarity:
                     rep = cand
                     break

@@ -3,13 +3,13 @@ window (PRIME). Each returns the indices of the trajectories it keeps, in batch 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from torch import Tensor
 
 from stepcredit import segments
-from stepcredit.registry import NonNegative, Probability, register
+from stepcredit.registry import NonNegative, Probability, UserCode, register
 from stepcredit.rollouts import Rollouts
 from stepcredit.selection import rubrics as rubric_checks
 
@@ -22,7 +22,7 @@ def _keep_groups(rollouts: Rollouts, keep_group: Tensor) -> Tensor:
 def rubric_gate(
     rollouts: Rollouts,
     *,
-    rubrics: list[str] | None = None,
+    rubrics: Annotated[list[str], UserCode] | None = None,
     mode: Literal["drop", "infeasible"] = "drop",
     infeasible_value: float = 0.0,
 ) -> Tensor | tuple[Tensor, Tensor]:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from stepcredit import segments
-from stepcredit.registry import Interval, Positive, PositiveInt, register
+from stepcredit.registry import Count, Positive, PositiveInt, Seed, register
 from stepcredit.rollouts import TOOL_ERROR, Rollouts
 from stepcredit.rollouts._texts import trajectory_actions
 
@@ -57,14 +57,14 @@ def resample_on_correct(
     rollouts: Rollouts,
     *,
     keep: PositiveInt = 8,
-    min_negatives: Annotated[int, Interval(0)] = 2,
-    min_positives: Annotated[int, Interval(0)] = 2,
+    min_negatives: Count = 2,
+    min_positives: Count = 2,
     drop_equal: bool = True,
     error_penalty: bool = True,
     format_penalty: Literal["none", "answer_tags"] = "none",
     mode: Literal["top_k", "weighted"] = "top_k",
     temperature: Positive = 1.0,
-    seed: int = 0,
+    seed: Seed = 0,
 ) -> Tensor:
     """Resample-on-Correct: from each oversampled group keep ``keep`` rollouts — failures uniformly at
     random, successes with the fewest tool errors and format problems.

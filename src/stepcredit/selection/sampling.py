@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import torch
 from torch import Tensor
 
 from stepcredit import segments
 from stepcredit.credit import Credit
-from stepcredit.registry import Interval, Probability, register
+from stepcredit.registry import Count, Probability, Seed, register
 from stepcredit.rollouts import Rollouts
 
 
@@ -18,9 +16,9 @@ def abs_adv_sampling(
     rollouts: Rollouts,
     credit: Credit,
     *,
-    num_samples: Annotated[int, Interval(0)] | None = None,
+    num_samples: Count | None = None,
     fraction: Probability | None = None,
-    seed: int = 0,
+    seed: Seed = 0,
 ) -> Tensor:
     """MS-GRPO's absolute-advantage-weighted episode sampling: P(pick i) ∝ |A_i|.
 

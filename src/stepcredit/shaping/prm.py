@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from torch import Tensor
 
 from stepcredit import segments
-from stepcredit.registry import Probability, import_callable, register
+from stepcredit.registry import Probability, UserCode, import_callable, register
 from stepcredit.rollouts import Rollouts
 from stepcredit.rollouts._texts import step_action_texts
 
@@ -44,7 +44,7 @@ def prm_mix(
     *,
     beta: Probability = 0.75,
     aggregate: Literal["mean", "min", "last"] = "mean",
-    scorer: str | Scorer | None = None,
+    scorer: Annotated[str | Scorer, UserCode] | None = None,
     skip_abandoned: bool = True,
 ) -> Rollouts:
     """ReasonFlux-PRM as an RL reward: mix the outcome with the trajectory's aggregated PRM score.
