@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stepcredit import Recipe, RecipeError, RolloutError, Rollouts, gigpo, grpo, resample_on_correct
+from stepcredit import Recipe, RecipeError, RolloutError, Rollouts, grpo, resample_on_correct
 from stepcredit.envs import make_rollouts
 from stepcredit.io import write_chat_jsonl
 from stepcredit.rollouts import Texts, observation_states

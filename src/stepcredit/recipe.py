@@ -74,7 +74,8 @@ class _SafeLoader(yaml.SafeLoader):
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
-            node = self.anchors.get(self.peek_event().anchor)
+            event: yaml.AliasEvent = self.peek_event()  # type: ignore[no-untyped-call]
+            node = self.anchors.get(event.anchor)
             if node is not None:
                 memo: dict[int, int] = self.__dict__.setdefault("_sizes", {})
                 self.expanded = getattr(self, "expanded", 0) + _expanded_size(node, memo)

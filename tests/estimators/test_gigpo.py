@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import assume, given, settings
@@ -105,3 +106,60 @@ def test_verl_agent_style_reference_agrees(r, weighting):
     assume(bool((r.steps_per_trajectory > 0).all()))
     kw = dict(step_weight=1.0, mode="mean_norm", gamma=0.5, eps=1e-6, episode_weighting=weighting)
     assert torch.allclose(gigpo_verl_agent_style(r, **kw), gigpo_oracle(r, **kw), atol=1e-6)
+
+
+def verl_agent_clusters(texts: list[str], threshold: float) -> list[int]:
+    """verl-agent's similarity grouping (``are_similar`` + greedy first-fit against each cluster's
+    first member), written as its loops: the cluster of every text, in order."""
+    from difflib import SequenceMatcher
+
+    clusters: list[list[str]] = []
+    out = []
+    for text in texts:
+        for k, cluster in enumerate(clusters):
+            if SequenceMatcher(None, text, cluster[0]).ratio() >= threshold:
+                cluster.append(text)
+                out.append(k)
+                break
+        else:
+            clusters.append([text])
+            out.append(len(clusters) - 1)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_similarity_grouping_agrees_with_verl_agent_on_long_observations(seed):
+    from stepcredit.rollouts import observation_states
+
+    rng = np.random.default_rng(seed)
+    things = [
+        f"a {k} {i}" for k in ("cabinet", "drawer", "shelf", "fridge", "sinkbasin", "stoveburner") for i in (1, 2, 3)
+    ]
+    rooms = []
+    for _ in range(3):  # a few rooms, each observed with small changes (an item more or less, a word changed)
+        base = list(rng.choice(things, size=int(rng.integers(12, 18)), replace=False))
+        for _ in range(4):
+            seen = list(base)
+            if rng.random() < 0.5:
+                seen.insert(int(rng.integers(len(seen))), str(rng.choice(things)))
+            if rng.random() < 0.5:
+                seen.pop(int(rng.integers(len(seen))))
+            rooms.append(
+                "You are in the middle of a room. Looking quickly around you, you see " + ", ".join(seen) + "."
+            )
+    order = rng.permutation(len(rooms))
+    texts = [rooms[i] for i in order]
+    assert min(map(len, texts)) >= 200  # long enough for difflib's autojunk to matter
+    n = len(texts)
+    r = Rollouts(
+        group=[0] * n,
+        outcome=rng.integers(0, 2, n).astype(float),
+        step_offsets=list(range(n + 1)),
+        texts=Texts.create(n, 1, n, 0, prompt=texts),
+    )
+    for threshold in (0.8, 0.9, 0.95):
+        keys = observation_states(r, similarity=threshold).tolist()
+        want = verl_agent_clusters(texts, threshold)
+        same_ours = [[keys[i] == keys[j] for j in range(n)] for i in range(n)]
+        same_ref = [[want[i] == want[j] for j in range(n)] for i in range(n)]
+        assert same_ours == same_ref, threshold

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from stepcredit import RolloutError, StepKind
+from stepcredit import RolloutError, StepKind, gigpo
 from stepcredit.io import from_trainer_tensors
+from stepcredit.rollouts import text_keys
 
 OPEN, CLOSE = [7, 8], [9]
 
@@ -98,3 +99,134 @@ def test_bad_mask_and_index_shapes():
         from_trainer_tensors(torch.ones(3), [0, 1, 2], outcome=torch.zeros(3))
     with pytest.raises(RolloutError, match="one per row"):
         from_trainer_tensors(torch.ones(2, 3), [0, 1, 2], outcome=torch.zeros(2))
+
+
+# steps of MASK3, row-major: 0 = row 0 [0, 2), 1 = row 0 [3, 4), 2 = row 1 [1, 4), 3 = row 2 [0, 1)
+MASK3 = torch.tensor([[1, 1, 0, 1, 0], [0, 1, 1, 1, 0], [1, 0, 0, 0, 0]])
+
+
+def test_flat_step_rewards_go_to_reward_in_step_order():
+    r = from_trainer_tensors(
+        MASK3, [0, 0, 1], outcome=torch.zeros(3), step_rewards=torch.tensor([0.5, -1.0, 2.0, 0.25])
+    )
+    assert r.reward.dtype == torch.float32
+    assert r.reward.tolist() == [0.5, -1.0, 2.0, 0.25]
+
+
+def test_token_level_step_rewards_sum_over_each_step_span():
+    rewards = torch.tensor(
+        [
+            [0.0, 1.0, 0.0, 3.0, 0.0],  # step 0 ends with 1, step 1 with 3
+            [0.0, 0.5, 0.0, 0.25, 0.0],  # step 2 holds 0.5 + 0.25
+            [0.0, 0.0, 0.0, 0.0, 0.0],  # step 3 got nothing
+        ],
+        dtype=torch.float64,
+    )
+    r = from_trainer_tensors(MASK3, [0, 0, 1], outcome=torch.zeros(3), step_rewards=rewards)
+    assert r.reward.dtype == torch.float32
+    assert r.reward.tolist() == [1.0, 3.0, 0.75, 0.0]
+    assert r.outcome.tolist() == [0.0, 0.0, 0.0]  # step rewards stay out of the outcome
+
+
+def test_state_keys_are_passed_through():
+    r = from_trainer_tensors(MASK3, [0, 0, 1], outcome=torch.zeros(3), state=[7, 8, 7, 7])
+    assert r.state.tolist() == [7, 8, 7, 7]
+    ids, k = r.decision_points  # step 3 is in another group: (1, 7) is its own decision point
+    assert k == 3
+    assert ids[0] == ids[2] and len({int(ids[0]), int(ids[1]), int(ids[3])}) == 3
+
+
+def test_anchor_observations_hash_within_their_group():
+    # groups: rows 0 and 1 in "a", row 2 in "b"; steps 0 and 2 (group a) and 3 (group b) see "start"
+    r = from_trainer_tensors(
+        MASK3,
+        ["a", "a", "b"],
+        outcome=torch.zeros(3),
+        anchor_observations=["start", "after search", "start", "start"],
+    )
+    key = r.state.tolist()
+    assert key[0] == key[2]  # same text, same group
+    assert key[0] != key[3]  # same text, other group
+    assert key[0] != key[1]
+    assert r.state.tolist() == text_keys(["start", "after search", "start", "start"], [0, 0, 0, 1]).tolist()
+
+
+def test_tree_ids_from_strings_are_dense_in_order_of_first_appearance():
+    tree = np.array(["t-9", "t-1", "t-9"], dtype=object)
+    r = from_trainer_tensors(MASK3, [0, 0, 0], outcome=torch.zeros(3), tree=tree)
+    assert r.tree.dtype == torch.int64
+    assert r.tree.tolist() == [0, 1, 0]
+    r = from_trainer_tensors(MASK3, [0, 0, 0], outcome=torch.zeros(3), tree=torch.tensor([5, 5, 2]))
+    assert r.tree.tolist() == [0, 0, 1]
+
+
+def test_new_columns_default_when_not_given():
+    r = from_trainer_tensors(MASK3, [0, 0, 1], outcome=torch.zeros(3))
+    assert r.reward.tolist() == [0.0] * 4
+    assert r.state.unique().numel() == 4
+    assert r.tree is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        (
+            dict(step_rewards=torch.zeros(3)),
+            r"'step_rewards'.*expected 4 step rewards \(one per step: runs of response_mask == 1\), got 3",
+        ),
+        (dict(step_rewards=torch.zeros(3, 4)), r"'step_rewards'.*expected token-level step rewards of shape \(3, 5\)"),
+        (dict(step_rewards=torch.zeros(3, 5, 1)), r"'step_rewards'.*expected \[S\] per-step or \(N, T\)"),
+        (dict(step_rewards=torch.tensor([0.0, float("nan"), 0.0, 0.0])), r"'step_rewards'.*finite.*step 1"),
+        (
+            dict(step_rewards=torch.tensor([[0.0] * 5, [0.0, float("inf"), 0, 0, 0], [0.0] * 5])),
+            r"'step_rewards'.*finite",
+        ),
+        (
+            dict(step_rewards=torch.tensor([[0.0, 0, 1, 0, 0], [0.0] * 5, [0.0] * 5])),
+            r"'row-0'.*'step_rewards'.*token 2 lies outside every step",
+        ),
+        (dict(state=[1, 2, 3]), r"'state'.*expected 4 state keys \(one per step.*got shape \(3,\)"),
+        (dict(state=torch.zeros(4, 1, dtype=torch.int64)), r"'state'.*expected 4 state keys"),
+        (
+            dict(state=[1, 2, 3, 4], anchor_observations=["a"] * 4),
+            r"'state'.*at most one of state and anchor_observations",
+        ),
+        (dict(anchor_observations=["a"] * 5), r"'anchor_observations'.*expected 4 anchor observations.*got 5"),
+        (dict(anchor_observations="abcd"), r"'anchor_observations'.*single string"),
+        (
+            dict(anchor_observations=["a", None, "b", "c"]),
+            r"'anchor_observations'.*expected strings, got NoneType at step 1",
+        ),
+        (dict(tree=["x", "y"]), r"'tree'.*expected 3 tree ids \(one per row\), got 2"),
+        (dict(tree=np.zeros((3, 2))), r"'tree'.*expected 3 tree ids"),
+    ],
+)
+def test_bad_step_rewards_states_and_trees(kwargs, fragment):
+    with pytest.raises(RolloutError, match=fragment):
+        from_trainer_tensors(MASK3, [0, 0, 1], outcome=torch.zeros(3), ids=["row-0", "row-1", "row-2"], **kwargs)
+
+
+def test_gigpo_step_component_from_shared_anchor_observation():
+    # one group, two trajectories of two steps each; both first steps act on the prompt
+    mask = torch.tensor([[1, 0, 1], [1, 0, 1]])
+    kwargs = dict(outcome=torch.tensor([1.0, 0.0]))
+    shared = from_trainer_tensors(
+        mask, ["q", "q"], anchor_observations=["prompt", "obs A", "prompt", "obs B"], **kwargs
+    )
+    credit = gigpo(shared, gamma=0.5)
+    # first-step returns G = γ · outcome: 0.5 and 0 share the anchor → ±0.25 (mean_norm); others alone → 0
+    assert credit.step.tolist() == pytest.approx([0.25, 0.0, -0.25, 0.0])
+    distinct = from_trainer_tensors(mask, ["q", "q"], anchor_observations=["p1", "obs A", "p2", "obs B"], **kwargs)
+    assert gigpo(distinct, gamma=0.5).step.tolist() == [0.0] * 4
+
+
+def test_gigpo_step_rewards_from_token_level_tensor():
+    # a turn reward on the last token of the first turn raises that step's return
+    mask = torch.tensor([[1, 1, 0, 1], [1, 1, 0, 1]])
+    turn = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    r = from_trainer_tensors(
+        mask, [0, 0], outcome=torch.zeros(2), step_rewards=turn, anchor_observations=["p", "a", "p", "b"]
+    )
+    assert r.reward.tolist() == [1.0, 0.0, 0.0, 0.0]
+    step = gigpo(r, gamma=0.5).step
+    assert step.tolist() == pytest.approx([0.5, 0.0, -0.5, 0.0])

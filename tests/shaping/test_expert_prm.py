@@ -56,7 +56,7 @@ def test_expert_similarity_errors(tmp_path):
         expert_similarity(tool_batch(), experts={"t": [3]})
     bad = tmp_path / "bad.json"
     bad.write_text("{")
-    with pytest.raises(RolloutError, match="bad.json: invalid JSON"):
+    with pytest.raises(RolloutError, match=r"bad\.json: invalid JSON"):
         expert_similarity(tool_batch(), experts=str(bad))
 
 

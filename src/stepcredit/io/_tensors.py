@@ -3,7 +3,9 @@
 verl lays a multi-turn response out as ``|gen|tool|gen|pad|`` with ``response_mask`` 1 on generated
 tokens and 0 on tool output and padding. Each run of ``mask == 1`` is one step (model turn); the
 group is the prompt's uid. Tool calls inside a step can be located by start / end token-id patterns
-(e.g. the ids of ``<tool_call>`` and ``</tool_call>``). Everything is vectorized over the batch.
+(e.g. the ids of ``<tool_call>`` and ``</tool_call>``). Per-step rewards, decision-point keys (or the
+anchor observations they are hashed from) and rollout-tree ids can be passed in as the trainer holds
+them. Everything is vectorized over the batch.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stepcredit import segments
 from stepcredit.errors import RolloutError
-from stepcredit.rollouts import Rollouts, StepKind, Texts
+from stepcredit.rollouts import Rollouts, StepKind, Texts, text_keys
 
 
 def dense_groups(index: Sequence[object] | np.ndarray | Tensor) -> tuple[Tensor, list[str]]:
@@ -58,6 +61,10 @@ def from_trainer_tensors(
     tool_call_start: Sequence[int] | None = None,
     tool_call_end: Sequence[int] | None = None,
     ids: Sequence[str] | None = None,
+    step_rewards: Tensor | None = None,
+    state: Tensor | Sequence[int] | np.ndarray | None = None,
+    anchor_observations: Sequence[str] | None = None,
+    tree: Sequence[object] | np.ndarray | Tensor | None = None,
 ) -> Rollouts:
     """Build ``Rollouts`` from a trainer batch.
 
@@ -70,6 +77,21 @@ def from_trainer_tensors(
             and close a tool call; each call becomes a call row with its token span, and the step
             holding it becomes a TOOL_CALL step. Calls must open and close inside one step.
         ids: trajectory ids (default ``"0".."N-1"``).
+        step_rewards: intermediate rewards (the ``reward`` column), either
+            ``[S]``: one per step, steps numbered row-major in the order their runs of
+            ``response_mask == 1`` appear; or ``(N, T)`` token-level (verl puts a turn's reward on the
+            turn's last token): a step's reward is the sum over its span's tokens, and every token
+            outside a step must be 0. Must be finite. Keep them out of ``outcome`` /
+            ``token_level_rewards`` (estimators add the two; e.g. GiGPO's episode return is
+            ``outcome + Σ step rewards``). Default 0.
+        state: ``[S]`` integer decision-point keys (the ``state`` column; steps of one group with
+            equal keys share a decision point, e.g. GiGPO's anchor state or a tree node).
+        anchor_observations: instead of ``state``, the ``S`` observation strings each step acted on
+            (GiGPO's anchor state); equal strings within a group get equal keys, equal strings in
+            different groups do not (hashed with ``text_keys``). At most one of ``state`` and
+            ``anchor_observations``; without either every step is its own decision point.
+        tree: ``[N]`` rollout-tree id of each row (ints or strings, any hashable), numbered densely in
+            order of first appearance (the ``tree`` column; trees are told apart within a group).
     """
     if response_mask.dim() != 2:
         raise RolloutError(f"expected shape (N, T), got {tuple(response_mask.shape)}", field="response_mask")
@@ -117,6 +139,9 @@ def from_trainer_tensors(
         last_kind == int(StepKind.REASON), torch.full_like(last_kind, int(StepKind.ANSWER)), last_kind
     )
     c = int(call_offsets[-1])
+    reward = None if step_rewards is None else _step_rewards(step_rewards, mask, rows, starts, ends, ids)
+    keys = _step_states(state, anchor_observations, group, rows)
+    tree_ids = None if tree is None else _tree_ids(tree, n).to(device)
     return Rollouts(
         group=group,
         outcome=outcome.to(torch.float32),
@@ -128,8 +153,100 @@ def from_trainer_tensors(
         step_token_end=ends,
         call_token_start=call_start,
         call_token_end=call_end,
+        tree=tree_ids,
+        **{name: col for name, col in (("reward", reward), ("state", keys)) if col is not None},
         texts=Texts.create(n, len(names), s, c, ids=ids, group_names=names),
     )
+
+
+_STEPS = "one per step: runs of response_mask == 1"
+
+
+def _step_rewards(
+    values: Tensor, mask: Tensor, rows: Tensor, starts: Tensor, ends: Tensor, ids: Sequence[str] | None
+) -> Tensor:
+    """``[S]`` float32 step rewards from ``[S]`` per-step or ``(N, T)`` per-token values."""
+    s = rows.numel()
+    values = torch.as_tensor(values, device=mask.device)
+    if not values.is_floating_point():
+        values = values.to(torch.float32)
+    if values.dim() == 1:
+        if values.numel() != s:
+            raise RolloutError(f"expected {s} step rewards ({_STEPS}), got {values.numel()}", field="step_rewards")
+    elif values.dim() == 2:
+        if values.shape != mask.shape:
+            raise RolloutError(
+                f"expected token-level step rewards of shape {tuple(mask.shape)} (the response_mask's), "
+                f"got {tuple(values.shape)}",
+                field="step_rewards",
+            )
+    else:
+        raise RolloutError(
+            f"expected [S] per-step or (N, T) per-token step rewards, got shape {tuple(values.shape)}",
+            field="step_rewards",
+        )
+    bad = torch.nonzero(~torch.isfinite(values))
+    if bad.numel():
+        at = f"step {int(bad[0, 0])}" if values.dim() == 1 else f"token {int(bad[0, 1])} of row {int(bad[0, 0])}"
+        raise RolloutError(f"expected finite rewards, got {float(values[tuple(bad[0])])} at {at}", field="step_rewards")
+    if values.dim() == 1:
+        return values.to(torch.float32)
+    step_of = segments.span_index_map(starts, ends, rows, (mask.shape[0], mask.shape[1]))
+    inside = step_of >= 0
+    stray = torch.nonzero((values != 0) & ~inside)
+    if stray.numel():
+        row, tok = int(stray[0, 0]), int(stray[0, 1])
+        raise RolloutError(
+            f"token-level step reward {float(values[row, tok])} at token {tok} lies outside every step "
+            "(response_mask == 0); put each step's reward on one of its own tokens",
+            trajectory=ids[row] if ids is not None else str(row),
+            field="step_rewards",
+        )
+    return segments.segment_sum(values[inside], step_of[inside], s).to(torch.float32)
+
+
+def _step_states(
+    state: Tensor | Sequence[int] | np.ndarray | None,
+    anchor_observations: Sequence[str] | None,
+    group: Tensor,
+    rows: Tensor,
+) -> Tensor | None:
+    """``[S]`` decision-point keys given directly or hashed from anchor observations (``None``: default)."""
+    s = rows.numel()
+    if state is not None and anchor_observations is not None:
+        raise RolloutError("give at most one of state and anchor_observations", field="state")
+    if state is not None:
+        shape = tuple(state.shape) if isinstance(state, Tensor) else np.shape(state)
+        if len(shape) != 1 or shape[0] != s:
+            raise RolloutError(f"expected {s} state keys ({_STEPS}), got shape {shape}", field="state")
+        return state if isinstance(state, Tensor) else torch.as_tensor(np.asarray(state))
+    if anchor_observations is None:
+        return None
+    if isinstance(anchor_observations, (str, bytes)):
+        raise RolloutError(
+            "expected a sequence of strings, one per step, got a single string", field="anchor_observations"
+        )
+    texts = list(anchor_observations)
+    if len(texts) != s:
+        raise RolloutError(
+            f"expected {s} anchor observations ({_STEPS}), got {len(texts)}", field="anchor_observations"
+        )
+    odd = next((k for k, t in enumerate(texts) if not isinstance(t, str)), None)
+    if odd is not None:
+        raise RolloutError(
+            f"expected strings, got {type(texts[odd]).__name__} at step {odd}", field="anchor_observations"
+        )
+    return text_keys(texts, group[rows].tolist()).to(group.device)
+
+
+def _tree_ids(tree: Sequence[object] | np.ndarray | Tensor, n: int) -> Tensor:
+    try:
+        ids, _ = dense_groups(tree)
+    except RolloutError as err:
+        raise RolloutError(f"expected {n} tree ids (one per row): {err.reason}", field="tree") from None
+    if ids.numel() != n:
+        raise RolloutError(f"expected {n} tree ids (one per row), got {ids.numel()}", field="tree")
+    return ids
 
 
 def _find_calls(
@@ -143,7 +260,10 @@ def _find_calls(
     ids: Sequence[str] | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     t = responses.shape[1]
-    who = lambda row: ids[row] if ids is not None else str(row)  # noqa: E731
+
+    def who(row: int) -> str:
+        return ids[row] if ids is not None else str(row)
+
     opens = torch.nonzero(_pattern_starts(responses, open_ids) & mask)
     closes = torch.nonzero(_pattern_starts(responses, close_ids) & mask)
     flat_open = opens[:, 0] * t + opens[:, 1]
