@@ -96,6 +96,12 @@ def test_id_field_builds_ids_from_fields(tmp_path):
     assert res.returncode == 2 and "field 'attempt'" in res.stderr
 
 
+def test_help_and_recipes_print_as_written():
+    assert "<bool>" not in run("inspect", "--help").stdout  # flags are flags
+    listing = " ".join(run("recipes").stdout.split())
+    assert "inspect._empty" not in listing and "_empty" not in listing and "experts" in listing
+
+
 def test_brackets_in_errors_and_help_are_printed_as_written(tmp_path):
     p = tmp_path / "b.jsonl"
     p.write_text(json.dumps({"id": "[bold]x[/bold]", "group": "g", "reward": "[1]", "messages": []}) + "\n")

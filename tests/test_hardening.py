@@ -55,6 +55,14 @@ def test_recipe_that_is_not_utf8(tmp_path):
         Recipe.load(str(tmp_path / "r.yaml"))
 
 
+def test_expert_file_that_is_not_utf8(tmp_path):
+    from stepcredit import expert_similarity
+
+    (tmp_path / "experts.json").write_bytes(b'{"g": ["\xff"]}')
+    with pytest.raises(RolloutError, match="UTF-8"):
+        expert_similarity(make_rollouts(2, 2, seed=0), experts=str(tmp_path / "experts.json"))
+
+
 def test_huge_integers_in_yaml(tmp_path):
     (tmp_path / "r.yaml").write_text("credit: [{grpo: {eps: " + "9" * 5000 + "}}]\n")
     with pytest.raises(RecipeError) as info:

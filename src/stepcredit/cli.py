@@ -277,7 +277,7 @@ def recipes() -> None:
         comp.add_column(col)
     for kind in KINDS:
         for name, c in sorted(REGISTRY[kind].items()):
-            params = ", ".join(f"{k}={d!r}" for k, (_, d) in c.params.items())
+            params = ", ".join(k if d is pyinspect.Parameter.empty else f"{k}={d!r}" for k, (_, d) in c.params.items())
             comp.add_row(kind, name, escape(params), escape(c.summary))
     console.print(comp)
 
