@@ -202,6 +202,17 @@ def test_parquet_float_state_is_not_truncated(tmp_path, table):
     fails(_write(tmp_path, bad), "state", "integer")
 
 
+@pytest.mark.parametrize(
+    "values", [lambda n: pa.array([2**64 - 1] * n, type=pa.uint64()), lambda n: pa.array([1e30] * n)]
+)
+def test_parquet_state_keys_beyond_int64(tmp_path, table, values):
+    fails(_write(tmp_path, _replace_step_field(table, "state", values)), "state", "fit torch.int64")
+
+
+def test_parquet_kind_that_would_wrap(tmp_path, table):
+    fails(_write(tmp_path, _replace_step_field(table, "kind", lambda n: pa.array([257] * n))), "kind", "fit torch.int8")
+
+
 def test_parquet_null_group(tmp_path, table):
     groups = pa.array([None, *table.column("group").to_pylist()[1:]], type=pa.large_string())
     bad = table.set_column(table.column_names.index("group"), "group", groups)

@@ -160,6 +160,7 @@ class Column:
         if isinstance(value, Tensor):
             if value.dtype.is_floating_point and not dtype.is_floating_point and not torch.equal(value, value.round()):
                 raise RolloutError(f"expected integer values, got non-integer {value.dtype}", field=name)
+            self._check_range(value)
             return value.to(dtype)
         try:
             arr = np.asarray(value)
@@ -169,7 +170,24 @@ class Column:
             raise RolloutError(f"expected numbers, got a ragged or non-numeric sequence ({arr.dtype})", field=name)
         if arr.size and arr.dtype.kind == "f" and not dtype.is_floating_point and not np.array_equal(arr, arr.round()):
             raise RolloutError(f"expected integer values, got {arr.dtype}", field=name)
-        return torch.as_tensor(arr).to(dtype)
+        values = torch.as_tensor(_signed(arr, name))
+        self._check_range(values)
+        return values.to(dtype)
+
+    def _check_range(self, values: Tensor) -> None:
+        """Values that the cast to this column's dtype would wrap or saturate are an error."""
+        dtype = self.dtype
+        assert dtype is not None
+        if dtype.is_floating_point or dtype == torch.bool or values.numel() == 0 or values.dtype == dtype:
+            return
+        if values.dtype in (torch.uint16, torch.uint32, torch.uint64):  # torch has no min/max for these
+            values = torch.from_numpy(_signed(values.cpu().numpy(), self.name))
+        info = torch.iinfo(dtype)
+        lo, hi = values.min().item(), values.max().item()
+        if lo < info.min or hi > info.max or (values.is_floating_point() and max(-lo, hi) >= 2.0**63):
+            raise RolloutError(
+                f"expected values that fit {dtype}, got {show(lo if lo < info.min else hi)}", field=self.name
+            )
 
     def parse_json(self, value: Any) -> Any:
         """A chat-record value as the builder wants it (``None`` for absent / null), or ``ValueError``
@@ -222,6 +240,15 @@ class Column:
                 raise ValueError(f"expected a list of booleans (one verdict each), got {show(value)}")
             return value
         raise TypeError(f"column {self.name!r} has no chat JSON form")
+
+
+def _signed(arr: np.ndarray, name: str) -> np.ndarray:
+    """Unsigned integers as int64, exactly; values past int64 are an error (a cast would wrap them)."""
+    if arr.dtype.kind != "u":
+        return arr
+    if arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+        raise RolloutError(f"expected values that fit torch.int64, got {show(int(arr.max()))}", field=name)
+    return arr.astype(np.int64)
 
 
 def column(level: Level, dtype: torch.dtype | None, **spec: Any) -> Any:
