@@ -15,23 +15,7 @@ from stepcredit.envs import make_rollouts
 from stepcredit.io import parse_record, parse_tau2
 from stepcredit.rollouts import TOOL_ERROR, TOOL_OK
 
-CALL = {"id": "c1", "type": "function", "function": {"name": "search", "arguments": "{}"}}
-
-
-def record(**overrides):
-    rec = {
-        "id": "t1",
-        "group": "g1",
-        "reward": 1.0,
-        "messages": [
-            {"role": "user", "content": "go"},
-            {"role": "assistant", "content": "Searching.", "tool_calls": [CALL]},
-            {"role": "tool", "tool_call_id": "c1", "content": "found"},
-            {"role": "assistant", "content": "Done."},
-        ],
-    }
-    rec.update(overrides)
-    return rec
+from .test_io_chat import CALL, record
 
 
 def jsonl(tmp_path: Path, *lines: str | bytes, name: str = "log.jsonl") -> Path:
