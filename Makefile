@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VERL   := verl==0.9.1
 
-.PHONY: run test lint bench-load bench-grpo bench-structural clean
+.PHONY: run test lint bench-load bench-grpo bench-structural bench-audit clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ bench-grpo: $(STAMP)
 
 bench-structural: $(STAMP)
 	$(BIN)/python benchmarks/bench_structural.py
+
+bench-audit: $(STAMP)
+	$(BIN)/python benchmarks/bench_audit.py
 
 clean:
 	rm -rf $(VENV)

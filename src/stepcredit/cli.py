@@ -310,6 +310,12 @@ def audit(
     ] = 1000,
     seed: Annotated[int, typer.Option(min=0, max=2**63 - 1, help="Seed of the bootstrap.")] = 0,
     success_threshold: Annotated[float, typer.Option(help="Outcome at or above which a trajectory succeeded.")] = 1.0,
+    report_trajectories: Annotated[
+        int,
+        typer.Option(
+            min=0, max=1_000_000, help="Trajectory sections in the report (the most blamed first; plots cover all)."
+        ),
+    ] = 200,
     open_report: Annotated[bool, typer.Option("--open", help="Open the report in a browser.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON instead of a table.")] = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print the metrics as a Markdown table.")] = False,
@@ -338,7 +344,13 @@ def audit(
     result = _guard(
         lambda: run_audit(rollouts, loaded, success_threshold=success_threshold, bootstrap=bootstrap, seed=seed)
     )
-    write_report(result, output, title=f"stepcredit audit — {log.path.name}", source=str(log.path))
+    write_report(
+        result,
+        output,
+        title=f"stepcredit audit — {log.path.name}",
+        source=str(log.path),
+        max_trajectories=report_trajectories,
+    )
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
     elif markdown:

@@ -9,8 +9,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torch import Tensor
 
+from stepcredit import segments
 from stepcredit.auditing.run import Audit
 from stepcredit.rollouts import StepKind
 
@@ -171,9 +174,44 @@ def _clip(text: str, limit: int = 600) -> str:
     return html.escape(text if len(text) <= limit else text[:limit] + " …")
 
 
-def _trajectories(audit: Audit) -> tuple[str, str]:
-    """(index, pages): one section per trajectory, failed trajectories with correct calls first."""
+DEFAULT_MAX_TRAJECTORIES = 200
+
+
+def trajectory_sample(audit: Audit, limit: int = DEFAULT_MAX_TRAJECTORIES) -> tuple[Tensor, Tensor]:
+    """The trajectories the report shows, worst blamed first: ``(indices [≤ limit], blamed [T])``.
+
+    ``blamed[i]`` counts the (recipe, correct unit) pairs of trajectory ``i`` with credit < 0, for
+    failed trajectories (blame is defined on them; 0 for successes). Order: most blamed first, then
+    failed trajectories with correct units, other failed ones, successes; ties by batch order."""
+    if limit < 0:
+        raise ValueError(f"the number of trajectories to show must be ≥ 0, got {limit}")
     r = audit.rollouts
+    n = r.num_trajectories
+    if audit.unit == "call":
+        label, traj = r.call_label, r.call_traj
+        credit = [a.call_credit for a in audit.recipes]
+    else:
+        label, traj = r.label, r.step_traj
+        credit = [a.step_credit for a in audit.recipes]
+    assert label is not None
+    good = label == 1
+    failed = r.outcome < audit.success_threshold
+    good_units = segments.segment_sum(good.long(), traj, n)
+    blamers = (torch.stack(credit) < 0).sum(0) if credit else torch.zeros_like(traj)  # NaN < 0 is False
+    blamed = torch.where(failed, segments.segment_sum(torch.where(good, blamers, 0), traj, n), 0)
+    category = torch.where(failed & (good_units > 0), 0, torch.where(failed, 1, 2))
+    order = torch.argsort(category, stable=True)
+    order = order[torch.argsort(-blamed[order], stable=True)]
+    return order[:limit], blamed
+
+
+def _trajectories(audit: Audit, sample: Tensor, blamed: Tensor) -> tuple[str, str]:
+    """(index, pages): one section per trajectory of ``sample``, in its order."""
+    full = audit.rollouts
+    if sample.numel() == 0:
+        return "", ""
+    steps_of, calls_of = full.expand(sample)
+    r = full.select(sample)  # only the shown trajectories' texts are read
     assert r.texts is not None
     t = {
         k: getattr(r.texts, k).to_pylist()
@@ -185,28 +223,25 @@ def _trajectories(audit: Audit) -> tuple[str, str]:
     failed = [x < audit.success_threshold for x in outcome]
     call_label = r.call_label.tolist() if r.call_label is not None else None
     step_label = r.label.tolist() if r.label is not None else None
-    good_calls = [0] * r.num_trajectories
-    if call_label is not None:
-        traj_of_call = r.call_traj.tolist()
-        for c, lab in enumerate(call_label):
-            good_calls[traj_of_call[c]] += lab == 1
-    elif step_label is not None:
-        for s, lab in enumerate(step_label):
-            good_calls[int(r.step_traj[s])] += lab == 1
-    order = sorted(range(r.num_trajectories), key=lambda i: (not (failed[i] and good_calls[i] > 0), not failed[i], i))
+    label, traj = (r.call_label, r.call_traj) if call_label is not None else (r.label, r.step_traj)
+    good_calls = (
+        segments.segment_sum((label == 1).long(), traj, r.num_trajectories).tolist() if label is not None else []
+    )
     scales = []
     for a in audit.recipes:
-        v = a.step_credit[~torch.isnan(a.step_credit)].abs()
-        scales.append(float(torch.quantile(v.double(), 0.95)) if v.numel() else 1.0)
-    steps_credit = [a.step_credit.tolist() for a in audit.recipes]
-    calls_credit = [a.call_credit.tolist() for a in audit.recipes]
+        v = a.step_credit[~torch.isnan(a.step_credit)].abs().double().cpu().numpy()
+        scales.append(float(np.quantile(v, 0.95)) if v.size else 1.0)
+    steps_credit = [a.step_credit[steps_of].tolist() for a in audit.recipes]
+    calls_credit = [a.call_credit[calls_of].tolist() for a in audit.recipes]
+    where, blame = sample.tolist(), blamed[sample].tolist()
     index, pages = [], []
     recipe_head = "".join(f"<th>{html.escape(a.name)}</th>" for a in audit.recipes)
-    for i in order:
+    for i in range(r.num_trajectories):  # the bounded sample only
+        anchor = f"t{where[i]}"
         status = "<span class='fail'>failed</span>" if failed[i] else "<span class='ok'>succeeded</span>"
         index.append(
-            f"<li><a href='#t{i}'>{html.escape(t['ids'][i])}</a> — task {html.escape(t['group_names'][group[i]])},"
-            f" {status}, {good_calls[i]} correct</li>"
+            f"<li><a href='#{anchor}'>{html.escape(t['ids'][i])}</a> — task {html.escape(t['group_names'][group[i]])},"
+            f" {status}, {good_calls[i]} correct, blamed {blame[i]}×</li>"
         )
         rows = []
         for s in range(off[i], off[i + 1]):
@@ -238,7 +273,7 @@ def _trajectories(audit: Audit) -> tuple[str, str]:
                 f"<td{lab_cls}>{lab_txt}</td>{''.join(cells)}</tr>"
             )
         pages.append(
-            f"<section class='traj' id='t{i}'><h3>{html.escape(t['ids'][i])} — task "
+            f"<section class='traj' id='{anchor}'><h3>{html.escape(t['ids'][i])} — task "
             f"{html.escape(t['group_names'][group[i]])}, outcome {outcome[i]:g} ({status})</h3>"
             f"<table class='steps'><tr><th>#</th><th>kind</th><th>text</th><th>tool calls</th>"
             f"<th>result / observation</th><th>label</th>{recipe_head}</tr>{''.join(rows)}</table>"
@@ -247,9 +282,36 @@ def _trajectories(audit: Audit) -> tuple[str, str]:
     return "<ol>" + "".join(index) + "</ol>", "".join(pages)
 
 
-def render_html(audit: Audit, *, title: str = "stepcredit audit", source: str = "") -> str:
+def _sample_note(audit: Audit, shown: int) -> str:
+    total = audit.rollouts.num_trajectories
+    left = total - shown
+    unit = audit.unit
+    what = (
+        f"Order: the most blamed first (blamed k×: k pairs of a recipe and a correct {unit} of the failed "
+        f"trajectory with credit &lt; 0), then the other failed trajectories with correct {unit}s, the other "
+        "failed ones, successes."
+    )
+    if left == 0:
+        return f"All {total} trajectories shown. {what}"
+    return (
+        f"Showing {shown} of {total} trajectories; <b>{left} trajectories left out</b> (the summary above "
+        f"covers all of them). {what}"
+    )
+
+
+def render_html(
+    audit: Audit,
+    *,
+    title: str = "stepcredit audit",
+    source: str = "",
+    max_trajectories: int = DEFAULT_MAX_TRAJECTORIES,
+) -> str:
+    """The report page: summary tables and plots over every unit; step-by-step sections for at most
+    ``max_trajectories`` trajectories (``trajectory_sample``: worst blamed first), with the count of
+    those left out."""
     r = audit.rollouts
-    index, pages = _trajectories(audit)
+    sample, blamed = trajectory_sample(audit, max_trajectories)
+    index, pages = _trajectories(audit, sample, blamed)
     failed = int((r.outcome < audit.success_threshold).sum())
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>{html.escape(title)}</title><style>{CSS}</style></head><body id="top">
@@ -265,15 +327,27 @@ BSA: balanced sign accuracy ½[P(credit&gt;0 | +1) + P(credit&lt;0 | −1)] · A
 {_calibration(audit)}<h2>Mean credit by label × outcome</h2>{_mean_table(audit)}
 <h2>Credit distributions</h2><img alt="credit by label and outcome" src="data:image/png;base64,{_plot(audit)}">
 <h2>Length skew</h2>{_skew_table(audit)}
-<h2>Trajectories</h2><p class="muted">Failed trajectories with correct calls first. Cells: each recipe's
+<h2>Trajectories</h2><p class="muted">{_sample_note(audit, sample.numel())} Cells: each recipe's
 credit of the step (of its calls, when it made any), coloured red (&lt; 0) to green (&gt; 0).</p>
 <nav>{index}</nav>{pages}
 </body></html>"""
 
 
-def write_report(audit: Audit, path: str | Path, *, title: str = "stepcredit audit", source: str = "") -> Path:
+def write_report(
+    audit: Audit,
+    path: str | Path,
+    *,
+    title: str = "stepcredit audit",
+    source: str = "",
+    max_trajectories: int = DEFAULT_MAX_TRAJECTORIES,
+) -> Path:
+    """Write ``render_html`` to ``path`` (at most ``max_trajectories`` trajectory sections), atomically."""
+    from stepcredit.io import atomic_write
+
     p = Path(path)
-    p.write_text(render_html(audit, title=title, source=source), encoding="utf-8")
+    page = render_html(audit, title=title, source=source, max_trajectories=max_trajectories)
+    with atomic_write(p) as f:
+        f.write(page)
     return p
 
 

@@ -15,7 +15,18 @@ from stepcredit.credit import Credit
 from stepcredit.recipe import Recipe
 from stepcredit.rollouts import Rollouts
 
-DEFAULT_RECIPES = ("grpo", "dr_grpo", "rloo", "gigpo", "tree_grpo", "treerl", "mt_grpo", "toolpo", "action_anchor")
+DEFAULT_RECIPES = (
+    "grpo",
+    "dr_grpo",
+    "rloo",
+    "gigpo",
+    "tree_grpo",
+    "treerl",
+    "mt_grpo",
+    "toolpo",
+    "action_anchor",
+    "call_consensus",
+)
 
 
 @dataclass
