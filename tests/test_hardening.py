@@ -245,3 +245,27 @@ def test_error_json_output_is_valid_json(log, tmp_path):
 def test_rollout_error_is_raised_for_unbounded_values_in_python_too():
     with pytest.raises(RolloutError):
         Rollouts(group=[0], outcome=[float("inf")], step_offsets=[0, 0], texts=Texts.create(1, 1, 0, 0))
+
+
+# ------------------------------------------------------------------- found by the fuzz suite (tests/fuzz)
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("1: a\nx: b\ncredit: [grpo]\n", "unknown stage"),  # keys of mixed types
+        ("description: !!timestamp x\ncredit: [grpo]\n", "cannot read recipe"),  # a malformed explicit tag
+        ("shaping: [expert_similarity]\ncredit: [grpo]\n", "needs experts"),  # a required parameter left out
+    ],
+)
+def test_recipe_files_found_by_fuzzing(tmp_path, text, fragment):
+    (tmp_path / "r.yaml").write_text(text)
+    with pytest.raises(RecipeError, match=fragment):
+        Recipe.load(str(tmp_path / "r.yaml"))
+
+
+def test_messages_stay_one_bounded_line():
+    with pytest.raises(RecipeError) as info:
+        Recipe.load({"name": "x" * 1200, "credit": ["nope"]})
+    assert len(str(info.value)) <= 600
+    err = RolloutError("a\nb " * 500, trajectory="t" * 5000, group="g\n" * 100, source="s" * 2000, field="f")
+    assert "\n" not in str(err) and len(str(err)) < 1200
+    assert err.trajectory == "t" * 5000  # the attributes keep the full values

@@ -5,7 +5,7 @@ from __future__ import annotations
 import reprlib
 from typing import Any
 
-__all__ = ["RolloutError", "show"]
+__all__ = ["RolloutError", "clip", "name", "show"]
 
 _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 60, 60, 40
@@ -21,6 +21,18 @@ def show(value: Any) -> str:
         return _REPR.repr(value)
     except (RecursionError, ValueError):
         return f"a {type(value).__name__}"
+
+
+def clip(text: str, limit: int = 160) -> str:
+    """``text`` on one line and at most ``limit`` characters (the middle elided), for error messages:
+    ids, group names and paths come from the data and may be of any length or contain newlines."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else f"{text[: limit * 2 // 3]}…{text[-(limit // 3 - 1):]}"
+
+
+def name(value: str) -> str:
+    """A name from the data (id, group, field) quoted for a message, bounded."""
+    return repr(clip(value, 80))
 
 
 class RolloutError(ValueError):
@@ -46,11 +58,12 @@ class RolloutError(ValueError):
         self.source = source
         where = []
         if source is not None:
-            where.append(source)
+            where.append(clip(source, 240))
         if trajectory is not None:
-            where.append(f"trajectory {trajectory!r}" + (f" (group {group!r})" if group is not None else ""))
+            where.append(f"trajectory {name(trajectory)}" + (f" (group {name(group)})" if group is not None else ""))
         elif group is not None:
-            where.append(f"group {group!r}")
+            where.append(f"group {name(group)}")
         if field is not None:
-            where.append(f"field {field!r}")
-        super().__init__(": ".join([", ".join(where), message]) if where else message)
+            where.append(f"field {name(field)}")
+        text = clip(message, 480)
+        super().__init__(": ".join([", ".join(where), text]) if where else text)

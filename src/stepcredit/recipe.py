@@ -12,6 +12,7 @@ parameters, and parameter values of the wrong type, each with a message that lis
 
 from __future__ import annotations
 
+import inspect
 import math
 import types
 from collections.abc import Mapping
@@ -28,13 +29,17 @@ import stepcredit.estimators  # registers the estimators
 import stepcredit.selection  # registers the selections
 import stepcredit.shaping  # noqa: F401 - registers the shaping components
 from stepcredit.credit import Credit
-from stepcredit.errors import show
+from stepcredit.errors import clip, show
 from stepcredit.registry import KINDS, Component, Kind, check_params, get
 from stepcredit.rollouts import Rollouts
 
 
 class RecipeError(ValueError):
-    """A recipe that cannot be built as written."""
+    """A recipe that cannot be built as written (one line, bounded: names and values in it come from
+    the recipe file)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(clip(message, 600))
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,8 @@ def read_yaml(text: str, source: str) -> Any:
         raise RecipeError(f"{source}: {exc}") from None
     except RecursionError:
         raise RecipeError(f"{source}: YAML nested too deeply to read") from None
-    except (yaml.YAMLError, ValueError) as exc:  # ValueError: integers past Python's digit limit
+    except (yaml.YAMLError, ValueError, TypeError, AttributeError) as exc:
+        # ValueError: integers past Python's digit limit; Type/AttributeError: malformed explicit tags
         raise RecipeError(f"{source}: cannot read recipe ({show(str(exc))})") from None
 
 
@@ -150,6 +156,9 @@ def _step(kind: Kind, item: Any, where: str, allow_imports: bool = False) -> Rec
         check_params(str(name), component.fn, params)
     except ValueError as exc:
         raise RecipeError(f"{where}: {exc}") from None
+    missing = [k for k, (_, default) in accepted.items() if default is inspect.Parameter.empty and k not in params]
+    if missing:
+        raise RecipeError(f"{where}: {name!r} needs {', '.join(missing)}")
     if not allow_imports:
         for key in component.code_params:
             code = _names_code(params.get(key))
@@ -180,7 +189,8 @@ class Recipe:
             raise RecipeError(f"{name}: a recipe is a mapping of stages, got {type(config).__name__}")
         unknown = set(config) - {*KINDS, "name", "description"}
         if unknown:
-            raise RecipeError(f"{name}: unknown stage(s) {sorted(unknown)}; expected shaping, selection, credit")
+            listed = sorted(map(str, unknown))
+            raise RecipeError(f"{name}: unknown stage(s) {listed}; expected shaping, selection, credit")
         name = str(config.get("name", name))
         stages: dict[str, tuple[RecipeStep, ...]] = {}
         for kind in KINDS:

@@ -78,6 +78,32 @@ def test_error_messages_never_format_whole_values(tmp_path):
     assert len(str(err)) < 300
 
 
+def test_records_built_in_python_nest_deeper_than_json():
+    deep: list = []
+    for _ in range(3000):
+        deep = [deep]
+    msgs = [{"role": "tool", "tool_call_id": deep}]
+    fails(lambda: parse_record(record(messages=msgs), "x:1"), None, "")
+    fails(lambda: parse_record(record(messages=[{"role": "assistant", "content": "x", "kind": deep}]), "x:1"))
+
+
+@pytest.mark.parametrize("where", ["call", "result"])
+def test_call_ids_with_thousands_of_digits(where):
+    huge = 10**5000
+    call = {"id": huge if where == "call" else "c1", "function": {"name": "f", "arguments": "{}"}}
+    msgs = [
+        {"role": "assistant", "content": "x", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": huge if where == "result" else "c1", "content": "ok"},
+    ]
+    fails(lambda: parse_record(record(messages=msgs), "x:1"), None, "call id")
+
+
+def test_arguments_dict_with_an_integer_of_thousands_of_digits():
+    call = {"id": "c1", "function": {"name": "f", "arguments": {"n": 10**5000}}}
+    msgs = [{"role": "assistant", "content": "x", "tool_calls": [call]}, {"role": "tool", "tool_call_id": "c1"}]
+    fails(lambda: parse_record(record(messages=msgs), "x:1"), "messages[0].tool_calls[0].arguments")
+
+
 # --------------------------------------------------------------------------------- wrong JSON types
 @pytest.mark.parametrize("value", ["search", {"id": "c1"}, 7])
 def test_tool_calls_that_are_not_a_list(value):
@@ -214,7 +240,7 @@ def test_parquet_metadata_cannot_set_allocation_sizes(tmp_path):
     t = pq.read_table(tmp_path / "t.parquet")
     meta = dict(t.schema.metadata)
     meta[b"stepcredit.response_length"] = b"10000000000"
-    fails(_write(tmp_path, t.replace_schema_metadata(meta), "huge.parquet"), "response_length", "metadata")
+    fails(_write(tmp_path, t.replace_schema_metadata(meta), "huge.parquet"), "response_length", "token mask")
     meta[b"stepcredit.response_length"] = b"2"  # shorter than the spans in the data
     fails(_write(tmp_path, t.replace_schema_metadata(meta), "short.parquet"), "response_length", "spans")
     meta[b"stepcredit.response_length"] = b"abc"

@@ -172,7 +172,10 @@ def _arguments(raw: Any, where: _Record, field: str) -> str:
         return "{}"
     try:
         if isinstance(raw, dict):
-            return canonical_json(raw)
+            try:
+                return canonical_json(raw)
+            except ValueError:  # an integer past Python's digit limit
+                raise where.error(field, "arguments hold a number too long to write as text") from None
         if isinstance(raw, str):
             try:
                 return canonical_json(json.loads(raw))
@@ -193,12 +196,19 @@ def _text(value: str, where: _Record, field: str) -> str:
     return value
 
 
+def _call_id(value: Any, where: _Record, field: str) -> str:
+    """A call id as text: a non-empty string or an integer of at most 64 bits."""
+    if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**64:
+        return str(value)
+    if isinstance(value, str) and value:
+        return _text(value, where, field)
+    raise where.error(field, f"expected a call id (string), got {show(value)}")
+
+
 def _parse_call(raw: Any, where: _Record, field: str) -> tuple[str, CallRecord]:
     if not isinstance(raw, dict):
         raise where.error(field, f"expected a tool call object, got {type(raw).__name__}")
-    call_id = raw.get("id")
-    if not isinstance(call_id, str | int) or isinstance(call_id, bool) or call_id == "":
-        raise where.error(f"{field}.id", f"expected a call id (string), got {show(call_id)}")
+    call_id = _call_id(raw.get("id"), where, f"{field}.id")
     fn = raw.get("function")
     spec = fn if isinstance(fn, dict) else raw
     name = spec.get("name")
@@ -206,7 +216,7 @@ def _parse_call(raw: Any, where: _Record, field: str) -> tuple[str, CallRecord]:
         raise where.error(f"{field}.name", f"expected a tool name, got {show(name)}")
     _text(name, where, f"{field}.name")
     args = _text(_arguments(spec.get("arguments"), where, f"{field}.arguments"), where, f"{field}.arguments")
-    return str(call_id), CallRecord(name=name, arguments=args, **read_annotations(raw, _CALL_PATHS, where, f"{field}."))
+    return call_id, CallRecord(name=name, arguments=args, **read_annotations(raw, _CALL_PATHS, where, f"{field}."))
 
 
 def _tool_ok(msg: dict[str, Any], text: str, where: _Record, field: str) -> int:
@@ -272,7 +282,7 @@ def parse_messages(messages: Any, where: _Record, fields: ChatFields) -> tuple[s
             raw_id = msg.get("tool_call_id", msg.get("id"))
             if raw_id is None:
                 raise where.error(f"{at}.tool_call_id", "tool result has no tool_call_id (or id)")
-            call_id = str(raw_id)
+            call_id = _call_id(raw_id, where, f"{at}.tool_call_id")
             text = content_text(msg.get("content"), where, f"{at}.content")
             queue = pending.get(call_id)
             if queue:
@@ -319,6 +329,17 @@ def _trajectory_id(obj: dict[str, Any], where: _Record, fields: ChatFields, sour
 def parse_record(obj: Any, source: str, fields: ChatFields = ChatFields()) -> TrajectoryRecord:
     """One chat record → ``TrajectoryRecord`` (raises ``RolloutError`` naming ``source``)."""
     where = _Record(source)
+    try:
+        return _parse_record(obj, where, source, fields)
+    except RolloutError:
+        raise
+    except RecursionError:  # a record built in Python can nest deeper than any JSON file
+        raise where.error("record", "nested too deeply to read") from None
+    except ValueError as exc:  # e.g. an integer past Python's digit limit where text is expected
+        raise where.error("record", f"cannot read this record ({show(str(exc))})") from None
+
+
+def _parse_record(obj: Any, where: _Record, source: str, fields: ChatFields) -> TrajectoryRecord:
     if not isinstance(obj, dict):
         raise where.error("record", f"expected a JSON object, got {type(obj).__name__}")
     where.trajectory = _trajectory_id(obj, where, fields, source)

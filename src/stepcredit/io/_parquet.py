@@ -109,13 +109,12 @@ def _tensor(arr: pa.Array, col: Column, source: str) -> torch.Tensor:
     return col.coerce(values)  # range checks of the dtype (e.g. state keys past int64) happen here
 
 
-MAX_MASK_CELLS = 1 << 30  # a response mask read from a file: at most 1 Gi tokens (1 GiB of bool)
+MAX_MASK_CELLS = 1 << 27  # a response mask read from a file: at most 128 Mi tokens (1 GiB as int64 indices)
 
 
 def _response_length(raw: bytes, ends: torch.Tensor, rows: int, source: str) -> int:
     """The response length the metadata claims, checked against the data: it cannot be shorter than
-    the spans, and it never sets an allocation beyond ``MAX_MASK_CELLS`` (padding past the spans is
-    all the metadata can add)."""
+    the spans, and the (rows, length) token map it sets is at most ``MAX_MASK_CELLS``."""
     try:
         t = int(raw.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
@@ -127,13 +126,35 @@ def _response_length(raw: bytes, ends: torch.Tensor, rows: int, source: str) -> 
             source=source,
             field="response_length",
         )
-    if t > need and rows * t > MAX_MASK_CELLS:
+    if rows * t > MAX_MASK_CELLS:
         raise RolloutError(
-            f"{t} in the file's metadata would allocate a ({rows}, {t}) mask; the spans in the data end at {need}",
+            f"{t} would make a ({rows}, {t}) token mask, more than {MAX_MASK_CELLS} tokens (the spans in the data "
+            f"end at {need})",
             source=source,
             field="response_length",
         )
     return t
+
+
+def _unique_names(names: list[str], what: str, source: str) -> None:
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise RolloutError(f"{what} has two fields named {name!r}", source=source, field=name)
+        seen.add(name)
+
+
+def _strings(arr: pa.Array, key: str, source: str) -> pa.Array:
+    """A text column: strings, no nulls, valid UTF-8 (Parquet can hold any bytes)."""
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        raise RolloutError(f"expected strings, got {arr.type}", source=source, field=key)
+    if arr.null_count:
+        raise RolloutError("contains nulls", source=source, field=key)
+    try:
+        arr.validate(full=True)
+    except pa.ArrowInvalid:
+        raise RolloutError("not valid UTF-8 text", source=source, field=key) from None
+    return arr
 
 
 def from_arrow(table: pa.Table, source: str = "<table>", *, cls: type[Rollouts] = Rollouts) -> Rollouts:
@@ -141,15 +162,20 @@ def from_arrow(table: pa.Table, source: str = "<table>", *, cls: type[Rollouts] 
     that declares more columns (read when the file has them)."""
     from stepcredit.io._tensors import dense_groups
 
+    _unique_names(table.column_names, "the table", source)
     for name in ("id", "group", "outcome", "steps"):
         if name not in table.column_names:
             raise RolloutError(f"missing column {name!r}", source=source, field=name)
     step_off, steps = _flat(table.column("steps"), "steps", source)
     if not pa.types.is_struct(steps.type):
         raise RolloutError("expected a list of step structs", source=source, field="steps")
+    _unique_names(steps.type.names, "a step", source)
     if "calls" not in steps.type.names:
         raise RolloutError("missing nested column 'calls'", source=source, field="calls")
     call_off, calls = _flat(steps.field("calls"), "calls", source)
+    if not pa.types.is_struct(calls.type):
+        raise RolloutError(f"expected a list of call structs, got {calls.type}", source=source, field="calls")
+    _unique_names(calls.type.names, "a call", source)
     top = {name: table.column(name).combine_chunks() for name in table.column_names}
     structs = {"trajectory": top, "step": steps, "call": calls}
     has = {
@@ -167,16 +193,23 @@ def from_arrow(table: pa.Table, source: str = "<table>", *, cls: type[Rollouts] 
             cols[name] = _tensor(get[col.level](col.key), col, source)
         elif col.required or col.default is not None:  # always written: a file without it is not ours
             raise RolloutError(f"missing nested column {col.key!r}", source=source, field=col.key)
-    group_col = table.column("group")
+    group_col = table.column("group").combine_chunks()
     if group_col.null_count:
         raise RolloutError("group names must not be null", source=source, field="group")
-    if not (pa.types.is_string(group_col.type) or pa.types.is_large_string(group_col.type)):
-        raise RolloutError(f"expected group names (strings), got {group_col.type}", source=source, field="group")
-    group, names = dense_groups(group_col.to_numpy(zero_copy_only=False).astype(str))
+    group, names = dense_groups(_strings(group_col, "group", source).to_numpy(zero_copy_only=False).astype(str))
     meta = table.schema.metadata or {}
     tokens = [k for k, c in columns.items() if c.together is not None and k != "response_mask"]
     if RESPONSE_LENGTH in meta and "step_token_start" in cols and "step_token_end" in cols:
-        t = _response_length(meta[RESPONSE_LENGTH], cols["step_token_end"], table.num_rows, source)
+        start, end = cols["step_token_start"], cols["step_token_end"]
+        bad = (start < 0) | (end <= start)
+        if bool(bad.any()):
+            i = int(torch.nonzero(bad)[0, 0])
+            raise RolloutError(
+                f"step {i}: span [{int(start[i])}, {int(end[i])}) is empty or negative",
+                source=source,
+                field="token_start",
+            )
+        t = _response_length(meta[RESPONSE_LENGTH], end, table.num_rows, source)
         traj = segments.segment_ids(torch.as_tensor(step_off))
         cols["response_mask"] = (
             segments.span_index_map(cols["step_token_start"], cols["step_token_end"], traj, (table.num_rows, t)) >= 0
@@ -189,7 +222,7 @@ def from_arrow(table: pa.Table, source: str = "<table>", *, cls: type[Rollouts] 
         if name == "group_names":
             continue
         if has[tcol.level](tcol.key):
-            texts[name] = get[tcol.level](tcol.key)
+            texts[name] = _strings(get[tcol.level](tcol.key), tcol.key, source)
         elif name != "prompt":
             raise RolloutError(f"missing nested column {tcol.key!r}", source=source, field=tcol.key)
     return cls(
@@ -202,8 +235,11 @@ def from_arrow(table: pa.Table, source: str = "<table>", *, cls: type[Rollouts] 
 
 
 def read_parquet(path: str | Path, *, cls: type[Rollouts] = Rollouts) -> Rollouts:
+    """A batch from a Parquet file written by ``write_parquet``; anything else is one ``RolloutError``."""
     try:
         table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
+        return from_arrow(table, str(path), cls=cls)
+    except RolloutError:
+        raise
+    except (pa.ArrowException, OSError, UnicodeError) as exc:  # not Parquet, damaged, names not UTF-8
         raise RolloutError(f"cannot read Parquet ({exc})", source=str(path)) from None
-    return from_arrow(table, str(path), cls=cls)

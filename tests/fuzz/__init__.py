@@ -1,0 +1,1 @@
+"""Fuzz campaigns over the loaders (``python -m tests.fuzz.campaign <loader> --examples N --seed S``)."""
