@@ -3,7 +3,9 @@ Parquet, and the credit file. ``load`` is the one loading path (the CLI uses it 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import contextlib
+import gc
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -148,5 +150,20 @@ def load(
                 "references label JSON logs; a Parquet log keeps the labels it was written with", source=str(files[0])
             )
         return read_parquet(files[0])
-    records = load_records(files, format=format, fields=fields, labels=labels, references=references)
-    return build(records, states=states)
+    with _paused_gc():
+        records = load_records(files, format=format, fields=fields, labels=labels, references=references)
+        return build(records, states=states)
+
+
+@contextlib.contextmanager
+def _paused_gc() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a log is parsed: parsing makes hundreds of
+    thousands of small acyclic objects (freed by reference counting), and the collector's passes over
+    them cost ~40% of the load time on the tau2 logs (benchmarks/RESULTS.md)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
