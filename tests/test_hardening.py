@@ -269,3 +269,11 @@ def test_messages_stay_one_bounded_line():
     err = RolloutError("a\nb " * 500, trajectory="t" * 5000, group="g\n" * 100, source="s" * 2000, field="f")
     assert "\n" not in str(err) and len(str(err)) < 1200
     assert err.trajectory == "t" * 5000  # the attributes keep the full values
+
+
+def test_output_inside_an_input_folder(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    write_chat_jsonl(make_rollouts(2, 2, seed=0), logs / "a.jsonl")
+    one_line_exit_2(run("credit", str(logs), "-o", str(logs / "credit.jsonl")), "inside the input folder")
+    assert run("credit", str(logs), "-o", str(tmp_path / "credit.jsonl")).returncode == 0

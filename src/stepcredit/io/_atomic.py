@@ -26,9 +26,17 @@ def check_output(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
     target = p.resolve()
     for given in inputs:
         q = Path(given).resolve()
-        if target == q or (q.is_dir() and q in target.parents and target.suffix in (".json", ".jsonl", ".parquet")):
-            raise RolloutError(f"would overwrite the input {str(given)!r}; choose another output", source=str(p),
-                               field="output")  # fmt: skip
+        if target == q:
+            raise RolloutError(
+                f"would overwrite the input {str(given)!r}; choose another output", source=str(p), field="output"
+            )
+        if q.is_dir() and q in target.parents and target.suffix in (".json", ".jsonl", ".parquet"):
+            raise RolloutError(
+                f"is inside the input folder {str(given)!r}, where it would be read as a log next "
+                "time; choose another folder",
+                source=str(p),
+                field="output",
+            )
     return p
 
 
