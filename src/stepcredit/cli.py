@@ -17,7 +17,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -41,15 +41,19 @@ err_console = Console(stderr=True)
 T = TypeVar("T")
 
 
+def _exit(exc: ValueError) -> NoReturn:
+    """The one error exit of the CLI: one line on stderr, exit status 2, no traceback."""
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
 def _guard(fn: Callable[[], T]) -> T:
     """Run ``fn``; bad input (a ``RolloutError``, a ``RecipeError``, or a ``ValueError`` a component
-    raises for parameters that do not fit the data) becomes one line on stderr and exit status 2 (no
-    traceback). The one error exit of the CLI."""
+    raises for parameters that do not fit the data) goes to ``_exit``."""
     try:
         return fn()
     except ValueError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        _exit(exc)
 
 
 @dataclass(frozen=True)
@@ -197,10 +201,6 @@ def convert(
     console.print(f"wrote {rollouts.num_trajectories} trajectories to {escape(str(output))}")
 
 
-def _raise(exc: Exception) -> None:
-    raise exc
-
-
 RecipeOpt = Annotated[
     str, typer.Option("--recipe", "-r", help="A built-in recipe name (see `stepcredit recipes`) or a YAML file.")
 ]
@@ -329,16 +329,13 @@ def audit(
     loaded = [_recipe(spec, allow_imports) for spec in specs]
     log.output(output)
     if labels not in ("auto", "none"):
-        _guard(lambda: _raise(RolloutError(f"expected auto or none, got {labels!r}", field="--labels")))
+        _exit(RolloutError(f"expected auto or none, got {labels!r}", field="--labels"))
     rollouts = log.load(references=references)
     if labels == "none" or (rollouts.call_label is None and rollouts.label is None):
-        _guard(
-            lambda: _raise(
-                RolloutError(
-                    "no step or call labels: audits need them "
-                    "(a per-step 'label' field, tau2 results, or --references)",
-                    source=str(log.path),
-                )
+        _exit(
+            RolloutError(
+                "no step or call labels: audits need them (a per-step 'label' field, tau2 results, or --references)",
+                source=str(log.path),
             )
         )
     result = _guard(

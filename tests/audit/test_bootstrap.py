@@ -40,7 +40,7 @@ CASES = [(0, 5, 40), (1, 12, 300), (2, 30, 2000), (3, 1, 50), (4, 50, 30)]
 def test_replicates_equal_the_dense_evaluation_bit_for_bit(seed, groups, units):
     u = random_units(seed, groups, units)
     counts = M.bootstrap_counts(groups, 300, seed)
-    stats = M.group_stats(u, groups)
+    stats = M.group_sums(u, groups)
     want = dense_headline(u, counts[:, u.group])
     same(M.group_headline(stats, counts), want)  # integer weights: every sum is exact
     same(M.group_headline(stats, counts, chunk_elements=1), want)  # one replicate per chunk
@@ -63,7 +63,7 @@ def test_intervals_equal_the_dense_bootstrap(seed, groups, units):
 def test_point_estimate_is_the_unit_level_headline():
     u = random_units(5, 20, 800)
     point = M.headline(u, torch.ones(1, 800, dtype=torch.float64))
-    same(M.group_headline(M.group_stats(u, 20), torch.ones(1, 20, dtype=torch.float64)), point)
+    same(M.group_headline(M.group_sums(u, 20), torch.ones(1, 20, dtype=torch.float64)), point)
     same(point, dense_headline(u, torch.ones(1, 800, dtype=torch.float64)))
 
 
@@ -71,7 +71,7 @@ def test_fractional_group_weights_match_the_dense_evaluation():
     u = random_units(6, 15, 600)
     w = torch.rand(40, 15, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     w[:, 3] = 0.0  # a group left out entirely
-    same(M.group_headline(M.group_stats(u, 15), w), dense_headline(u, w[:, u.group]), rtol=1e-12, atol=1e-12)
+    same(M.group_headline(M.group_sums(u, 15), w), dense_headline(u, w[:, u.group]), rtol=1e-12, atol=1e-12)
 
 
 def test_empty_classes_give_nan_like_the_dense_evaluation():
@@ -80,7 +80,7 @@ def test_empty_classes_give_nan_like_the_dense_evaluation():
     uncredited = M.Units("call", u.label, torch.full_like(u.credit, float("nan")), u.failed, u.group, u.traj)
     counts = M.bootstrap_counts(6, 50, 7)
     for v in (only_good, uncredited):
-        got = M.group_headline(M.group_stats(v, 6), counts)
+        got = M.group_headline(M.group_sums(v, 6), counts)
         same(got, dense_headline(v, counts[:, v.group]))
         assert torch.isnan(got["auroc_all"]).all()
     assert all(math.isnan(x) for pair in M.bootstrap_intervals(uncredited, 6, samples=50).values() for x in pair)
@@ -94,7 +94,7 @@ def test_real_recipe_credit_matches_the_dense_bootstrap(recipe):
     u = M.units(r, result.credit)
     assert isinstance(result.credit, Credit) and u.kind == "call"
     same(
-        M.group_headline(M.group_stats(u, r.num_groups), M.bootstrap_counts(r.num_groups, 200, 1)),
+        M.group_headline(M.group_sums(u, r.num_groups), M.bootstrap_counts(r.num_groups, 200, 1)),
         dense_bootstrap_values(u, r.num_groups, samples=200, seed=1),
     )
     got = M.bootstrap_intervals(u, r.num_groups, samples=200, seed=1)

@@ -122,7 +122,7 @@ def headline(u: Units, weights: Tensor) -> dict[str, Tensor]:
       over units of failed trajectories / of all trajectories — a constant shift cannot raise it;
     * ``auroc_failed`` / ``auroc_all``: AUROC of credit, +1 vs −1 units.
     Units the recipe did not credit (NaN) are left out. ``weights`` is dense over units: for many
-    rows of group weights use ``group_stats`` and ``group_headline`` instead.
+    rows of group weights use ``group_sums`` and ``group_headline`` instead.
     """
     rates, aurocs = _parts(u)
     credit = torch.nan_to_num(u.credit)
@@ -154,7 +154,7 @@ class AurocCells:
 
 @dataclass(frozen=True)
 class GroupStats:
-    """Per-group sufficient statistics of the headline metrics (see ``group_stats``)."""
+    """Per-group sufficient statistics of the headline metrics (see ``group_sums``)."""
 
     num_groups: int
     rate_sums: Tensor  # [G, 2·K] float64: per rate, the group's Σ[select & hit] then Σ[select]
@@ -172,7 +172,7 @@ def _cells(score_bin: Tensor, group: Tensor, pick: Tensor, num_bins: int, num_gr
     return cell // width, cell % width, count.double(), total
 
 
-def group_stats(u: Units, num_groups: int) -> GroupStats:
+def group_sums(u: Units, num_groups: int) -> GroupStats:
     """Everything the headline metrics need about each group, so that a reweighting of the *groups*
     (a bootstrap replicate) is evaluated without going back to the units.
 
@@ -268,7 +268,7 @@ def bootstrap_intervals(
     """Percentile intervals of the headline metrics over ``samples`` bootstrap resamples of the groups
     (each replicate draws ``num_groups`` groups with replacement; seeded).
 
-    Replicates are evaluated from per-group sufficient statistics (``group_stats``,
+    Replicates are evaluated from per-group sufficient statistics (``group_sums``,
     ``group_headline``), never as a (samples × units) matrix. Memory: the (samples × groups) draw
     counts (8 bytes each: 100 MB for 1,000 × 12,500 groups), the per-unit statistics (O(U)) and
     the AUROC's chunk temporaries (``chunk_elements`` doubles each) — 100k trajectories with 1,000
@@ -277,7 +277,7 @@ def bootstrap_intervals(
     if samples <= 0:
         return {k: (float("nan"), float("nan")) for k in HEADLINE}
     counts = bootstrap_counts(num_groups, samples, seed).to(u.group.device)
-    values = group_headline(group_stats(u, num_groups), counts, chunk_elements=chunk_elements)
+    values = group_headline(group_sums(u, num_groups), counts, chunk_elements=chunk_elements)
     lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
     out = {}
     for k, v in values.items():

@@ -121,8 +121,9 @@ class _Record:
             raise self.error(at, str(exc)) from None
 
 
-_NUMBER = COLUMNS["confidence"]  # parses like any finite number
-_NAME = COLUMNS["tree"]  # parses like any string-or-integer name
+# the record-level fields (outcome, step reward, id, group) parse like columns of these JSON forms
+_NUMBER = Column("trajectory", None, json="number", name="number")
+_NAME = Column("trajectory", None, json="name", name="name")
 
 
 Paths = list[tuple[Column, str, str]]  # (column, path in the object, record attribute)

@@ -74,9 +74,7 @@ def _full(level: Level, value: float | int, dtype: torch.dtype) -> Any:
 
 
 def _default_tool_ok(r: Rollouts) -> Tensor:
-    if r.call_ok is None:
-        return torch.full((r.num_steps,), TOOL_UNKNOWN, dtype=torch.int8, device=r.device)
-    return tool_ok_from_calls(r.call_ok, r.call_step, r.num_steps)
+    return tool_ok_from_calls(r.call_ok, r.call_step, r.num_steps)  # derived: filled after call_ok
 
 
 # ------------------------------------------------------------------------------------------- Rollouts
