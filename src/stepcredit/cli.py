@@ -372,6 +372,111 @@ def audit(
         webbrowser.open(output.resolve().as_uri())
 
 
+def _tree_spec(spec: str) -> tuple[int, int, int]:
+    parts = spec.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+        _exit(ValueError(f"--tree expects M,N,L (trees, nodes expanded, iterations), e.g. 2,2,1; got {spec!r}"))
+    m, n, iterations = (int(p) for p in parts)
+    if m < 1 or n < 1 or m > 1_000 or n > 1_000 or iterations > 100:
+        _exit(ValueError(f"--tree M,N,L needs 1 ≤ M, N ≤ 1000 and 0 ≤ L ≤ 100; got {spec!r}"))
+    return m, n, iterations
+
+
+@app.command("rollouts")
+def rollouts_command(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output file: .parquet or .jsonl (chat).")] = Path(
+        "rollouts.parquet"
+    ),
+    env: Annotated[str, typer.Option(help="Task family: calculator, lookup or booking.")] = "calculator",
+    policy: Annotated[
+        str, typer.Option(help="oracle, noisy, systematic, or a folder holding a Hugging Face causal LM + tokenizer.")
+    ] = "noisy",
+    groups: Annotated[int, typer.Option(min=1, max=1_000_000, help="Tasks (one group each).")] = 64,
+    group_size: Annotated[int, typer.Option(min=1, max=1_000, help="Chains per task (ignored with --tree).")] = 8,
+    tree: Annotated[
+        str | None, typer.Option(help="Tree-GRPO rollouts M,N,L: M trees per task, N nodes expanded per tree, L times.")
+    ] = None,
+    keep: Annotated[
+        int | None, typer.Option(min=1, max=10_000, help="Trees: leaves kept per tree (default all).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="train or test (held-out tasks).")] = "train",
+    first_task: Annotated[int, typer.Option(min=0, max=2**31 - 1, help="Index of the first task.")] = 0,
+    depth: Annotated[
+        int | None, typer.Option(min=1, max=64, help="Task depth (the family's default if unset).")
+    ] = None,
+    distractors: Annotated[int, typer.Option(min=0, max=4, help="Irrelevant tools offered.")] = 0,
+    noise: Annotated[float, typer.Option(min=0.0, max=1.0, help="Chance of irrelevant records in a result.")] = 0.0,
+    error_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="noisy/systematic: chance of a mistake per step/decision point.")
+    ] = 0.15,
+    temperature: Annotated[float, typer.Option(min=0.0, max=10.0, help="HF policy: sampling temperature.")] = 1.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="HF policy: nucleus sampling mass.")] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(min=1, max=4096, help="HF policy: tokens per action.")] = 48,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, max=100_000, help="Contexts per policy call (default: all live ones).")
+    ] = None,
+    seed: Annotated[int, typer.Option(min=0, max=2**31 - 1, help="Seed of environments, policy and tree picks.")] = 0,
+) -> None:
+    """Play a policy on a task family and write the rollouts (labels, trees, token spans) to a file."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from stepcredit.envs import env_factory
+    from stepcredit.io import check_output, write_chat_jsonl, write_parquet
+    from stepcredit.rollout import rollout_chains, rollout_trees, scripted_policy
+
+    writers = {".jsonl": write_chat_jsonl, ".parquet": write_parquet}
+    if output.suffix not in writers:
+        _exit(RolloutError("expected a .parquet or .jsonl file name", source=str(output), field="output"))
+    _guard(lambda: check_output(output))
+    if split not in ("train", "test"):
+        _exit(ValueError(f"--split must be train or test, got {split!r}"))
+    make_env = _guard(
+        lambda: env_factory(env, split=split, depth=depth, distractors=distractors, noise=noise)
+    )
+    chat_format = None
+    if policy in ("oracle", "noisy", "systematic"):
+        agent: Any = scripted_policy(policy, error_rate=error_rate, seed=seed)
+    elif Path(policy).is_dir():
+        from stepcredit.rollout.hf import HFPolicy
+
+        agent = HFPolicy.from_pretrained(
+            policy, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
+        )
+        chat_format = agent.format
+    else:
+        _exit(ValueError(f"--policy must be oracle, noisy, systematic or a model folder; {policy!r} is none"))
+    tasks = range(first_task, first_task + groups)
+    spec = _tree_spec(tree) if tree is not None else None
+    total = groups * (group_size if spec is None else spec[0] * (1 + spec[1] * spec[2]))
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        job = bar.add_task(f"rollouts · {env} · {policy}", total=total)
+
+        def advance(n: int) -> None:
+            bar.advance(job, n)
+
+        def play() -> Any:
+            if spec is None:
+                return rollout_chains(
+                    make_env, agent, tasks, group_size=group_size, chat_format=chat_format, seed=seed,
+                    batch_size=batch_size, progress=advance,
+                )
+            m, n, iterations = spec
+            return rollout_trees(
+                make_env, agent, tasks, trees=m, expand=n, iterations=iterations, keep=keep,
+                chat_format=chat_format, seed=seed, batch_size=batch_size, progress=advance,
+            )
+
+        batch = _guard(play)
+    writers[output.suffix](batch.rollouts, output)
+    r = batch.rollouts
+    tokens = f", {batch.tokens_per_trajectory:.1f} generated tokens per trajectory" if chat_format else ""
+    console.print(
+        f"wrote {r.num_trajectories} trajectories of {r.num_groups} tasks to {escape(str(output))} "
+        f"(success {100 * batch.success_rate:.1f}%{tokens})"
+    )
+
+
 @app.command()
 def demo(
     seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the synthetic rollouts.")] = 0,

@@ -1,5 +1,79 @@
-"""Tool-use task families with ground-truth step labels (the synthetic one the demo and tests use)."""
+"""Tool-use environments with ground-truth step labels (gymnasium), and the synthetic log generator.
 
+Three task families, registered with gymnasium on import::
+
+    import gymnasium, stepcredit.envs
+    env = gymnasium.make("stepcredit/Calculator-v0", depth=4)
+
+* ``stepcredit/Calculator-v0`` (``CalculatorEnv``): multi-step arithmetic through tools;
+* ``stepcredit/Lookup-v0`` (``LookupEnv``): joins over a small users → orders → products database;
+* ``stepcredit/Booking-v0`` (``BookingEnv``): an airline desk: read tools, then writes with
+  preconditions; a rule-breaking write succeeds but dooms the task; several valid solutions.
+
+See ``ToolEnv`` for the shared API (actions, labels, snapshots) and each module for its labelling rules.
+"""
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium
+
+from stepcredit.envs.actions import ParsedAction, ToolCall, format_call, parse_action
+from stepcredit.envs.base import CORRECT, NEUTRAL, WRONG, Snapshot, Tool, ToolEnv
+from stepcredit.envs.booking import BookingEnv
+from stepcredit.envs.calculator import CalculatorEnv
+from stepcredit.envs.lookup import LookupEnv
 from stepcredit.envs.synthetic import make_records, make_rollouts, make_tree_records, make_tree_rollouts
 
-__all__ = ["make_records", "make_rollouts", "make_tree_records", "make_tree_rollouts"]
+ENV_IDS = {
+    "calculator": "stepcredit/Calculator-v0",
+    "lookup": "stepcredit/Lookup-v0",
+    "booking": "stepcredit/Booking-v0",
+}
+FAMILIES: dict[str, type[ToolEnv]] = {
+    "calculator": CalculatorEnv,
+    "lookup": LookupEnv,
+    "booking": BookingEnv,
+}
+
+
+
+def env_factory(name: str, **knobs: Any) -> Callable[[], ToolEnv]:
+    """A function making fresh environments of the family ``name`` (``"booking"`` or its gymnasium id
+    ``"stepcredit/Booking-v0"``) with the given knobs (checked now: a bad knob raises ``ValueError``)."""
+    family = next((f for f, env_id in ENV_IDS.items() if name in (f, env_id)), None)
+    if family is None:
+        raise ValueError(f"unknown environment {name!r}; expected one of {', '.join(FAMILIES)}")
+    knobs = {k: v for k, v in knobs.items() if v is not None}
+    factory = functools.partial(FAMILIES[family], **knobs)
+    factory()  # check the knobs once
+    return factory
+
+
+for _family, _env_id in ENV_IDS.items():
+    if _env_id not in gymnasium.registry:
+        gymnasium.register(id=_env_id, entry_point=f"{FAMILIES[_family].__module__}:{FAMILIES[_family].__name__}")
+
+__all__ = [
+    "CORRECT",
+    "ENV_IDS",
+    "FAMILIES",
+    "NEUTRAL",
+    "WRONG",
+    "BookingEnv",
+    "CalculatorEnv",
+    "LookupEnv",
+    "ParsedAction",
+    "Snapshot",
+    "Tool",
+    "ToolCall",
+    "ToolEnv",
+    "env_factory",
+    "format_call",
+    "make_records",
+    "make_rollouts",
+    "make_tree_records",
+    "make_tree_rollouts",
+    "parse_action",
+]
