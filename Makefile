@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VERL   := verl==0.9.1
 
-.PHONY: run test lint bench-load bench-grpo bench-structural bench-audit clean
+.PHONY: run test lint bench-load bench-grpo bench-structural bench-audit bench-rollout clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/stepcredit demo
+	$(BIN)/stepcredit experiment
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -39,6 +39,9 @@ bench-structural: $(STAMP)
 
 bench-audit: $(STAMP)
 	$(BIN)/python benchmarks/bench_audit.py
+
+bench-rollout: $(STAMP)
+	$(BIN)/python benchmarks/bench_rollout.py
 
 clean:
 	rm -rf $(VENV)

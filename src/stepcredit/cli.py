@@ -478,6 +478,28 @@ def rollouts_command(
 
 
 @app.command()
+def experiment(
+    config: Annotated[
+        Path | None, typer.Argument(help="An experiment YAML (see configs/); default: the built-in one.")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder under which <name>/ is written.")] = Path("runs"),
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """The main job: train a small policy with each recipe × seed on one task family, compare the
+    learning curves (outcome GRPO, dense recipes, the oracle upper bound), audit the credit, and write
+    runs/<name>/ with curves.png, summary.md and report.html."""
+    from stepcredit.train.experiment import load_experiment, run_experiment, summary_markdown
+
+    if config is not None and not config.is_file():
+        _exit(ValueError(f"{config}: no such experiment file"))
+    exp = _guard(lambda: load_experiment(config))
+    if not out.parent.is_dir():
+        _exit(ValueError(f"{out.parent}: no such folder for --out"))
+    summary = _guard(lambda: run_experiment(exp, out, progress=not quiet, log=lambda s: err_console.print(escape(s))))
+    console.print(summary_markdown(summary), highlight=False, markup=False)
+
+
+@app.command()
 def demo(
     seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the synthetic rollouts.")] = 0,
     groups: Annotated[int, typer.Option(min=1, max=100_000, help="Number of tasks (groups).")] = 32,

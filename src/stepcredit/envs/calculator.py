@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from stepcredit.envs.actions import ToolCall
-from stepcredit.envs.base import CORRECT, NEUTRAL, WRONG, CallOutcome, Param, Tool, ToolEnv
+from stepcredit.envs.base import CORRECT, NEUTRAL, WRONG, CallOutcome, Param, Split, Tool, ToolEnv
 
 __all__ = ["CalculatorEnv"]
 
@@ -73,7 +73,11 @@ class _Task:
 
 
 class CalculatorEnv(ToolEnv):
-    """Calculator chains (see the module docstring). ``depth``: operations per task (default 3)."""
+    """Calculator chains (see the module docstring). ``depth``: operations per task (default 3);
+    ``shape``: "tree" (nested sub-expressions, several valid orders) or "chain" (each operation applies
+    to the previous result: ``((a op b) op c) op d``, one valid order); ``max_operand``: largest literal;
+    ``echo``: each result also shows what is left to compute, the computed parts replaced by the agent's
+    values (``7 | left: (7 * 3) - 4``) — a scratchpad that spares small models the parsing."""
 
     family: ClassVar[str] = "calculator"
     default_depth: ClassVar[int] = 3
@@ -84,26 +88,51 @@ class CalculatorEnv(ToolEnv):
         Tool("div", _ARGS, "a / b (exact integer division)"),
     )
 
+    def __init__(
+        self,
+        *,
+        shape: Literal["tree", "chain"] = "tree",
+        max_operand: int = 19,
+        echo: bool = False,
+        split: Split = "train",
+        depth: int | None = None,
+        distractors: int = 0,
+        noise: float = 0.0,
+        max_steps: int | None = None,
+        chat: bool = False,
+        render_mode: str | None = None,
+    ) -> None:
+        super().__init__(
+            split=split, depth=depth, distractors=distractors, noise=noise, max_steps=max_steps, chat=chat,
+            render_mode=render_mode,
+        )
+        if shape not in ("tree", "chain"):
+            raise ValueError(f"shape must be 'tree' or 'chain', got {shape!r}")
+        if not isinstance(max_operand, int) or not 3 <= max_operand <= 999:
+            raise ValueError(f"max_operand must be an integer in 3..999, got {max_operand!r}")
+        self.shape, self.max_operand, self.echo = shape, max_operand, bool(echo)
+
     # ------------------------------------------------------------------ task
     def _new_task(self, rng: np.random.Generator, index: int) -> _Task:
         nodes: list[_Node] = []
         pending: list[int] = []  # roots of sub-expressions not yet combined
+        top = self.max_operand + 1
         for i in range(self.depth):
             remaining = self.depth - i
             choices = []
-            if len(pending) + 1 <= remaining:  # one more sub-expression still fits the ops left
-                choices.append("new")
+            if len(pending) + 1 <= remaining and (self.shape == "tree" or not pending):
+                choices.append("new")  # one more sub-expression still fits the ops left
             if pending and len(pending) <= remaining:
                 choices.append("extend")
             if len(pending) >= 2:
                 choices.append("combine")
             kind = str(rng.choice(choices, p=_weights(choices)))
             if kind == "new":
-                left: int | str = int(rng.integers(2, 20))
-                right: int | str = int(rng.integers(2, 20))
+                left: int | str = int(rng.integers(2, top))
+                right: int | str = int(rng.integers(2, top))
             elif kind == "extend":
-                left, right = f"n{pending.pop()}", int(rng.integers(2, 13))
-                if rng.random() < 0.3:
+                left, right = f"n{pending.pop()}", int(rng.integers(2, min(top, 13)))
+                if self.shape == "tree" and rng.random() < 0.3:
                     left, right = right, left
             else:
                 b, a = pending.pop(), pending.pop()
@@ -126,34 +155,39 @@ class CalculatorEnv(ToolEnv):
 
     # ------------------------------------------------------------------ calls
     def _call(self, call: ToolCall, arguments: dict[str, Any]) -> CallOutcome:
-        task: _Task = self._state
         op, a, b = call.name, arguments["a"], arguments["b"]
         value = _apply(op, a, b)
         if value is None:
             return CallOutcome("Error: division by zero" if b == 0 else f"Error: {a} is not divisible by {b}", False)
+        label = self._judge(op, a, b, value)
         result = self._result(op, value)
+        if self.echo:  # the scratchpad: what is left to compute, computed parts replaced by their values
+            result += f" | left: {_text(self._state.nodes, self._state.root, self._state.belief)}"
+        return CallOutcome(result, label=label)
+
+    def _judge(self, op: str, a: int, b: int, value: int) -> int:
+        """The call's label; updates the agent's beliefs."""
+        task: _Task = self._state
         for n, node in enumerate(task.nodes):  # +1: a new operation with its true operands
             if not task.done[n] and node.op == op and _same(op, (a, b), self._true(n)):
                 task.done[n], task.belief[n] = True, value
-                return CallOutcome(result, label=CORRECT)
+                return CORRECT
         for n, node in enumerate(task.nodes):  # 0: the right operation on the agent's own wrong result
             believed = self._believed(n)
             if not task.done[n] and node.op == op and believed is not None and _same(op, (a, b), believed):
                 task.belief[n] = value
-                return CallOutcome(result, label=NEUTRAL)
+                return NEUTRAL
         for n, node in enumerate(task.nodes):  # 0: a recomputation of a done operation
             if task.done[n] and node.op == op and _same(op, (a, b), self._true(n)):
-                return CallOutcome(result, label=NEUTRAL)
+                return NEUTRAL
         for n in self._ready():  # −1: a wrong value, attributed to the operation it was meant to be
             believed = self._believed(n)
             assert believed is not None
             node = task.nodes[n]
-            if (node.op == op and {a, b} & set(believed)) or (
-                node.op != op and sorted((a, b)) == sorted(believed)
-            ):
+            if (node.op == op and {a, b} & set(believed)) or (node.op != op and sorted((a, b)) == sorted(believed)):
                 task.belief[n] = value
                 break
-        return CallOutcome(result, label=WRONG)
+        return WRONG
 
     def _answer(self, answer: str) -> tuple[bool, int]:
         task: _Task = self._state
@@ -250,7 +284,16 @@ def _same(op: str, got: tuple[int, int], want: tuple[int, int]) -> bool:
     return got == want or (op in _COMMUTATIVE and got == (want[1], want[0]))
 
 
-def _text(nodes: list[_Node], n: int) -> str:
+def _text(nodes: list[_Node], n: int, belief: list[int | None] | None = None) -> str:
+    """The expression of node ``n``; with ``belief``, nodes with a value are shown as that value."""
+    if belief is not None and belief[n] is not None:
+        return str(belief[n])
     node = nodes[n]
-    parts = [str(x) if isinstance(x, int) else f"({_text(nodes, int(x[1:]))})" for x in node.operands]
+    parts = []
+    for x in node.operands:
+        if isinstance(x, int):
+            parts.append(str(x))
+        else:
+            inner = _text(nodes, int(x[1:]), belief)
+            parts.append(inner if belief is not None and belief[int(x[1:])] is not None else f"({inner})")
     return f"{parts[0]} {_OPS[node.op]} {parts[1]}"

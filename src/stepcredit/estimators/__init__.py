@@ -6,11 +6,13 @@
 * ``turn``: turn-level rewards — mt_grpo (first turn, per index, per trajectory);
 * ``tool``: tool calls — toolpo, action_anchor, call_consensus;
 * ``step``: step rewards — step_grpo (SRL), prm_step (PRM-mixed step credit);
+* ``oracle``: oracle_labels (recipe name ``oracle``) — reads ground-truth labels; the yardstick, not a method;
 * ``calibration``: brier_credit (RLCR's Brier reward as an advantage; recipe name ``brier``).
 """
 
 from stepcredit.estimators.anchor import gigpo
 from stepcredit.estimators.calibration import brier_credit
+from stepcredit.estimators.oracle import oracle_labels
 from stepcredit.estimators.outcome import grpo, ms_grpo, reinforce_pp_baseline, rloo
 from stepcredit.estimators.step import prm_step, step_grpo
 from stepcredit.estimators.tool import action_anchor, call_consensus, toolpo
@@ -28,6 +30,7 @@ __all__ = [
     "mt_grpo_first_turn",
     "mt_grpo_per_index",
     "mt_grpo_per_trajectory",
+    "oracle_labels",
     "prm_step",
     "reinforce_pp_baseline",
     "rloo",

@@ -7,6 +7,7 @@ folder can replace it (``HFPolicy.from_pretrained``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -20,6 +21,11 @@ __all__ = ["env_corpus", "tiny_policy"]
 def env_corpus(families: Sequence[str] = tuple(FAMILIES), *, tasks: int = 64, seed: int = 0) -> list[str]:
     """Texts of noisy-oracle runs on the *train* split of each family: prompts, actions (right and
     wrong), observations, and the chat-format tool schemas."""
+    return list(_corpus(tuple(families), tasks, seed))
+
+
+@functools.lru_cache(maxsize=8)
+def _corpus(families: tuple[str, ...], tasks: int, seed: int) -> tuple[str, ...]:
     texts: list[str] = []
     for family in families:
         for chat in (False, True):
@@ -27,7 +33,7 @@ def env_corpus(families: Sequence[str] = tuple(FAMILIES), *, tasks: int = 64, se
             batch = rollout_chains(make, NoisyOracle(0.3, seed=seed), range(tasks if not chat else 4), group_size=2)
             r = batch.rollouts
             texts += r.texts.prompt.to_pylist() + r.texts.action.to_pylist() + r.texts.observation.to_pylist()
-    return texts
+    return tuple(texts)
 
 
 def tiny_policy(
