@@ -16,7 +16,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_help_on_every_command():
-    for args in ([], ["inspect"], ["convert"], ["credit"], ["recipes"], ["demo"]):
+    for args in ([], ["inspect"], ["convert"], ["credit"], ["recipes"], ["demo"], ["rollouts"], ["experiment"]):
         out = run(*args, "--help")
         assert out.returncode == 0, out.stderr
         assert "Usage" in out.stdout

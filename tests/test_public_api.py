@@ -76,3 +76,11 @@ def test_readme_quick_tour_runs(tau2_dir, monkeypatch):
     assert names["report"].unit == "call"
     build_example = python_blocks()[1]
     exec(compile(build_example, "README", "exec"), {})
+
+
+def test_readme_environment_tour_runs():
+    block = next(b for b in python_blocks() if "rollout_trees" in b)
+    names: dict[str, object] = {}
+    exec(compile(block, "README", "exec"), names)
+    assert names["info"]["label"] == 1  # type: ignore[index]
+    assert names["trees"].rollouts.tree is not None  # type: ignore[attr-defined]

@@ -11,6 +11,7 @@ The stages of the flow live in subpackages (``rollouts`` → ``io`` → ``shapin
 from stepcredit import segments
 from stepcredit.auditing import DEFAULT_RECIPES, Audit, audit, write_report
 from stepcredit.credit import Credit
+from stepcredit.envs import BookingEnv, CalculatorEnv, LookupEnv, ToolEnv, env_factory, parse_action
 from stepcredit.errors import RolloutError
 from stepcredit.estimators import (
     action_anchor,
@@ -23,6 +24,7 @@ from stepcredit.estimators import (
     mt_grpo_first_turn,
     mt_grpo_per_index,
     mt_grpo_per_trajectory,
+    oracle_labels,
     prm_step,
     reinforce_pp_baseline,
     rloo,
@@ -46,6 +48,19 @@ from stepcredit.io import (
 )
 from stepcredit.recipe import Recipe, RecipeError, RecipeResult, builtin_recipes
 from stepcredit.registry import register
+from stepcredit.rollout import (
+    ChatFormat,
+    Context,
+    Generation,
+    NoisyOracle,
+    OraclePolicy,
+    Policy,
+    RolloutBatch,
+    SystematicOracle,
+    rollout_chains,
+    rollout_trees,
+)
+from stepcredit.rollout.tiny import tiny_policy
 from stepcredit.rollouts import (
     CallRecord,
     Rollouts,
@@ -66,22 +81,46 @@ from stepcredit.selection import (
     zero_variance_filter,
 )
 from stepcredit.shaping import HFProcessRewardScorer, brier, expert_similarity, prm_mix
+from stepcredit.train import TrainConfig, train
+
+
+def __getattr__(name: str) -> object:
+    if name == "HFPolicy":  # needs transformers (the "hf" extra): imported on first use
+        from stepcredit.rollout.hf import HFPolicy
+
+        return HFPolicy
+    raise AttributeError(f"module 'stepcredit' has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_RECIPES",
     "Audit",
+    "BookingEnv",
+    "CalculatorEnv",
     "CallRecord",
     "ChatFields",
+    "ChatFormat",
+    "Context",
     "Credit",
+    "Generation",
+    "HFPolicy",
     "HFProcessRewardScorer",
+    "LookupEnv",
+    "NoisyOracle",
+    "OraclePolicy",
+    "Policy",
     "Recipe",
     "RecipeError",
     "RecipeResult",
+    "RolloutBatch",
     "RolloutError",
     "Rollouts",
     "StepKind",
     "StepRecord",
+    "SystematicOracle",
     "Texts",
+    "ToolEnv",
+    "TrainConfig",
     "TrajectoryRecord",
     "abs_adv_sampling",
     "accuracy_window",
@@ -93,6 +132,7 @@ __all__ = [
     "build",
     "builtin_recipes",
     "call_consensus",
+    "env_factory",
     "expert_similarity",
     "from_trainer_tensors",
     "gigpo",
@@ -105,6 +145,8 @@ __all__ = [
     "mt_grpo_per_index",
     "mt_grpo_per_trajectory",
     "observation_states",
+    "oracle_labels",
+    "parse_action",
     "prm_mix",
     "prm_step",
     "read_credit_jsonl",
@@ -114,11 +156,15 @@ __all__ = [
     "reinforce_pp_baseline",
     "resample_on_correct",
     "rloo",
+    "rollout_chains",
+    "rollout_trees",
     "rubric_gate",
     "segments",
     "step_grpo",
     "summarize",
+    "tiny_policy",
     "toolpo",
+    "train",
     "tree_grpo",
     "treepo",
     "treerl",

@@ -61,3 +61,16 @@ def test_bad_options_exit_2_with_one_line(tmp_path: Path, args: list[str], messa
     done = run("rollouts", "--groups", "1", "-o", str(tmp_path / "x.parquet"), *args)
     assert done.returncode == 2
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_rollouts_with_a_model_folder(tmp_path: Path) -> None:
+    from stepcredit.rollout.tiny import tiny_policy
+
+    tiny_policy(("calculator",), hidden_size=32, num_layers=1).save_pretrained(tmp_path / "model")
+    out = tmp_path / "hf.parquet"
+    args = ["--policy", str(tmp_path / "model"), "--groups", "2", "--group-size", "2", "--max-new-tokens", "6"]
+    done = run("rollouts", *args, "--depth", "1", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "generated tokens per trajectory" in done.stdout
+    r = load(out)
+    assert r.num_trajectories == 4 and r.response_mask is not None and bool(r.response_mask.any())
