@@ -188,8 +188,9 @@ class ToolEnv(gymnasium.Env[str, Any]):
     Knobs shared by every family: ``split`` ("train" or "test": disjoint task streams), ``depth``
     (how many dependent steps a task needs; each family says what it means), ``distractors`` (how many
     irrelevant tools to offer, 0–4), ``noise`` (probability of irrelevant extra records in a tool
-    result), ``max_steps`` (turn budget; default ``2 * depth + 4``), ``chat`` (the prompt lists the tools
-    as OpenAI schemas instead of compact signatures; both action forms are accepted either way).
+    result), ``max_steps`` (turn budget; default ``default_max_steps(depth)``: ``2 * depth + 4`` unless
+    the family says otherwise), ``chat`` (the prompt lists the tools as OpenAI schemas instead of compact
+    signatures; both action forms are accepted either way). ``depth`` is at most ``max_depth``.
 
     A family subclass sets ``family`` and ``doc``, and implements ``_new_task`` (build the task state
     from a generator), ``_call`` (run one checked call on the state and label it), ``_answer`` (judge
@@ -200,7 +201,13 @@ class ToolEnv(gymnasium.Env[str, Any]):
     metadata = {"render_modes": ["ansi"]}  # noqa: RUF012  (gymnasium declares it an instance variable)
     family: ClassVar[str] = ""
     default_depth: ClassVar[int] = 3
+    max_depth: ClassVar[int] = 64
     tools: ClassVar[tuple[Tool, ...]] = ()
+
+    @classmethod
+    def default_max_steps(cls, depth: int) -> int:
+        """The turn budget when ``max_steps`` is not given: room for the task's steps and a few more."""
+        return 2 * depth + 4
 
     def __init__(
         self,
@@ -216,8 +223,8 @@ class ToolEnv(gymnasium.Env[str, Any]):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         depth = self.default_depth if depth is None else depth
-        if not isinstance(depth, int) or depth < 1:
-            raise ValueError(f"depth must be a positive integer, got {depth!r}")
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= self.max_depth:
+            raise ValueError(f"depth must be an integer in 1..{self.max_depth} for {self.family}, got {depth!r}")
         if not 0 <= distractors <= len(distractor_tools()):
             raise ValueError(f"distractors must be in 0..{len(distractor_tools())}, got {distractors!r}")
         if not 0.0 <= noise <= 1.0:
@@ -228,7 +235,7 @@ class ToolEnv(gymnasium.Env[str, Any]):
         self.depth = depth
         self.distractors = distractors
         self.noise = noise
-        self.max_steps = 2 * depth + 4 if max_steps is None else max_steps
+        self.max_steps = self.default_max_steps(depth) if max_steps is None else max_steps
         if self.max_steps < 1:
             raise ValueError(f"max_steps must be positive, got {max_steps!r}")
         self.chat = chat

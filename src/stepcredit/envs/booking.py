@@ -59,7 +59,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from stepcredit.envs.actions import ToolCall
-from stepcredit.envs.base import CORRECT, NEUTRAL, WRONG, CallOutcome, Param, Split, Tool, ToolEnv
+from stepcredit.envs.base import CORRECT, NEUTRAL, WRONG, CallOutcome, Param, Tool, ToolEnv
 
 __all__ = ["BookingEnv"]
 
@@ -198,28 +198,9 @@ class BookingEnv(ToolEnv):
         ),
     )
 
-    def __init__(
-        self,
-        *,
-        split: Split = "train",
-        depth: int | None = None,
-        distractors: int = 0,
-        noise: float = 0.0,
-        max_steps: int | None = None,
-        chat: bool = False,
-        render_mode: str | None = None,
-    ) -> None:
-        super().__init__(
-            split=split,
-            depth=depth,
-            distractors=distractors,
-            noise=noise,
-            max_steps=max_steps,
-            chat=chat,
-            render_mode=render_mode,
-        )
-        if max_steps is None:  # the user read + a read and a write per goal + the answer, with room to spare
-            self.max_steps = 3 * self.depth + 4
+    @classmethod
+    def default_max_steps(cls, depth: int) -> int:
+        return 3 * depth + 4  # the user read + a read and a write per goal + the answer, with room to spare
 
     # ------------------------------------------------------------------ task
     def _new_task(self, rng: np.random.Generator, index: int) -> _Task:

@@ -36,7 +36,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from stepcredit.envs.actions import ToolCall
-from stepcredit.envs.base import CORRECT, NEUTRAL, WRONG, CallOutcome, Param, Split, Tool, ToolEnv
+from stepcredit.envs.base import CORRECT, NEUTRAL, WRONG, CallOutcome, Param, Tool, ToolEnv
 
 __all__ = ["CalculatorEnv"]
 
@@ -89,26 +89,12 @@ class CalculatorEnv(ToolEnv):
     )
 
     def __init__(
-        self,
-        *,
-        shape: Literal["tree", "chain"] = "tree",
-        max_operand: int = 19,
-        echo: bool = False,
-        split: Split = "train",
-        depth: int | None = None,
-        distractors: int = 0,
-        noise: float = 0.0,
-        max_steps: int | None = None,
-        chat: bool = False,
-        render_mode: str | None = None,
+        self, *, shape: Literal["tree", "chain"] = "tree", max_operand: int = 19, echo: bool = False, **knobs: Any
     ) -> None:
-        super().__init__(
-            split=split, depth=depth, distractors=distractors, noise=noise, max_steps=max_steps, chat=chat,
-            render_mode=render_mode,
-        )
+        super().__init__(**knobs)
         if shape not in ("tree", "chain"):
             raise ValueError(f"shape must be 'tree' or 'chain', got {shape!r}")
-        if not isinstance(max_operand, int) or not 3 <= max_operand <= 999:
+        if isinstance(max_operand, bool) or not isinstance(max_operand, int) or not 3 <= max_operand <= 999:
             raise ValueError(f"max_operand must be an integer in 3..999, got {max_operand!r}")
         self.shape, self.max_operand, self.echo = shape, max_operand, bool(echo)
 

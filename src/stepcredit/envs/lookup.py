@@ -63,7 +63,7 @@ import datetime
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -231,31 +231,11 @@ class LookupEnv(ToolEnv):
         ),
     )
 
-    def __init__(
-        self,
-        *,
-        split: Literal["train", "test"] = "train",
-        depth: int | None = None,
-        distractors: int = 0,
-        noise: float = 0.0,
-        max_steps: int | None = None,
-        chat: bool = False,
-        render_mode: str | None = None,
-    ) -> None:
-        d = self.default_depth if depth is None else depth
-        if isinstance(d, int) and not isinstance(d, bool) and d > MAX_DEPTH:
-            raise ValueError(f"depth must be at most {MAX_DEPTH} for the lookup family, got {d!r}")
-        if max_steps is None and isinstance(d, int) and d >= 1:
-            max_steps = 2 * d + 8
-        super().__init__(
-            split=split,
-            depth=depth,
-            distractors=distractors,
-            noise=noise,
-            max_steps=max_steps,
-            chat=chat,
-            render_mode=render_mode,
-        )
+    max_depth: ClassVar[int] = MAX_DEPTH
+
+    @classmethod
+    def default_max_steps(cls, depth: int) -> int:
+        return 2 * depth + 8  # one wrong read plus the expert's continuation still reaches an answer
 
     # ------------------------------------------------------------------ task
     def _new_task(self, rng: np.random.Generator, index: int) -> _Task:
