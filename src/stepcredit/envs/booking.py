@@ -337,12 +337,20 @@ class BookingEnv(ToolEnv):
         task.searched.add(key)
         return CallOutcome(_json(rows), label=CORRECT if needed else NEUTRAL)
 
-    def _get_reservation(self, a: dict[str, Any]) -> CallOutcome:
-        task: _Task = self._state
+    def _reservation(self, a: dict[str, Any]) -> tuple[str, Any] | CallOutcome:
+        """The reservation the call names (ids are case-insensitive), or the error result."""
         rid = a["reservation_id"].strip().upper()
-        res = task.reservations.get(rid)
+        res = self._state.reservations.get(rid)
         if res is None:
             return _error(f"unknown reservation {a['reservation_id']!r:.40}")
+        return rid, res
+
+    def _get_reservation(self, a: dict[str, Any]) -> CallOutcome:
+        task: _Task = self._state
+        found = self._reservation(a)
+        if isinstance(found, CallOutcome):
+            return found
+        rid, res = found
         record: dict[str, Any] = {
             "res": res.id,
             "flight": res.flight,
@@ -419,10 +427,10 @@ class BookingEnv(ToolEnv):
 
     def _cancel(self, a: dict[str, Any]) -> CallOutcome:
         task: _Task = self._state
-        rid = a["reservation_id"].strip().upper()
-        res = task.reservations.get(rid)
-        if res is None:
-            return _error(f"unknown reservation {a['reservation_id']!r:.40}")
+        found = self._reservation(a)
+        if isinstance(found, CallOutcome):
+            return found
+        rid, res = found
         if res.status != "active":
             return _error(f"reservation {rid} is already cancelled")
         res.status = "cancelled"
@@ -438,10 +446,10 @@ class BookingEnv(ToolEnv):
 
     def _add_bags(self, a: dict[str, Any]) -> CallOutcome:
         task: _Task = self._state
-        rid = a["reservation_id"].strip().upper()
-        res = task.reservations.get(rid)
-        if res is None:
-            return _error(f"unknown reservation {a['reservation_id']!r:.40}")
+        found = self._reservation(a)
+        if isinstance(found, CallOutcome):
+            return found
+        rid, res = found
         if res.status != "active":
             return _error(f"reservation {rid} is cancelled")
         bags = a["bags"]
