@@ -122,12 +122,12 @@ def test_chat_mode_lists_schemas_and_accepts_openai_calls(family: str) -> None:
     obs, info = env.reset(options={"task": 1})
     assert '"type":"function"' in obs
     call = parse_action(info["expert"][0])
-    if call.calls:
-        c = call.calls[0]
-        function = {"name": c.name, "arguments": json.dumps(c.arguments)}
-        message = {"role": "assistant", "tool_calls": [{"type": "function", "function": function}]}
-        _, _, _, _, after = env.step(message)
-        assert after["label"] == 1
+    assert call.calls, "every family starts with a tool call"
+    c = call.calls[0]
+    function = {"name": c.name, "arguments": json.dumps(c.arguments)}
+    message = {"role": "assistant", "tool_calls": [{"type": "function", "function": function}]}
+    _, _, _, _, after = env.step(message)
+    assert after["label"] == 1
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)

@@ -114,10 +114,17 @@ def test_keep_samples_leaves_and_expand_from_tool_results() -> None:
     batch = rollout_trees(CALC, NoisyOracle(0.25, seed=0), range(4), trees=2, expand=3, iterations=1, keep=2)
     assert batch.rollouts.num_trajectories == 4 * 2 * 2
     tool = rollout_trees(CALC, OraclePolicy(seed=0), range(4), trees=1, expand=4, iterations=1, expand_from="tool")
-    for path in tool.paths[1:]:
-        first_new = next(i for i, n in enumerate(path) if n not in tool.paths[0])
+    branched = 0
+    groups = tool.rollouts.group.tolist()
+    first_of = {g: tool.paths[groups.index(g)] for g in set(groups)}  # each task's first chain
+    for k, path in enumerate(tool.paths):
+        if path is first_of[groups[k]]:
+            continue
+        first_new = next(i for i, n in enumerate(path) if n not in first_of[groups[k]])
         if first_new > 0:  # branched after a node: that node made a tool call
             assert tool.nodes[path[first_new - 1]].has_tool_result
+            branched += 1
+    assert branched > 0  # some branches did start after a node (not all from the root)
 
 
 @pytest.mark.parametrize(

@@ -107,3 +107,32 @@ def test_trees_and_selection_recipes_train(tmp_path: Path) -> None:
 def test_bad_configs_are_refused(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         TrainConfig(**{**TINY, **bad}).check()  # type: ignore[arg-type]
+
+
+def test_sequence_logprobs_lays_out_prompt_then_response() -> None:
+    seen: list[torch.Tensor] = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+            seen.append(input_ids.clone())
+            logits = torch.zeros(*input_ids.shape, 200)
+            logits[..., 7] = 5.0
+            return type("Out", (), {"logits": logits})()
+
+    prompts = [[1, 2, 3], [4], [5, 6, 7, 8, 9], [10, 11]]
+    responses = torch.arange(100, 116).reshape(4, 4)
+    mask = torch.ones(4, 4, dtype=torch.bool)
+    mask[:, 3] = False  # the last column is padding everywhere: not computed, 0 there
+    logp, _ = sequence_logprobs(Recorder(), prompts, responses, 1.0, pad_id=0, mask=mask)
+    want = torch.zeros(4, 5 + 3, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        want[i, : len(p)] = torch.tensor(p)
+        want[i, len(p) : len(p) + 3] = responses[i, :3]
+    assert torch.equal(seen[0], want)
+    assert logp.shape == (4, 4) and bool((logp[:, 3] == 0).all())
+    expected = -torch.logsumexp(torch.tensor([5.0] + [0.0] * 199), 0)  # token ids ≥ 100 are not the favoured 7
+    torch.testing.assert_close(logp[:, :3], expected.expand(4, 3))

@@ -242,8 +242,9 @@ class ToolEnv(gymnasium.Env[str, Any]):
         self.render_mode = render_mode
         self.observation_space = spaces.Text(max_length=MAX_OBSERVATION, charset=string.printable)
         self.action_space = spaces.Text(max_length=4096, charset=string.printable)
-        self._distractors = distractor_tools()[:distractors]
-        self._tools = {t.name: t for t in self.tools} | {t.name: t for t, _ in self._distractors}
+        offered = distractor_tools()[:distractors]
+        self._distractor_fns = {t.name: fn for t, fn in offered}
+        self._tools = {t.name: t for t in self.tools} | {t.name: t for t, _ in offered}
         self._state: Any = None
         self._meta: dict[str, Any] = {}
 
@@ -376,9 +377,8 @@ class ToolEnv(gymnasium.Env[str, Any]):
                 checked = tool.check(call.arguments)
             if isinstance(checked, str):
                 outcome = CallOutcome(f"Error: {checked}", ok=False, label=NEUTRAL)
-            elif any(call.name == t.name for t, _ in self._distractors):
-                fn = next(f for t, f in self._distractors if t.name == call.name)
-                outcome = CallOutcome(fn(checked, self.np_random), ok=True, label=NEUTRAL)
+            elif call.name in self._distractor_fns:
+                outcome = CallOutcome(self._distractor_fns[call.name](checked, self.np_random), label=NEUTRAL)
             else:
                 outcome = self._call(call, checked)
             results.append(outcome.result)

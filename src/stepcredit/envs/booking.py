@@ -337,12 +337,15 @@ class BookingEnv(ToolEnv):
         task.searched.add(key)
         return CallOutcome(_json(rows), label=CORRECT if needed else NEUTRAL)
 
-    def _reservation(self, a: dict[str, Any]) -> tuple[str, Any] | CallOutcome:
-        """The reservation the call names (ids are case-insensitive), or the error result."""
+    def _reservation(self, a: dict[str, Any], *, active: bool = False) -> tuple[str, Any] | CallOutcome:
+        """The reservation the call names (ids are case-insensitive), or the error result; with
+        ``active``, a cancelled reservation is an error too (writes need an active one)."""
         rid = a["reservation_id"].strip().upper()
         res = self._state.reservations.get(rid)
         if res is None:
             return _error(f"unknown reservation {a['reservation_id']!r:.40}")
+        if active and res.status != "active":
+            return _error(f"reservation {rid} is cancelled")
         return rid, res
 
     def _get_reservation(self, a: dict[str, Any]) -> CallOutcome:
@@ -427,12 +430,10 @@ class BookingEnv(ToolEnv):
 
     def _cancel(self, a: dict[str, Any]) -> CallOutcome:
         task: _Task = self._state
-        found = self._reservation(a)
+        found = self._reservation(a, active=True)
         if isinstance(found, CallOutcome):
             return found
         rid, res = found
-        if res.status != "active":
-            return _error(f"reservation {rid} is already cancelled")
         res.status = "cancelled"
         result = _json({"res": rid, "status": "cancelled", "refund": "to the original payment"})
         label = WRONG
@@ -446,12 +447,10 @@ class BookingEnv(ToolEnv):
 
     def _add_bags(self, a: dict[str, Any]) -> CallOutcome:
         task: _Task = self._state
-        found = self._reservation(a)
+        found = self._reservation(a, active=True)
         if isinstance(found, CallOutcome):
             return found
         rid, res = found
-        if res.status != "active":
-            return _error(f"reservation {rid} is cancelled")
         bags = a["bags"]
         if not 1 <= bags <= _MAX_BAGS - res.bags:
             return _error(f"bags must be between 1 and {_MAX_BAGS - res.bags} for {rid}")

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from stepcredit import segments
 from stepcredit.envs.actions import call_spans
 from stepcredit.envs.base import Snapshot, ToolEnv
 from stepcredit.rollout.chat_format import ChatFormat
@@ -310,16 +311,17 @@ class _Engine:
             responses.append(ids)
             logprobs.append(lps)
             masks.append(mask)
-        width = max((len(r) for r in responses), default=0)
-        n = len(responses)
+        # one flat tensor per column, placed at (trajectory, position) in one indexing step
+        lengths = torch.tensor([len(r) for r in responses], dtype=torch.int64)
+        n, width = len(responses), int(lengths.max()) if responses else 0
+        rows = segments.segment_ids(torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)]))
+        cols = segments.ranges(torch.zeros_like(lengths), lengths)
         response_ids = torch.full((n, width), self.format.pad_id, dtype=torch.int64)
         old_logprobs = torch.zeros((n, width), dtype=torch.float32)
         response_mask = torch.zeros((n, width), dtype=torch.bool)
-        for i in range(n):  # building padded tensors from Python lists (once per batch)
-            length = len(responses[i])
-            response_ids[i, :length] = torch.tensor(responses[i], dtype=torch.int64)
-            old_logprobs[i, :length] = torch.tensor(logprobs[i], dtype=torch.float32)
-            response_mask[i, :length] = torch.tensor(masks[i], dtype=torch.bool)
+        response_ids[rows, cols] = torch.tensor([t for r in responses for t in r], dtype=torch.int64)
+        old_logprobs[rows, cols] = torch.tensor([x for r in logprobs for x in r], dtype=torch.float32)
+        response_mask[rows, cols] = torch.tensor([m for r in masks for m in r], dtype=torch.bool)
         base = build(records)
         steps = torch.tensor(step_spans, dtype=torch.int64).reshape(-1, 2)
         calls = torch.tensor(call_spans_all, dtype=torch.int64).reshape(-1, 2)
@@ -347,6 +349,8 @@ class _Engine:
         assert self.format is not None and node.gen_ids is not None
         n_calls = len(node.step.calls)
         whole = (start, start + len(node.gen_ids))
+        if n_calls == 1:  # a compact action with one call is that call
+            return [whole]
         spans = call_spans(node.step.action) if n_calls else None
         if spans is None or len(spans) != n_calls:
             return [whole] * n_calls

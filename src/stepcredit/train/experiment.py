@@ -6,7 +6,7 @@ run is a ``train`` call; the experiment writes ``<out>/<name>/``:
 
 * ``<run>-seed<k>/``: the run's ``config.json``, ``metrics.jsonl``, checkpoints, ``last_rollouts.parquet``;
 * ``curves.png``: held-out success vs rollouts and vs generated tokens (mean over seeds, min–max band);
-* ``audit.json``: the credit audit of the last rollouts of the first run (its labels from the env);
+* ``audit.json``: the credit audit of the last rollouts of the baseline run (labels from the env);
 * ``summary.json`` / ``summary.md``: per run, final success, rollouts to reach outcome-GRPO's final
   success and a mid-level target, the share of the GRPO → oracle gap closed, collapses;
 * ``report.html``: all of it in one self-contained page (images inlined).
@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -51,7 +51,7 @@ class RunSpec:
 
     name: str
     recipe: str
-    rollout: str = "chains"
+    rollout: Literal["chains", "trees"] = "chains"
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -122,8 +122,10 @@ def load_experiment(spec: str | Path | Mapping[str, Any] | None = None) -> Exper
             raise ValueError(f"{source}: runs[{i}] must be a mapping with at least a recipe")
         _check_keys(run, ("name", "recipe", "rollout", *sorted(train_fields)), f"{source}: runs[{i}]")
         overrides = {k: v for k, v in run.items() if k not in ("name", "recipe", "rollout")}
-        runs.append(RunSpec(str(run.get("name", run["recipe"])), str(run["recipe"]), str(run.get("rollout", "chains")),
-                            overrides))
+        rollout = run.get("rollout", "chains")
+        if rollout not in ("chains", "trees"):
+            raise ValueError(f"{source}: runs[{i}].rollout must be 'chains' or 'trees', got {rollout!r}")
+        runs.append(RunSpec(str(run.get("name", run["recipe"])), str(run["recipe"]), rollout, overrides))
     if not runs:
         raise ValueError(f"{source}: no runs")
     names = [r.name for r in runs]
@@ -144,11 +146,8 @@ def load_experiment(spec: str | Path | Mapping[str, Any] | None = None) -> Exper
 
 
 def run_config(exp: Experiment, run: RunSpec, seed: int, lr_scale: float = 1.0) -> TrainConfig:
-    config = dataclasses.replace(exp.train, recipe=run.recipe, seed=seed, **run.overrides)
-    config.rollout = run.rollout  # type: ignore[assignment]  # checked by TrainConfig.check
-    if lr_scale != 1.0:
-        config = dataclasses.replace(config, lr=config.lr * lr_scale)
-    return config
+    config = dataclasses.replace(exp.train, recipe=run.recipe, rollout=run.rollout, seed=seed, **run.overrides)
+    return dataclasses.replace(config, lr=config.lr * lr_scale) if lr_scale != 1.0 else config
 
 
 # ----------------------------------------------------------------------------------- running
@@ -156,8 +155,6 @@ def run_experiment(
     exp: Experiment, out_root: str | Path = "runs", *, progress: bool = True, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Run every run × seed (and the stability runs), then write curves, audit, summary and report."""
-    import torch
-
     from stepcredit.io import write_parquet
 
     out = Path(out_root) / exp.name
@@ -197,7 +194,6 @@ def run_experiment(
                 log(f"{name} seed {seed}: held-out success {100 * evals[0]:.0f}% → {100 * evals[-1]:.0f}% "
                     f"({timings[f'{name} seed {seed}']:.0f} s)")
         del policy
-        torch.set_num_threads(torch.get_num_threads())
     summary = summarize_runs(exp, histories)
     summary["seconds"] = time.perf_counter() - started
     summary["timings"] = timings
@@ -360,10 +356,13 @@ def plot_curves(exp: Experiment, histories: dict[str, list[list[dict[str, Any]]]
 
 
 def _audit_last(exp: Experiment, out: Path) -> Any:
-    """The audit of the baseline run's last rollouts (first seed) with every recipe of the experiment."""
+    """The audit of the baseline run's last rollouts (first seed; the first run's when there is no
+    baseline run) with every recipe of the experiment."""
     from stepcredit import audit, load
 
-    first = out / f"{exp.runs[0].name}-seed{exp.seeds[0]}" / "last_rollouts.parquet"
+    names = [r.name for r in exp.runs]
+    audited = exp.baseline if exp.baseline in names else names[0]
+    first = out / f"{audited}-seed{exp.seeds[0]}" / "last_rollouts.parquet"
     if not first.exists():
         return None
     rollouts = load(first)
@@ -391,7 +390,8 @@ def _write_report(exp: Experiment, summary: dict[str, Any], audit_result: Any, p
         f'<img alt="learning curves" src="data:image/png;base64,{base64.b64encode(png).decode()}">',
     ]
     if audit_result is not None:
-        parts.append(f"<h2>Credit audit of the last rollouts of {html.escape(exp.runs[0].name)}</h2>")
+        audited = exp.baseline if exp.baseline in [r.name for r in exp.runs] else exp.runs[0].name
+        parts.append(f"<h2>Credit audit of the last rollouts of {html.escape(audited)}</h2>")
         cells = [[n, *c] for n, c in metric_cells(audit_result)]
         parts.append(table(["recipe", *METRIC_NAMES.values()], cells))
     timing_rows = [[k, f"{v:.1f} s"] for k, v in summary["timings"].items()]

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from stepcredit import segments
 from stepcredit.envs import env_factory
 from stepcredit.recipe import Recipe
 from stepcredit.rollout import NoisyOracle, RolloutBatch, rollout_chains, rollout_trees
@@ -148,12 +149,14 @@ def sequence_logprobs(
         used = torch.nonzero(mask.any(dim=0))
         t = int(used.max()) + 1 if used.numel() else 1
     response_ids = response_ids[:, :t]
-    lengths = torch.tensor([len(p) for p in prompt_ids])
+    lengths = torch.tensor([len(p) for p in prompt_ids], dtype=torch.long)
     width = int(lengths.max()) + t
     ids = torch.full((n, width), pad_id, dtype=torch.long)
-    for i, p in enumerate(prompt_ids):  # one copy per row to lay out the batch
-        ids[i, : len(p)] = torch.tensor(p, dtype=torch.long)
-        ids[i, len(p) : len(p) + t] = response_ids[i]
+    # prompts: one flat copy scattered to (row, position within the row); responses right after them
+    rows = segments.segment_ids(torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)]))
+    cols = segments.ranges(torch.zeros_like(lengths), lengths)
+    ids[rows, cols] = torch.tensor([token for p in prompt_ids for token in p], dtype=torch.long)
+    ids.scatter_(1, lengths[:, None] + torch.arange(t)[None, :], response_ids)
     ids = ids.to(device)
     attention = torch.ones_like(ids)
     logits = model(input_ids=ids, attention_mask=attention).logits.float()
