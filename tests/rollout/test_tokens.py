@@ -86,3 +86,18 @@ def test_call_token_spans_cover_each_call_of_a_compact_action(policy: HFPolicy) 
     ]
     assert texts == ["add(a=1, b=2);", "mul(a=3, b=40)"] or texts == ["add(a=1, b=2)", "mul(a=3, b=40)"]
     assert r.texts.call_name.to_pylist() == ["add", "mul"]
+
+
+def test_a_single_call_span_is_the_action_without_the_end_token(policy: HFPolicy) -> None:
+    class OneCall:
+        def act(self, contexts: Sequence[Context]) -> list[Generation]:
+            return [Generation("add(a=1, b=2)" if c.step == 0 else "answer 3") for c in contexts]
+
+    batch = rollout_chains(CALC, OneCall(), range(1), group_size=1, chat_format=policy.format)
+    r = batch.rollouts
+    assert r.call_token_start is not None and r.call_token_end is not None and r.step_token_start is not None
+    assert batch.response_ids is not None
+    a, b = int(r.call_token_start[0]), int(r.call_token_end[0])
+    assert a == int(r.step_token_start[0])
+    assert batch.response_ids[0, b].item() == policy.format.end_id  # the span stops just before it
+    assert policy.format.tokenizer.decode(batch.response_ids[0, a:b].tolist()).strip() == "add(a=1, b=2)"

@@ -349,8 +349,9 @@ class _Engine:
         assert self.format is not None and node.gen_ids is not None
         n_calls = len(node.step.calls)
         whole = (start, start + len(node.gen_ids))
-        if n_calls == 1:  # a compact action with one call is that call
-            return [whole]
+        if n_calls == 1:  # an action with one call is that call, up to the end-of-action token
+            ends_with_end = bool(node.gen_ids) and node.gen_ids[-1] == self.format.end_id
+            return [(start, max(start + 1, whole[1] - int(ends_with_end)))]
         spans = call_spans(node.step.action) if n_calls else None
         if spans is None or len(spans) != n_calls:
             return [whole] * n_calls
