@@ -4,7 +4,6 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-VERL   := verl==0.9.1
 
 .PHONY: run test lint bench-load bench-grpo bench-structural bench-audit bench-rollout clean
 
@@ -13,7 +12,6 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -U pip
 	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
-	$(BIN)/python -m pip install -q -c constraints.txt --no-deps $(VERL)
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -151,6 +151,19 @@ def test_anchor_observations_hash_within_their_group():
     assert r.state.tolist() == text_keys(["start", "after search", "start", "start"], [0, 0, 0, 1]).tolist()
 
 
+def test_anchor_observations_reach_the_similarity_path():
+    # gigpo(similarity=...) reads anchors as texts: they must be the given ones, not blanks
+    from stepcredit.rollouts._texts import anchor_observations
+
+    anchors = ["start", "after search", "start", "start"]
+    r = from_trainer_tensors(MASK3, ["a", "a", "b"], outcome=torch.zeros(3), anchor_observations=anchors)
+    assert anchor_observations(r) == anchors
+    from stepcredit.estimators.anchor import state_groups
+
+    ids, _ = state_groups(r, similarity=0.9)
+    assert ids[0] == ids[2] and len({int(ids[0]), int(ids[1]), int(ids[3])}) == 3
+
+
 def test_tree_ids_from_strings_are_dense_in_order_of_first_appearance():
     tree = np.array(["t-9", "t-1", "t-9"], dtype=object)
     r = from_trainer_tensors(MASK3, [0, 0, 0], outcome=torch.zeros(3), tree=tree)

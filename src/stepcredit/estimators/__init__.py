@@ -17,7 +17,14 @@ from stepcredit.estimators.outcome import grpo, ms_grpo, reinforce_pp_baseline, 
 from stepcredit.estimators.step import prm_step, step_grpo
 from stepcredit.estimators.tool import action_anchor, call_consensus, toolpo
 from stepcredit.estimators.tree import tree_grpo, treepo, treerl
-from stepcredit.estimators.turn import mt_grpo, mt_grpo_first_turn, mt_grpo_per_index, mt_grpo_per_trajectory
+from stepcredit.estimators.turn import (
+    mt_grpo,
+    mt_grpo_first_turn,
+    mt_grpo_per_index,
+    mt_grpo_per_trajectory,
+    per_turn,
+    per_turn_index,
+)
 
 __all__ = [
     "action_anchor",
@@ -31,6 +38,8 @@ __all__ = [
     "mt_grpo_per_index",
     "mt_grpo_per_trajectory",
     "oracle_labels",
+    "per_turn",
+    "per_turn_index",
     "prm_step",
     "reinforce_pp_baseline",
     "rloo",

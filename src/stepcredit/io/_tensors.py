@@ -155,7 +155,8 @@ def from_trainer_tensors(
         call_token_end=call_end,
         tree=tree_ids,
         **{name: col for name, col in (("reward", reward), ("state", keys)) if col is not None},
-        texts=Texts.create(n, len(names), s, c, ids=ids, group_names=names),
+        texts=Texts.create(n, len(names), s, c, ids=ids, group_names=names,
+                           **_anchor_texts(anchor_observations, step_offsets)),
     )
 
 
@@ -237,6 +238,21 @@ def _step_states(
             f"expected strings, got {type(texts[odd]).__name__} at step {odd}", field="anchor_observations"
         )
     return text_keys(texts, group[rows].tolist()).to(group.device)
+
+
+def _anchor_texts(anchor_observations: Sequence[str] | None, step_offsets: Tensor) -> dict[str, list[str]]:
+    """The texts ``anchor_observations(rollouts)`` reads a step's anchor from: a row's first step acted
+    on the prompt, a later step on the previous step's observation (so ``gigpo(similarity=...)`` sees
+    the anchors, not blanks). Called after ``_step_states`` checked them."""
+    if anchor_observations is None:
+        return {}
+    texts = list(anchor_observations)
+    off = step_offsets.tolist()
+    prompt = [texts[off[i]] if off[i + 1] > off[i] else "" for i in range(len(off) - 1)]
+    observation = [""] * len(texts)
+    for i in range(len(off) - 1):
+        observation[off[i] : off[i + 1] - 1] = texts[off[i] + 1 : off[i + 1]]
+    return {"prompt": prompt, "observation": observation}
 
 
 def _tree_ids(tree: Sequence[object] | np.ndarray | Tensor, n: int) -> Tensor:

@@ -126,13 +126,14 @@ def trajectory_actions(rollouts: Rollouts) -> list[str]:
 
 def anchor_observations(rollouts: Rollouts) -> list[str]:
     """The observation each step acted on: the prompt for a trajectory's first step, else the previous
-    step's tool results (in call order) followed by its observation text."""
+    step's (non-empty) tool results, in call order, followed by its observation text."""
     r = rollouts
     prompt = r.texts.prompt.to_pylist()
     obs = r.texts.observation.to_pylist()
     results = r.texts.call_result.to_pylist()
     coff = r.call_offsets.tolist()
-    after = ["\n".join([*results[coff[s] : coff[s + 1]], obs[s]]) for s in range(r.num_steps)]
+    # empty results (a trainer batch knows no tool outputs) add no blank lines
+    after = ["\n".join([*(x for x in results[coff[s] : coff[s + 1]] if x), obs[s]]) for s in range(r.num_steps)]
     first = set(r.step_offsets[:-1].tolist())
     traj = r.step_traj.tolist()
     return [prompt[traj[s]] if s in first else after[s - 1] for s in range(r.num_steps)]
