@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench-load bench-grpo bench-structural bench-audit bench-rollout clean
+.PHONY: run test lint bench-load bench-grpo bench-structural bench-audit bench-rollout bench-integrations clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ bench-audit: $(STAMP)
 
 bench-rollout: $(STAMP)
 	$(BIN)/python benchmarks/bench_rollout.py
+
+bench-integrations: $(STAMP)
+	$(BIN)/python benchmarks/bench_integrations.py
 
 clean:
 	rm -rf $(VENV)

@@ -162,6 +162,11 @@ class RowBatch:
             out[kept] = tokens
             return out
         assert self.call_of is not None
+        if credit.step is None and credit.call is None:  # one value per trajectory: the broadcast floor
+            value = torch.zeros(self.rollouts.num_trajectories, dtype=credit.trajectory.dtype, device=mask.device)
+            value[slice(None) if kept is None else kept] = credit.trajectory
+            zero = torch.zeros((), dtype=value.dtype, device=mask.device)
+            return torch.where(mask, value[self.row_traj][:, None], zero)
         steps, calls = (None, None) if kept is None else self.rollouts.expand(kept)
         step_of = self.step_of if steps is None else self.step_of[steps]
         per_step = credit.per_step(on)
@@ -209,13 +214,13 @@ def credit_metrics(batch: RowBatch, result: RecipeResult, advantages: Tensor) ->
     has = r.steps_per_trajectory > 0
     _, mean, _, _ = segments.group_stats(r.outcome.double(), r.group, r.num_groups)
     failed = (r.outcome.double() <= mean[r.group])[r.step_traj]
-    tokens = advantages[mask]
+    num_tokens = max(int(mask.sum()), 1)  # advantages are 0 off the mask: sums, not a masked copy
     return {
         "stepcredit/trajectories": float(batch.rollouts.num_trajectories),
         "stepcredit/kept_fraction": result.kept.numel() / max(batch.rollouts.num_trajectories, 1),
         "stepcredit/steps_per_trajectory": r.num_steps / max(r.num_trajectories, 1),
-        "stepcredit/adv_mean": float(tokens.double().mean()) if tokens.numel() else 0.0,
-        "stepcredit/adv_abs_mean": float(tokens.double().abs().mean()) if tokens.numel() else 0.0,
+        "stepcredit/adv_mean": float(advantages.sum(dtype=torch.float64)) / num_tokens,
+        "stepcredit/adv_abs_mean": float(advantages.abs().sum(dtype=torch.float64)) / num_tokens,
         "stepcredit/step_spread": float((hi - lo)[has].mean()) if bool(has.any()) else 0.0,
         "stepcredit/positive_steps": float((per_step > 0).sum()) / n_steps,
         "stepcredit/failed_positive_steps": float(((per_step > 0) & failed).sum()) / max(int(failed.sum()), 1),

@@ -121,14 +121,21 @@ def rows_from_verl(
     """
     ids = None if keys is None else [str(k) for k in keys]
     start, end = (None, None) if tool_call is None else tool_call
-    if tool_call is not None and responses is not None:
+    def read(tokens: Tensor | None) -> Rollouts:
+        return from_trainer_tensors(
+            response_mask, index, token_level_rewards=token_level_rewards, responses=tokens,
+            tool_call_start=start, tool_call_end=end, ids=ids,
+        )
+
+    try:
+        rows = read(responses)
+    except RolloutError:
+        if tool_call is None or responses is None:
+            raise
         # a sampled response cut off mid-call (or a stray marker) is text, not a call: no reason to stop
-        # training; its tokens keep their step's credit
+        # training; its tokens keep their step's credit (checked only when a batch has such markers)
         responses = well_formed_calls(responses, response_mask, tool_call[0], tool_call[1])
-    rows = from_trainer_tensors(
-        response_mask, index, token_level_rewards=token_level_rewards, responses=responses,
-        tool_call_start=start, tool_call_end=end, ids=ids,
-    )
+        rows = read(responses)
     if tool_call is not None and responses is not None:
         rows = name_calls(rows, responses, call_identity, decode=decode, markers=markers)
     if tool_rewards is not None:
