@@ -319,11 +319,19 @@ def audit(
     open_report: Annotated[bool, typer.Option("--open", help="Open the report in a browser.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON instead of a table.")] = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print the metrics as a Markdown table.")] = False,
+    breakdown: Annotated[
+        bool,
+        typer.Option(
+            "--breakdown",
+            help="Also print BSA / AUROC on failed trajectories without the calls every run of a task made, "
+            "and by group type (mixed / all-fail / all-success). The JSON always has them.",
+        ),
+    ] = False,
     allow_imports: AllowImports = False,
 ) -> None:
     from stepcredit.auditing import DEFAULT_RECIPES, markdown_table, write_report
     from stepcredit.auditing import audit as run_audit
-    from stepcredit.auditing.report import METRIC_NAMES, metric_cells
+    from stepcredit.auditing.report import METRIC_NAMES, breakdown_cells, breakdown_markdown, metric_cells
 
     specs = [x.strip() for x in recipes.split(",") if x.strip()] or list(DEFAULT_RECIPES)
     loaded = [_recipe(spec, allow_imports) for spec in specs]
@@ -352,6 +360,8 @@ def audit(
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
     elif markdown:
         sys.stdout.write(markdown_table(result) + "\n")
+        if breakdown:
+            sys.stdout.write("\n" + breakdown_markdown(result) + "\n")
     else:
         table = Table(
             title=escape(
@@ -365,6 +375,13 @@ def audit(
         for name, cells in metric_cells(result):
             table.add_row(escape(name), *cells)
         console.print(table)
+        if breakdown:
+            parts = Table(title=f"by unit subset ({result.unit}s of failed trajectories)", title_justify="left")
+            for column in ("recipe", "units", "n", "BSA (failed) ↑", "AUROC +1 vs −1 (failed) ↑"):
+                parts.add_column(column, justify="left" if column in ("recipe", "units") else "right")
+            for name, label, cells in breakdown_cells(result):
+                parts.add_row(escape(name), label, *cells)
+            console.print(parts)
         console.print(f"audited {len(result.recipes)} recipes in {result.seconds:.1f} s; wrote {escape(str(output))}")
     if open_report:
         import webbrowser

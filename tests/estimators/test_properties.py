@@ -13,6 +13,7 @@ from stepcredit import Rollouts, segments
 from stepcredit.estimators import (
     action_anchor,
     call_consensus,
+    call_evidence,
     gigpo,
     grpo,
     ms_grpo,
@@ -44,6 +45,8 @@ ESTIMATORS = {
     "action_anchor": action_anchor,
     "action_anchor_std": lambda r: action_anchor(r, norm="std"),
     "call_consensus": call_consensus,
+    "call_evidence": call_evidence,
+    "call_evidence_uncentred": lambda r: call_evidence(r, center="none", failure_witnesses=False),
 }
 
 

@@ -390,3 +390,22 @@ def test_trl_version_is_pinned(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(trl, "__version__", "1.15.2")
     with pytest.raises(ImportError, match=r"installed: 1\.15\.2"):
         importlib.reload(sc_trl)
+
+
+def test_groups_split_across_two_processes_are_gathered() -> None:
+    """Two CPU processes (gloo), 4 completions each, one group of 8: the recipe sees the whole group
+    (its advantage equals TRL's own, which TRL computes on the gathered rewards)."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    script = Path(__file__).with_name("trl_ddp.py")
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    found = re.findall(r"RESULT rank=(\d) rows=\d+ match=(True|False)", out.stdout)
+    assert {rank for rank, _ in found} == {"0", "1"} and len(found) >= 4, out.stdout[-2000:]
+    assert all(match == "True" for _, match in found), found

@@ -87,6 +87,9 @@ def test_estimator_params_come_from_the_config() -> None:
     mean_only, _ = fn(rewards, mask, uid, OmegaConf.create({"stepcredit_params": {"norm": "mean"}}))
     rows = from_trainer_tensors(mask, uid, token_level_rewards=rewards)
     torch.testing.assert_close(mean_only, get("credit", "grpo").fn(rows, norm="mean").to_tokens(rows))
+    # verl's Dr.GRPO switch reaches the registered estimators as it reaches verl's own
+    drgrpo, _ = fn(rewards, mask, uid, OmegaConf.create({"norm_adv_by_std_in_grpo": False}))
+    torch.testing.assert_close(drgrpo, mean_only)
     with pytest.raises(ValueError, match="norm"):
         fn(rewards, mask, uid, OmegaConf.create({"stepcredit_params": {"norm": "median"}}))
     with pytest.raises(Exception, match="uid"):
@@ -116,38 +119,48 @@ def _direct(records, recipe):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: r if isinstance(r, str) else "+".join(
     next(iter(x)) for k in ("selection", "credit") for x in r.get(k, [])))
 def test_adapter_equals_stepcredit_on_records(tok, recipe) -> None:  # type: ignore[no-untyped-def]
+    ids = (tok.encode(OPEN, add_special_tokens=False), tok.encode(CLOSE, add_special_tokens=False))
     for seed in range(3):
         rows, records, where = make_batch(tok, seed)
-        t = tensors(rows, pad=3)
+        # verl's _balance_batch reorders rows: sessions' rows need not be adjacent or in index order
+        perm = np.random.default_rng(seed).permutation(len(rows))
+        back = np.argsort(perm)
+        shuffled = [rows[i] for i in perm]
+        t = tensors(shuffled, pad=3)
         batch = rows_from_verl(
             t["response_mask"], t["uid"], t["token_level_rewards"], responses=t["responses"],
-            keys=[r.key for r in rows], tool_call=(tok.encode(OPEN, add_special_tokens=False),
-                                                  tok.encode(CLOSE, add_special_tokens=False)),
-            call_identity="text", decode=tok.batch_decode, markers=(OPEN, CLOSE),
-            tool_rewards=[r.tool_rewards for r in rows],
+            keys=[r.key for r in shuffled], tool_call=ids, call_identity="text", decode=tok.batch_decode,
+            markers=(OPEN, CLOSE), tool_rewards=[r.tool_rewards for r in shuffled],
         )
         got = batch.run(recipe)
+        adv = got.advantages[torch.as_tensor(back)]  # back in make_batch's row order
         want = _direct(records, recipe)
-        assert got.result.rollouts.num_trajectories == want.rollouts.num_trajectories
-        kept = set(want.kept.tolist())
-        step_credit = want.credit.per_step(want.rollouts)
         kept_list = want.kept.tolist()
-        adv = got.advantages
+        per_step, per_call = want.credit.per_step(want.rollouts), want.credit.per_call(want.rollouts)
+        soff, coff = want.rollouts.step_offsets.tolist(), want.rollouts.call_offsets.tolist()
+        # the calls' token spans, from the adapter's row-level batch, in make_batch's row order
+        rr = batch.rows
+        assert rr.num_calls == 0 or rr.call_token_start is not None
+        spans_of_row: dict[int, list[tuple[int, int]]] = {}
+        for c in range(rr.num_calls):
+            row = int(perm[int(rr.call_traj[c])])
+            spans_of_row.setdefault(row, []).append((int(rr.call_token_start[c]), int(rr.call_token_end[c])))
         covered = torch.zeros_like(adv, dtype=torch.bool)
-        off = want.rollouts.step_offsets.tolist()
         for traj, places in enumerate(where):
             for k, (row, start, end) in enumerate(places):
                 covered[row, start:end] = True
-                if traj not in kept:
+                if traj not in kept_list:
                     assert bool((adv[row, start:end] == 0).all())
                     continue
-                s = off[kept_list.index(traj)] + k
-                if want.credit.call is None:
-                    torch.testing.assert_close(adv[row, start:end], step_credit[s].expand(end - start))
-                else:  # per-call parts sit on the calls' tokens: compare the step's mean over calls
-                    n_calls = len(records[traj].steps[k].calls)
-                    if n_calls == 0:
-                        torch.testing.assert_close(adv[row, start:end], step_credit[s].expand(end - start))
+                s = soff[kept_list.index(traj)] + k
+                calls = [(a, b) for a, b in spans_of_row.get(row, []) if start <= a < end]
+                assert len(calls) == coff[s + 1] - coff[s]
+                plain = torch.ones(end - start, dtype=torch.bool)
+                for j, (a, b) in enumerate(calls):  # each call's tokens carry that call's credit
+                    torch.testing.assert_close(adv[row, a:b], per_call[coff[s] + j].expand(b - a))
+                    plain[a - start : b - start] = False
+                # the step's other tokens carry the step's credit
+                torch.testing.assert_close(adv[row, start:end][plain], per_step[s].expand(int(plain.sum())))
         assert bool((adv[~covered] == 0).all())
         assert got.kept.shape == (len(rows),)
 
@@ -203,16 +216,23 @@ def test_bad_verl_input_is_named(tok) -> None:  # type: ignore[no-untyped-def]
     lying = [list(r.tool_rewards) for r in rows]
     victim = next(i for i, r in enumerate(rows) if r.tool_rewards)
     lying[victim].append(1.0)
-    with pytest.raises(Exception, match=f"tool calls found.*{keys[victim]}|{keys[victim]}.*tool calls found"):
-        rows_from_verl(t["response_mask"], t["uid"], t["token_level_rewards"], responses=t["responses"], keys=keys,
-                       tool_call=ids, tool_rewards=lying)
+    # verl rewards only the calls it executed: a row whose rewards do not match its calls gets none
+    tolerant = rows_from_verl(t["response_mask"], t["uid"], t["token_level_rewards"], responses=t["responses"],
+                              keys=keys, tool_call=ids, tool_rewards=lying)
+    assert tolerant.notes["stepcredit/tool_reward_mismatch_rows"] == 1.0
+    assert tolerant.run("grpo").metrics["stepcredit/tool_reward_mismatch_rows"] == 1.0
+    vrow = tolerant.rows
+    assert float(vrow.reward[vrow.step_offsets[victim] : vrow.step_offsets[victim + 1]].abs().sum()) == 0.0
+    exact = rows_from_verl(t["response_mask"], t["uid"], t["token_level_rewards"], responses=t["responses"],
+                           keys=keys, tool_call=ids, tool_rewards=[r.tool_rewards for r in rows])
+    assert float(exact.rows.reward.abs().sum()) > 0 and exact.notes["stepcredit/tool_reward_mismatch_rows"] == 0
     with pytest.raises(Exception, match="tool_call patterns"):
         rows_from_verl(t["response_mask"], t["uid"], t["token_level_rewards"], tool_rewards=lying)
     with pytest.raises(Exception, match=r"uid.*session.*index"):
         session_keys(["no-index-here"])
     nan = [list(r.tool_rewards) for r in rows]
     nan[victim][0] = float("nan")
-    with pytest.raises(Exception, match="finite"):
+    with pytest.raises(Exception, match=f"finite.*{keys[victim]}|{keys[victim]}.*finite"):
         rows_from_verl(t["response_mask"], t["uid"], t["token_level_rewards"], responses=t["responses"], keys=keys,
                        tool_call=ids, tool_rewards=nan)
     mixed = list(t["uid"])
@@ -411,3 +431,63 @@ def test_a_response_cut_off_mid_call_does_not_stop_training(tok) -> None:  # typ
     # the unfinished call is no call: the row's calls are the whole ones before it
     whole = cut.ids[:last_open].count(open_id[0])
     assert int(batch.rows.calls_per_trajectory[victim]) == whole
+
+
+def test_a_failing_stepcredit_module_is_reported_too() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['stepcredit.integrations.verl'] = None\n"  # the adapter module cannot be imported
+        "import verl\n"
+    )
+    out = _python(code)
+    assert "stepcredit's verl plugin failed to load the stepcredit_* advantage estimators" in out.stderr
+
+
+def test_rollout_correction_does_not_split_turns(ray_tq, tok, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Token-level rejection (rollout_rs=token_*) zeroes single tokens of the response mask: turns and
+    calls are read from the generated mask, the rejected tokens get 0."""
+    _, tq = ray_tq
+    from transfer_queue import KVBatchMeta
+    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+    import stepcredit.integrations.verl_trainer as mode
+
+    rows, _, _ = make_batch(tok, 8)
+    fields = []
+    for r in rows:
+        scores = torch.zeros(len(r.ids))
+        scores[-1] = r.score
+        fields.append({"uid": r.uid, "responses": torch.tensor(r.ids), "response_mask": torch.tensor(r.mask),
+                       "rm_scores": scores, "rollout_log_probs": torch.zeros(len(r.ids)),
+                       "extra_fields": {"tool_rewards": r.tool_rewards}})
+    keys = [r.key for r in rows]
+    victim = next(i for i, r in enumerate(rows) if len(r.spans) > 1)
+    a, b = rows[victim].spans[0]
+    reject = (victim, (a + b) // 2)  # a token inside the first turn (inside its call)
+
+    def correction(data, config):  # type: ignore[no-untyped-def]
+        data.batch["response_mask"] = data.batch["response_mask"].clone()
+        data.batch["response_mask"][reject] = 0
+        return data, {"rollout_corr/rejected": 1.0}
+
+    monkeypatch.setattr(mode, "compute_rollout_correction_and_add_to_batch", correction)
+    tq.kv_batch_put(keys=keys, fields=list_of_dict_to_tensordict(fields), partition_id="rc")
+    trainer = _trainer(tok, "call_consensus", {})
+    from omegaconf import OmegaConf, open_dict
+
+    with open_dict(trainer.config):
+        trainer.config.algorithm.rollout_correction = OmegaConf.create({"bypass_mode": False})
+    metrics: dict[str, float] = {}
+    trainer._compute_advantage(KVBatchMeta(keys=keys, tags=[{} for _ in keys], partition_id="rc"), metrics)
+    got = tq.kv_batch_get(keys=keys, partition_id="rc", select_fields=["advantages"])["advantages"]
+    t = tensors(rows)
+    expected = rows_from_verl(
+        t["response_mask"], t["uid"], t["token_level_rewards"], responses=t["responses"], keys=keys,
+        tool_call=(tok.encode(OPEN, add_special_tokens=False), tok.encode(CLOSE, add_special_tokens=False)),
+        call_identity="text", decode=tok.batch_decode, markers=(OPEN, CLOSE),
+    ).run("call_consensus").advantages
+    expected[reject] = 0.0
+    assert metrics["rollout_corr/rejected"] == 1.0
+    for j, r in enumerate(rows):
+        torch.testing.assert_close(got[j], expected[j, : len(r.ids)])
+

@@ -36,6 +36,12 @@ class Units:
     traj: Tensor  # [U] trajectory of the unit
 
 
+    def subset(self, mask: Tensor) -> Units:
+        """The units where ``mask`` holds (group ids kept, so group bootstraps still apply)."""
+        return Units(self.kind, self.label[mask], self.credit[mask], self.failed[mask], self.group[mask],
+                     self.traj[mask])
+
+
 def units(rollouts: Rollouts, credit: Credit | Tensor, *, success_threshold: float = 1.0) -> Units:
     """Units of ``rollouts``; ``credit`` is a ``Credit`` or an already computed per-unit tensor."""
     r = rollouts
@@ -48,6 +54,48 @@ def units(rollouts: Rollouts, credit: Credit | Tensor, *, success_threshold: flo
         values = credit.per_step(r) if isinstance(credit, Credit) else credit
         return Units("step", r.label, values, failed[r.step_traj], r.step_group, r.step_traj)
     raise ValueError("auditing credit needs call or step labels in the rollouts")
+
+
+# ------------------------------------------------------------------------------ unit subsets
+SUBSETS = ("without_always_made", "mixed", "all_fail", "all_success")
+
+
+def always_made(rollouts: Rollouts, kind: str) -> Tensor:
+    """Per unit (``kind`` "call" or "step"): is it something *every* trajectory of its group did — the
+    same call (tool name + canonical arguments), or for step units the same action text? Such units
+    (reading the user record, say) earn consensus without telling anything about the task; a group
+    with one trajectory makes all its units always-made."""
+    from stepcredit.estimators.tool import key_occurrences
+    from stepcredit.rollouts import text_keys
+    from stepcredit.rollouts._texts import step_action_texts
+
+    r = rollouts
+    size = segments.segment_count(r.group, r.num_groups)
+    if kind == "call":
+        keys, k, _, pair_key, _ = key_occurrences(r)
+        return segments.segment_count(pair_key, k)[keys] == size[r.group[r.call_traj]]
+    codes = text_keys(step_action_texts(r), r.step_group.tolist()).to(r.device)
+    keys, k = segments.unique_pairs(r.step_group, torch.unique(codes, return_inverse=True)[1], a_size=r.num_groups)
+    pair, num_pairs = segments.unique_pairs(keys, r.step_traj, a_size=k)
+    pair_key, _ = segments.pair_members(pair, num_pairs, keys, r.step_traj)
+    return segments.segment_count(pair_key, k)[keys] == size[r.step_group]
+
+
+def unit_subsets(rollouts: Rollouts, u: Units, *, success_threshold: float = 1.0) -> dict[str, Tensor]:
+    """Masks over the units for the audit's breakdown (``SUBSETS``): units that are not always made
+    (``always_made``), and units by the type of their group — ``mixed`` (some trajectories succeeded,
+    some failed), ``all_fail``, ``all_success`` (where outcome-only credit is exactly 0)."""
+    r = rollouts
+    success = (r.outcome >= success_threshold).double()
+    wins = segments.segment_sum(success, r.group, r.num_groups)
+    size = segments.segment_count(r.group, r.num_groups).double()
+    kind = torch.where(wins == 0, 0, torch.where(wins == size, 2, 1))[u.group]
+    return {
+        "without_always_made": ~always_made(r, u.kind),
+        "mixed": kind == 1,
+        "all_fail": kind == 0,
+        "all_success": kind == 2,
+    }
 
 
 # ------------------------------------------------------------------------------ weighted primitives

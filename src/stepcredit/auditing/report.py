@@ -371,6 +371,41 @@ def markdown_table(audit: Audit) -> str:
     return "\n".join([head, rule, *(f"| {name} | " + " | ".join(cells) + " |" for name, cells in metric_cells(audit))])
 
 
+BREAKDOWN_NAMES = {
+    "all": "all units",
+    "without_always_made": "without always-made",
+    "mixed": "mixed groups",
+    "all_fail": "all-fail groups",
+    "all_success": "all-success groups",
+}
+
+
+def breakdown_cells(audit: Audit) -> list[tuple[str, str, list[str]]]:
+    """Per recipe and unit subset (all units, then ``metrics.SUBSETS``): units, BSA and AUROC on failed
+    trajectories with 95% intervals — the figures an always-made read or an easy group type cannot
+    flatter."""
+    rows = []
+    for a in audit.recipes:
+        total = sum(a.breakdown[k]["units"] for k in ("mixed", "all_fail", "all_success") if k in a.breakdown)
+        parts = {"all": {"units": total or None, "metrics": a.metrics, "intervals": a.intervals}, **a.breakdown}
+        for key, label in BREAKDOWN_NAMES.items():
+            part = parts.get(key)
+            if part is None:
+                continue
+            cells = ["" if part["units"] is None else str(part["units"])]
+            for metric, show in (("bsa_failed", _pct), ("auroc_failed", _fmt)):
+                v, (lo, hi) = part["metrics"][metric], part["intervals"][metric]
+                cells.append(f"{show(v)} [{show(lo)}, {show(hi)}]")
+            rows.append((a.name, label, cells))
+    return rows
+
+
+def breakdown_markdown(audit: Audit) -> str:
+    """``breakdown_cells`` as a Markdown table."""
+    head = "| recipe | units | n | BSA (failed) ↑ | AUROC +1 vs −1 (failed) ↑ |\n|---|---|---:|---:|---:|"
+    return "\n".join([head, *(f"| {r} | {label} | " + " | ".join(c) + " |" for r, label, c in breakdown_cells(audit))])
+
+
 def summary_rows(audit: Audit) -> list[dict[str, Any]]:
     """One row per recipe with the headline metrics and their intervals (for tables and JSON)."""
     return [{"recipe": a.name, **a.metrics, "intervals": a.intervals} for a in audit.recipes]

@@ -43,6 +43,8 @@ class RecipeAudit:
     mean_credit: dict[str, Any]
     density: dict[str, float | None]
     length_skew: list[dict[str, Any]]
+    # the headline on subsets of the units (``metrics.SUBSETS``): {"units", "metrics", "intervals"}
+    breakdown: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -73,6 +75,7 @@ class Audit:
                     "density": a.density,
                     "length_skew": a.length_skew,
                     "kept": int(a.kept.numel()),
+                    "breakdown": a.breakdown,
                 }
                 for a in self.recipes
             },
@@ -92,6 +95,7 @@ def audit_recipe(
     success_threshold: float = 1.0,
     bootstrap: int = 1000,
     seed: int = 0,
+    subsets: bool = True,
 ) -> RecipeAudit:
     r = rollouts
     result = recipe.run(r)
@@ -100,8 +104,17 @@ def audit_recipe(
     step_credit = _spread(credit.per_step(sub), steps, r.num_steps)
     call_credit = _spread(credit.per_call(sub), calls, r.num_calls)
     u = M.units(r, call_credit if r.call_label is not None else step_credit, success_threshold=success_threshold)
-    ones = torch.ones(1, u.label.numel(), dtype=torch.float64)
-    point = {k: float(v[0]) for k, v in M.headline(u, ones).items()}
+    point = _point(u)
+    breakdown = {}
+    if subsets:
+        for name, mask in M.unit_subsets(r, u, success_threshold=success_threshold).items():
+            part = u.subset(mask)
+            breakdown[name] = {
+                "units": int(mask.sum()),
+                "metrics": _point(part),
+                "intervals": {k: list(v) for k, v in M.bootstrap_intervals(
+                    part, r.num_groups, samples=bootstrap, seed=seed).items()},
+            }
     return RecipeAudit(
         name=recipe.name,
         description=recipe.description,
@@ -113,7 +126,13 @@ def audit_recipe(
         mean_credit=M.mean_credit_table(u),
         density=M.signal_density(sub, credit),
         length_skew=M.length_skew(sub, credit),
+        breakdown=breakdown,
     )
+
+
+def _point(u: M.Units) -> dict[str, float]:
+    ones = torch.ones(1, u.label.numel(), dtype=torch.float64)
+    return {k: float(v[0]) for k, v in M.headline(u, ones).items()}
 
 
 def audit(
@@ -123,12 +142,16 @@ def audit(
     success_threshold: float = 1.0,
     bootstrap: int = 1000,
     seed: int = 0,
+    subsets: bool = True,
 ) -> Audit:
-    """Run each recipe on ``rollouts`` and measure where its credit lands against the labels."""
+    """Run each recipe on ``rollouts`` and measure where its credit lands against the labels — on all
+    labelled units and (``subsets``) on the breakdown of ``metrics.SUBSETS``: without the units every
+    trajectory of the task made, and by group type (mixed / all-fail / all-success)."""
     start = time.perf_counter()
     unit = M.units(rollouts, Credit.zeros(rollouts), success_threshold=success_threshold).kind
     audits = [
-        audit_recipe(rollouts, Recipe.load(spec), success_threshold=success_threshold, bootstrap=bootstrap, seed=seed)
+        audit_recipe(rollouts, Recipe.load(spec), success_threshold=success_threshold, bootstrap=bootstrap, seed=seed,
+                     subsets=subsets)
         for spec in recipes
     ]
     seconds = time.perf_counter() - start

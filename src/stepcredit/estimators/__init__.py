@@ -5,6 +5,7 @@
 * ``tree``: rollout trees — tree_grpo, treerl, treepo;
 * ``turn``: turn-level rewards — mt_grpo (first turn, per index, per trajectory);
 * ``tool``: tool calls — toolpo, action_anchor, call_consensus;
+* ``evidence``: call_evidence — call_consensus's witnesses with rates fitted by EM, plus grounding and tool errors;
 * ``step``: step rewards — step_grpo (SRL), prm_step (PRM-mixed step credit);
 * ``oracle``: oracle_labels (recipe name ``oracle``) — reads ground-truth labels; the yardstick, not a method;
 * ``calibration``: brier_credit (RLCR's Brier reward as an advantage; recipe name ``brier``).
@@ -12,6 +13,7 @@
 
 from stepcredit.estimators.anchor import gigpo
 from stepcredit.estimators.calibration import brier_credit
+from stepcredit.estimators.evidence import call_evidence
 from stepcredit.estimators.oracle import oracle_labels
 from stepcredit.estimators.outcome import grpo, ms_grpo, reinforce_pp_baseline, rloo
 from stepcredit.estimators.step import prm_step, step_grpo
@@ -30,6 +32,7 @@ __all__ = [
     "action_anchor",
     "brier_credit",
     "call_consensus",
+    "call_evidence",
     "gigpo",
     "grpo",
     "ms_grpo",

@@ -12,7 +12,7 @@ rows' token spans. Rows a selection drops get exactly 0 (a trainer such as verl 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ class RowBatch:
     row_traj: Tensor
     step_of: Tensor | None = None
     call_of: Tensor | None = None
+    notes: dict[str, float] = field(default_factory=dict)  # adapter counts, logged with the metrics
 
     @classmethod
     def from_rows(
@@ -196,15 +197,16 @@ class RowBatch:
         kept_traj = torch.zeros(n, dtype=torch.bool, device=self.row_traj.device)
         kept_traj[result.kept] = True
         kept_rows = kept_traj[self.row_traj]
-        return RowCredit(advantages, kept_rows, result, credit_metrics(self, result, advantages))
+        return RowCredit(advantages, kept_rows, result, {**credit_metrics(self, result, advantages), **self.notes})
 
 
 def credit_metrics(batch: RowBatch, result: RecipeResult, advantages: Tensor) -> dict[str, float]:
     """Scalars a trainer logs next to its own (under ``stepcredit/``): how many trajectories and steps
     the recipe credited, the token advantage's mean and mean magnitude, how much step credit varies
     inside a trajectory (0 for any outcome-only estimator), and — the number stepcredit exists for —
-    the share of steps of *failed* trajectories (outcome at or below the group's mean) that get
-    positive credit."""
+    the share of steps of *failed* trajectories (outcome below the group's mean) that get positive
+    credit; and how many tool calls a trajectory holds (0 means a call-level recipe found none: check
+    the tool-call markers)."""
     mask = batch.rows.response_mask
     assert mask is not None
     r, credit = result.rollouts, result.credit
@@ -213,12 +215,13 @@ def credit_metrics(batch: RowBatch, result: RecipeResult, advantages: Tensor) ->
     lo, hi = segments.segment_min_max(per_step, r.step_traj, r.num_trajectories)
     has = r.steps_per_trajectory > 0
     _, mean, _, _ = segments.group_stats(r.outcome.double(), r.group, r.num_groups)
-    failed = (r.outcome.double() <= mean[r.group])[r.step_traj]
+    failed = (r.outcome.double() < mean[r.group])[r.step_traj]  # below its group's mean
     num_tokens = max(int(mask.sum()), 1)  # advantages are 0 off the mask: sums, not a masked copy
     return {
         "stepcredit/trajectories": float(batch.rollouts.num_trajectories),
         "stepcredit/kept_fraction": result.kept.numel() / max(batch.rollouts.num_trajectories, 1),
         "stepcredit/steps_per_trajectory": r.num_steps / max(r.num_trajectories, 1),
+        "stepcredit/calls_per_trajectory": r.num_calls / max(r.num_trajectories, 1),
         "stepcredit/adv_mean": float(advantages.sum(dtype=torch.float64)) / num_tokens,
         "stepcredit/adv_abs_mean": float(advantages.abs().sum(dtype=torch.float64)) / num_tokens,
         "stepcredit/step_spread": float((hi - lo)[has].mean()) if bool(has.any()) else 0.0,

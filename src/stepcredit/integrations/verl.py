@@ -20,7 +20,8 @@ Nothing here imports verl: these functions take tensors and numpy arrays.
 
 from __future__ import annotations
 
-import itertools
+import inspect
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -45,7 +46,11 @@ __all__ = [
     "verl_estimator",
 ]
 
-# Estimators that need nothing but rewards, the response mask and the uid (steps are mask runs).
+# Estimators that need nothing but rewards, the response mask and the uid (steps are mask runs). Left
+# out: those that would silently reduce to one of these without the fields verl does not pass a
+# registered estimator (ms_grpo and step_grpo without step rewards, gigpo without anchor states,
+# mt_grpo*, toolpo, action_anchor, call_consensus and call_evidence without tool calls, the tree
+# estimators without trees, brier / prm_step / oracle without their columns): the trainer mode has them.
 REWARD_ONLY: tuple[str, ...] = ("grpo", "rloo", "reinforce_pp_baseline", "per_turn", "per_turn_index")
 
 
@@ -64,8 +69,12 @@ def session_keys(keys: Sequence[str]) -> tuple[list[str], np.ndarray]:
 
 def _step_rewards_from_calls(
     rows: Rollouts, tool_rewards: Sequence[Sequence[float] | None], names: Sequence[str]
-) -> Tensor:
-    """``[S]`` step rewards: the sum of each step's tool rewards, one reward per call found, in order."""
+) -> tuple[Tensor, int]:
+    """``[S]`` step rewards (the sum of each step's tool rewards, one reward per call found, in order)
+    and how many rows had a different number of rewards than calls. verl appends a reward per call it
+    *executed* (by default only a turn's first call, and none for a call its parser rejects or a tool
+    that returns no reward), so such rows are ordinary sampled output: their calls get no tool reward
+    (0) rather than a guess at which reward went to which call."""
     n = rows.num_trajectories
     if len(tool_rewards) != n:
         raise RolloutError(
@@ -73,22 +82,20 @@ def _step_rewards_from_calls(
         )
     counts = [0 if v is None else len(v) for v in tool_rewards]
     calls = rows.calls_per_trajectory.tolist()
-    bad = next((i for i in range(n) if counts[i] != calls[i]), None)
-    if bad is not None:
-        raise RolloutError(
-            f"{counts[bad]} tool rewards for {calls[bad]} tool calls found in the row: verl appends one per "
-            "call whose tool returned a reward; give every call a reward, or turn tool rewards off",
-            trajectory=names[bad],
-            field="tool_rewards",
-        )
-    flat = torch.tensor(list(itertools.chain.from_iterable(v for v in tool_rewards if v is not None)),
-                        dtype=torch.float64, device=rows.device)
-    if flat.numel() and not bool(torch.isfinite(flat).all()):
-        at = int(torch.nonzero(~torch.isfinite(flat))[0, 0])
-        row = int(rows.call_traj[at])
-        raise RolloutError(f"expected finite tool rewards, got {float(flat[at])}", trajectory=names[row],
-                           field="tool_rewards")
-    return segments.segment_sum(flat, rows.call_step, rows.num_steps).to(torch.float32)
+    aligned = [counts[i] == calls[i] for i in range(n)]
+    values: list[float] = []
+    for i, (row, ok) in enumerate(zip(tool_rewards, aligned, strict=True)):
+        if not ok or not row:
+            continue
+        for x in row:
+            if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+                raise RolloutError(f"expected finite numbers as tool rewards, got {x!r}", trajectory=names[i],
+                                   field="tool_rewards")
+            values.append(float(x))
+    flat = torch.tensor(values, dtype=torch.float64, device=rows.device)
+    per_call = torch.zeros(rows.num_calls, dtype=torch.float64, device=rows.device)
+    per_call[torch.tensor(aligned, device=rows.device)[rows.call_traj]] = flat
+    return segments.segment_sum(per_call, rows.call_step, rows.num_steps).to(torch.float32), aligned.count(False)
 
 
 def rows_from_verl(
@@ -117,10 +124,13 @@ def rows_from_verl(
             Markers that are not part of a whole call inside one turn (a response cut off mid-call, a
             stray close) are ignored: that text stays part of its step.
         tool_rewards: per row, verl's ``extra_fields["tool_rewards"]`` — one reward per tool call, in
-            order; each step's intermediate reward is the sum of its calls'. Needs ``tool_call``.
+            order; each step's intermediate reward is the sum of its calls'. Needs ``tool_call``. A row
+            with more or fewer rewards than calls gets none (counted in the batch's notes as
+            ``stepcredit/tool_reward_mismatch_rows``).
     """
     ids = None if keys is None else [str(k) for k in keys]
     start, end = (None, None) if tool_call is None else tool_call
+    notes: dict[str, float] = {}
     def read(tokens: Tensor | None) -> Rollouts:
         return from_trainer_tensors(
             response_mask, index, token_level_rewards=token_level_rewards, responses=tokens,
@@ -142,11 +152,15 @@ def rows_from_verl(
         if tool_call is None:
             raise RolloutError("tool rewards are per tool call: give the tool_call patterns too", field="tool_rewards")
         names = ids if ids is not None else [str(i) for i in range(rows.num_trajectories)]
-        rows = replace(rows, reward=_step_rewards_from_calls(rows, tool_rewards, names))
+        reward, mismatched = _step_rewards_from_calls(rows, tool_rewards, names)
+        rows = replace(rows, reward=reward)
+        notes["stepcredit/tool_reward_mismatch_rows"] = float(mismatched)
     if keys is None:
-        return RowBatch.from_rows(rows)
-    sessions, order = session_keys(keys)
-    return RowBatch.from_rows(rows, sessions, order)
+        batch = RowBatch.from_rows(rows)
+    else:
+        sessions, order = session_keys(keys)
+        batch = RowBatch.from_rows(rows, sessions, order)
+    return replace(batch, notes=notes)
 
 
 def _config_get(config: Any, key: str) -> Any:
@@ -163,8 +177,14 @@ def _config_get(config: Any, key: str) -> Any:
 def verl_estimator(name: str) -> Callable[..., tuple[Tensor, Tensor]]:
     """stepcredit's estimator ``name`` with verl's registered-estimator signature
     ``fn(token_level_rewards, response_mask, index, config, **kwargs) -> (advantages, returns)``.
-    Parameters come from ``config.stepcredit_params`` (a mapping; checked like a recipe's)."""
+    Parameters come from ``config.stepcredit_params`` (a mapping; checked like a recipe's); without a
+    ``norm`` there, ``algorithm.norm_adv_by_std_in_grpo=False`` selects ``norm="mean"`` as for verl's own.
+
+    verl hands a registered estimator rows, not sessions: each row is a trajectory here. For agent
+    loops that emit several rows per session (``{uid}_{session}_{index}``), use the trainer mode,
+    which joins them."""
     component = get("credit", name)
+    takes_norm = set(inspect.signature(component.fn).parameters) & {"norm"}
 
     def estimator(
         token_level_rewards: Tensor,
@@ -176,9 +196,11 @@ def verl_estimator(name: str) -> Callable[..., tuple[Tensor, Tensor]]:
         if index is None:
             raise RolloutError(f"stepcredit_{name} needs the uid of every row (verl passes it as index)",
                                field="index")
-        params = _config_get(config, "stepcredit_params") or {}
+        params = dict(_config_get(config, "stepcredit_params") or {})
+        if "norm" in takes_norm and "norm" not in params and _config_get(config, "norm_adv_by_std_in_grpo") is False:
+            params["norm"] = "mean"  # verl's Dr.GRPO switch, as its own estimators read it
         rows = from_trainer_tensors(response_mask, index, token_level_rewards=token_level_rewards)
-        credit = component.fn(rows, **dict(params)).check(rows, f"stepcredit_{name}")
+        credit = component.fn(rows, **params).check(rows, f"stepcredit_{name}")
         adv = credit.to_tokens(rows).to(token_level_rewards.dtype)
         return adv, adv
 

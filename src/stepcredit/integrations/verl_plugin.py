@@ -17,8 +17,6 @@ import logging
 import sys
 import warnings
 
-from stepcredit.integrations.verl import REWARD_ONLY, verl_estimator
-
 __all__ = ["LOAD_ERROR", "REGISTERED", "check", "load"]
 
 log = logging.getLogger("stepcredit.verl")
@@ -28,9 +26,11 @@ REGISTERED: list[str] = []
 
 
 def _register_estimators() -> list[str]:
+    # every import inside the guarded part: a failure in stepcredit's own modules is reported too
     from verl.trainer.ppo import core_algos
 
     import stepcredit.estimators  # noqa: F401  (fills stepcredit's registry)
+    from stepcredit.integrations.verl import REWARD_ONLY, verl_estimator
 
     names = []
     for name in REWARD_ONLY:

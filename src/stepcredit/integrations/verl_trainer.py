@@ -52,6 +52,8 @@ class StepcreditTrainer(PPOTrainerSync):
         with open_dict(config):
             config.trainer.v1.trainer_mode = "sync"
         super().__init__(config)
+        with open_dict(config):  # what the user asked for stays in the (logged, saved) config
+            config.trainer.v1.trainer_mode = "stepcredit"
 
     def stepcredit_setup(self) -> tuple[Recipe, StepcreditOptions]:
         """The recipe and options from ``config.algorithm`` (read once)."""
@@ -79,6 +81,10 @@ class StepcreditTrainer(PPOTrainerSync):
         proto.batch["token_level_scores"] = proto.batch["rm_scores"]
         proto.non_tensor_batch["uid"] = uid
 
+        # turns and calls are read from the mask as generated: rollout correction may reject single
+        # tokens (rollout_rs=token_*), which must not split a turn or hide a call; its mask is applied
+        # to the advantages at the end
+        generated = proto.batch["response_mask"].clone()
         algo = self.config.algorithm
         if algo.use_kl_in_reward:
             proto, kl_metrics = apply_kl_penalty(proto, kl_ctrl=self.kl_ctrl_in_reward, kl_penalty=algo.kl_penalty)
@@ -97,7 +103,7 @@ class StepcreditTrainer(PPOTrainerSync):
                 raise ValueError("stepcredit_options.tool_rewards is on, but the batch has no extra_fields")
             tool_rewards = [e.get("tool_rewards") if isinstance(e, dict) else None for e in extra]
         rows = rows_from_verl(
-            proto.batch["response_mask"],
+            generated,
             uid,
             proto.batch["token_level_rewards"],
             responses=proto.batch["responses"],
@@ -110,7 +116,7 @@ class StepcreditTrainer(PPOTrainerSync):
         )
         out = rows.run(recipe)
         metrics.update(out.metrics)
-        advantages = out.advantages.to(proto.batch["token_level_rewards"].dtype)
+        advantages = out.advantages.to(proto.batch["token_level_rewards"].dtype) * proto.batch["response_mask"]
         proto.batch["advantages"] = advantages
         proto.batch["returns"] = advantages
 

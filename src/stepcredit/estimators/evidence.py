@@ -1,0 +1,261 @@
+"""Call evidence: a tool call's credit from every label-free clue the batch holds about it, with the
+clues' reliabilities estimated from the batch itself (EM) instead of fixed a priori.
+
+``call_consensus`` weighs witnesses — the other runs of the task and whether they made the call — with
+four fixed rates. Those rates assume mistakes are idiosyncratic; in training they are not (a group is
+G samples of *one* policy, which repeats its mistakes), so a wrong call made by several failed runs
+looks like consensus. Here the same naive-Bayes model has its rates fitted by EM on the batch, pooled
+over all tasks, and two more clues join the witnesses:
+
+* **grounding**: whether every argument value of the call (strings, numbers) appears in what the agent
+  had seen before the call — the prompt, earlier tool results and observations. Invented ids, names,
+  dates and off-by-some operands are the commonest wrong calls; correct calls are almost always
+  grounded. How much an ungrounded argument says is itself fitted (an agent that computes values,
+  e.g. a total price, makes correct ungrounded calls, and EM learns that);
+* **tool errors**: whether the tool returned an error (``call_ok``), likewise fitted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from stepcredit import segments
+from stepcredit.credit import Credit
+from stepcredit.estimators.tool import key_occurrences
+from stepcredit.registry import Count, NonNegative, register
+from stepcredit.rollouts import TOOL_ERROR, TOOL_UNKNOWN, Rollouts
+
+__all__ = ["call_evidence", "grounded_calls"]
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def _leaves(value: Any, depth: int = 0) -> Iterator[Any]:
+    if depth > 32:  # arguments nested this deep are not grounded by anything an agent read
+        yield object()
+        return
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _leaves(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _leaves(v, depth + 1)
+    else:
+        yield value
+
+
+def _seen(value: Any, text: str, numbers: set[str]) -> bool:
+    if value is None or isinstance(value, bool) or value == "":
+        return True
+    if isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        forms = {repr(value)}
+        if isinstance(value, float) and value.is_integer():
+            forms.add(str(int(value)))
+        if isinstance(value, int):
+            forms.add(f"{value}.0")
+        return bool(forms & numbers)
+    if isinstance(value, str):
+        return value.casefold() in text
+    return False
+
+
+def grounded_calls(rollouts: Rollouts) -> Tensor:
+    """``[C]`` bool: does every argument value of the call appear in what the agent had seen before it
+    — the trajectory's prompt, the tool results and observations of its earlier steps (strings as
+    case-insensitive substrings, numbers as whole numbers in the text)? ``None``, booleans and empty
+    strings count as seen; arguments that are not JSON as unseen. Host-side text work, one pass over
+    the calls."""
+    r = rollouts
+    prompt = r.texts.prompt.to_pylist()
+    results = r.texts.call_result.to_pylist()
+    observations = r.texts.observation.to_pylist()
+    arguments = r.texts.call_arguments.to_pylist()
+    soff, coff = r.step_offsets.tolist(), r.call_offsets.tolist()
+    out = [False] * r.num_calls
+    for i in range(r.num_trajectories):
+        seen = [prompt[i].casefold()]
+        numbers = set(_NUMBER.findall(prompt[i]))
+        for s in range(soff[i], soff[i + 1]):
+            text = "\n".join(seen)
+            for c in range(coff[s], coff[s + 1]):
+                try:
+                    value = json.loads(arguments[c])
+                except (ValueError, RecursionError):
+                    continue
+                out[c] = all(_seen(v, text, numbers) for v in _leaves(value))
+            for new in (*results[coff[s] : coff[s + 1]], observations[s]):
+                seen.append(new.casefold())
+                numbers.update(_NUMBER.findall(new))
+    return torch.tensor(out, dtype=torch.bool, device=r.device)
+
+
+_LAST_RATES: dict[str, float] = {}  # the rates of the last fit, for inspection
+
+
+def _logit(p: Tensor) -> Tensor:
+    return torch.log(p) - torch.log1p(-p)
+
+
+@register("credit")
+def call_evidence(
+    rollouts: Rollouts,
+    *,
+    grounding: bool = True,
+    tool_errors: bool = True,
+    failure_witnesses: bool = True,
+    iterations: Count = 50,
+    prior_strength: NonNegative = 2.0,
+    success_threshold: float = 1.0,
+    center: Literal["group", "none"] = "group",
+    norm: Literal["mean", "std"] = "mean",
+    eps: float = 1e-6,
+) -> Credit:
+    """Call evidence (stepcredit's own; label-free): the posterior that a tool call is correct, from
+    the other runs of its task, its arguments' grounding and its tool's errors, with every clue's
+    reliability fitted on the batch by EM; centred within the task.
+
+    A call is its key ``(task, tool name, canonical arguments)``; a *subject* is one trajectory that
+    made it, with latent status z ∈ {correct, wrong}. Its clues, given z, are independent (naive Bayes):
+
+        witnesses   every *other* run j of the task, by its outcome o_j ∈ {success, failure}:
+                    P(j made the call | z, o_j) = θ_{z,o}
+        grounding   P(an argument was never seen before the call | z) = γ_z      (``grounding``)
+        tool error  P(the tool returned an error | z) = τ_z                     (``tool_errors``)
+        prior       P(z = correct) = π
+
+    EM over all subjects of the batch (pooled across tasks) fits π, θ, γ, τ; each rate has a Beta
+    prior of ``prior_strength`` pseudo-counts centred on ``call_consensus``'s a-priori values (θ:
+    0.9 / 0.05 / 0.5 / 0.1; γ: 0.02 / 0.5; τ: 0.05 / 0.3; π 0.5), and the fit keeps θ_{correct,success}
+    ≥ θ_{wrong,success} (the one ordering that names the classes). Then, per subject,
+
+        v = P(correct | clues) − P(wrong | clues) = tanh(logit / 2) ∈ (−1, 1)
+        A(call) = v − mean of v over the task's calls   (``center="group"``; "none": v)
+
+    Tokens of a call get A(call); a tool-call step the mean over its calls; every other step the
+    trajectory's outcome advantage norm_g(R) (mean-centred by default).
+
+    Assumptions and where it is biased:
+
+    1. A call is identified by its exact name and canonical arguments; the same call written with other
+       values is another call.
+    2. Clues are independent given z, and witnesses are exchangeable: the runs of one policy are not
+       (they share a mode). Rates fitted on the batch absorb how often *this* policy repeats a mistake
+       in failed runs (θ_{wrong,failure}), which is what fixed rates got wrong; the dependence itself is
+       not modelled.
+    3. The trajectory's own outcome is not a clue for its own calls (so a correct call in a failed run
+       can be credited); success witnesses carry most of the weight: a successful run rarely makes a
+       wrong call (θ_{wrong,success} small), so the call of any successful run is credited, and a call
+       that successes avoid is blamed — softened by θ_{correct,success} < 1 where tasks have several
+       solutions.
+    4. Where every run of a task failed and a mistake is grounded and repeated, nothing in the batch
+       tells it from the correct calls around it: such a group's calls get little or no separation
+       (its rates fall back on the prior); ``stepcredit audit --breakdown`` shows this per group type.
+    5. Grounding compares text: an argument the agent computed correctly (a sum, a date offset) is
+       "unseen"; EM lowers the clue's weight to what the batch supports. Numbers match as whole
+       numbers, strings as case-insensitive substrings.
+    6. ``center="group"`` makes the call credit of a task sum to zero over its calls, so it is an
+       advantage (no push toward making more calls); with "none" every credited call is raised by the
+       task's average belief. Without tool calls this is ``grpo`` with ``norm``.
+    """
+    r = rollouts
+    adv = segments.group_normalize(r.outcome, r.group, r.num_groups, norm=norm, eps=eps)
+    if r.num_calls == 0:
+        return Credit(adv)
+    f64 = torch.float64
+    keys, k, call_traj, pair_key, pair_traj = key_occurrences(r)
+    num_pairs = pair_key.numel()
+    success = r.outcome >= success_threshold
+    # witnesses of each subject (pair = a key and one trajectory that made it): the other trajectories
+    has_s = segments.segment_sum(success[pair_traj].to(f64), pair_key, k)
+    has_f = segments.segment_sum((~success[pair_traj]).to(f64), pair_key, k)
+    grp_s = segments.segment_sum(success.to(f64), r.group, r.num_groups)
+    grp_f = segments.segment_sum((~success).to(f64), r.group, r.num_groups)
+    own_s = success[pair_traj].to(f64)
+    g = r.group[pair_traj]
+    w_has_s, w_has_f = has_s[pair_key] - own_s, has_f[pair_key] - (1 - own_s)
+    w_lacks_s, w_lacks_f = grp_s[g] - own_s - w_has_s, grp_f[g] - (1 - own_s) - w_has_f
+
+    # per-subject clues from its own call(s): a subject that made the call several times uses the
+    # first occurrence (call order)
+    pair_of_call = _pair_of_call(keys, call_traj, pair_key, pair_traj, k, r.num_trajectories)
+    first = segments.segment_first(pair_of_call, num_pairs)
+    unseen = (~grounded_calls(r))[first].to(f64) if grounding else None
+    errored = (r.call_ok[first] == TOOL_ERROR).to(f64) if tool_errors else None
+    known_error = (r.call_ok[first] != TOOL_UNKNOWN) if tool_errors else None
+
+    prior = {"pi": 0.5, "cs": 0.9, "ws": 0.05, "cf": 0.5, "wf": 0.1, "gc": 0.02, "gw": 0.5, "tc": 0.05, "tw": 0.3}
+    rate = {name: torch.tensor(v, dtype=f64, device=r.device) for name, v in prior.items()}
+    a = prior_strength
+
+    def loglik(p_correct: Tensor, p_wrong: Tensor, hits: Tensor, misses: Tensor) -> Tensor:
+        return hits * (torch.log(p_correct) - torch.log(p_wrong)) + misses * (
+            torch.log1p(-p_correct) - torch.log1p(-p_wrong)
+        )
+
+    def posterior_logit(with_failures: bool) -> Tensor:
+        out = _logit(rate["pi"]) + loglik(rate["cs"], rate["ws"], w_has_s, w_lacks_s)
+        if with_failures:
+            out = out + loglik(rate["cf"], rate["wf"], w_has_f, w_lacks_f)
+        if unseen is not None:
+            out = out + loglik(rate["gc"], rate["gw"], unseen, 1 - unseen)
+        if errored is not None and known_error is not None:
+            out = out + torch.where(known_error, loglik(rate["tc"], rate["tw"], errored, 1 - errored),
+                                    torch.zeros_like(errored))
+        return out
+
+    # The rates are fitted on the subjects of *mixed* tasks (some runs succeeded, some failed), whose
+    # status the success witnesses nearly settle: there, how often failed runs make correct and wrong
+    # calls (θ_{·,failure}) is measured rather than assumed — repeated mistakes included.
+    mixed = ((grp_s > 0) & (grp_f > 0))[g]
+    if bool(mixed.any()):
+        sub = {name: x[mixed] for name, x in (("hs", w_has_s), ("ls", w_lacks_s), ("hf", w_has_f), ("lf", w_lacks_f))}
+
+        def fit(q: Tensor, hits: Tensor, total: Tensor, name: str) -> Tensor:
+            return ((q * hits).sum() + a * prior[name]) / ((q * total).sum() + a)
+
+        for _ in range(int(iterations)):
+            q = torch.sigmoid(posterior_logit(with_failures=False))[mixed]  # P(correct) per subject
+            p = 1 - q
+            new = {"pi": (q.sum() + a * prior["pi"]) / (q.numel() + a)}
+            new["cs"] = fit(q, sub["hs"], sub["hs"] + sub["ls"], "cs")
+            new["cf"] = fit(q, sub["hf"], sub["hf"] + sub["lf"], "cf")
+            new["wf"] = fit(p, sub["hf"], sub["hf"] + sub["lf"], "wf")
+            if unseen is not None:
+                u, ones = unseen[mixed], torch.ones_like(unseen[mixed])
+                new["gc"], new["gw"] = fit(q, u, ones, "gc"), fit(p, u, ones, "gw")
+            if errored is not None and known_error is not None:
+                e, known = errored[mixed], known_error[mixed].to(f64)
+                new["tc"], new["tw"] = fit(q, e * known, known, "tc"), fit(p, e * known, known, "tw")
+            rate.update({n: v.clamp(1e-4, 1 - 1e-4) for n, v in new.items()})
+    _LAST_RATES.clear()
+    _LAST_RATES.update({n: float(v) for n, v in rate.items()})
+
+    value = torch.tanh(posterior_logit(failure_witnesses) / 2)[pair_of_call].to(r.outcome.dtype)  # per call occurrence
+    if center == "group":
+        call_group = r.group[call_traj]
+        value = value - segments.segment_mean(value, call_group, r.num_groups)[call_group]
+    step_value = segments.segment_mean(value, r.call_step, r.num_steps)
+    has_calls = r.calls_per_step > 0
+    step = torch.where(has_calls, step_value - adv[r.step_traj], torch.zeros_like(step_value))
+    return Credit(adv, step=step, call=value - step_value[r.call_step])
+
+
+def _pair_of_call(
+    keys: Tensor, call_traj: Tensor, pair_key: Tensor, pair_traj: Tensor, num_keys: int, num_traj: int
+) -> Tensor:
+    """``[C]``: the (key, trajectory) pair of every call."""
+    width = max(num_traj, 1)
+    pair_code = pair_key * width + pair_traj
+    order = torch.argsort(pair_code)
+    call_code = keys * width + call_traj
+    pos = torch.searchsorted(pair_code[order], call_code)
+    return order[pos]

@@ -1,0 +1,104 @@
+"""call_evidence: grounding by hand, the repeated-mistake case call_consensus gets wrong, centring,
+and the rates EM fits on batches from the systematic policy."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+
+from stepcredit import CallRecord, Recipe, StepRecord, TrajectoryRecord, build, segments
+from stepcredit.estimators import call_consensus, call_evidence, grpo
+from stepcredit.estimators import evidence as E
+from stepcredit.estimators.evidence import grounded_calls
+from tests.estimators.test_properties import structured
+
+
+def _traj(tid, group, outcome, calls, prompt="Customer user id: u7. Order o3 please.", results=None):
+    steps = [
+        StepRecord(f"step {k}", calls=[CallRecord(n, a, (results or {}).get((n, a), "ok"))])
+        for k, (n, a) in enumerate(calls)
+    ]
+    steps.append(StepRecord("done"))
+    return TrajectoryRecord(id=tid, group=group, outcome=outcome, steps=steps, prompt=prompt)
+
+
+def test_grounding_by_hand():
+    r = build([
+        _traj("t0", "g", 0.0, [("get_user", '{"id":"u7"}'), ("get_order", '{"id":"O3"}'), ("refund", '{"amount":17}')]),
+        _traj("t1", "g", 0.0, [("get_user", '{"id":"u8"}'), ("lookup", '{"x":7}'), ("note", '{"flag":true,"y":null}')]),
+        _traj("t2", "g", 0.0, [("get_user", "not json"), ("get_order", '{"id":"o3","n":3.0}')]),
+    ], states="distinct")
+    # u7, O3 (case-insensitive) are in the prompt; 17 is not (numbers match whole digit runs: "u7" holds
+    # 7, not 17); u8 is not; 7 is; booleans and null ground themselves; text that is not JSON never does;
+    # 3.0 is the 3 of "o3"
+    assert grounded_calls(r).tolist() == [True, True, False, False, True, True, False, True]
+
+
+def test_a_tool_result_grounds_later_calls():
+    results = {("find", '{"name":"ann"}'): '{"id": "p42", "price": 12.5}'}
+    r = build([_traj("t0", "g", 1.0, [("find", '{"name":"ann"}'), ("get", '{"id":"p42","price":12.5}')],
+                     prompt="find Ann", results=results)], states="distinct")
+    assert grounded_calls(r).tolist() == [True, True]
+
+
+def repeated_mistake_batch():
+    """One task, 8 runs: 2 succeed with [read, write_ok]; 5 fail repeating the same wrong write; 1 fails
+    with a different wrong write. The repeated mistake is what fixed-rate consensus calls correct."""
+    read, ok, bad, other = ("get", '{"id":"u7"}'), ("write", '{"v":"u7"}'), ("write", '{"v":"o3"}'), ("write", '{}')
+    runs = [_traj(f"s{i}", "g", 1.0, [read, ok]) for i in range(2)]
+    runs += [_traj(f"f{i}", "g", 0.0, [read, bad]) for i in range(5)]
+    runs += [_traj("f5", "g", 0.0, [read, other])]
+    return build(runs, states="distinct")
+
+
+def test_a_repeated_mistake_is_blamed_where_consensus_praises_it():
+    r = repeated_mistake_batch()
+    calls = [(n, a) for n, a in zip(r.texts.call_name.to_pylist(), r.texts.call_arguments.to_pylist(), strict=True)]
+    bad = torch.tensor([c == ("write", '{"v":"o3"}') for c in calls])
+    read = torch.tensor([c == ("get", '{"id":"u7"}') for c in calls])
+    good = torch.tensor([c == ("write", '{"v":"u7"}') for c in calls])
+    fixed = call_consensus(r).per_call(r)
+    fitted = call_evidence(r).per_call(r)
+    assert bool((fixed[bad] > 0).all())  # five failed witnesses outvote two successful ones
+    assert bool((fitted[bad] < 0).all())
+    assert bool((fitted[good] > 0).all()) and float(fitted[read].min()) > float(fitted[bad].max())
+    # centred within the task: the call credit sums to zero over the task's calls
+    assert abs(float(fitted.sum())) < 1e-4
+
+
+def test_centring_and_the_outcome_part():
+    r = repeated_mistake_batch()
+    c = call_evidence(r)
+    torch.testing.assert_close(c.trajectory, grpo(r, norm="mean").trajectory)
+    raw = call_evidence(r, center="none").per_call(r)
+    assert bool((raw > c.per_call(r)).all())  # uncentred, every call carries the task's mean belief
+
+
+@settings(max_examples=60, deadline=None)
+@given(structured(tokens=False))
+def test_call_credit_sums_to_zero_in_every_task(r):
+    per_call = call_evidence(r).per_call(r)
+    sums = segments.segment_sum(per_call.double(), r.group[r.call_traj], r.num_groups)
+    assert torch.allclose(sums, torch.zeros_like(sums), atol=1e-4)
+
+
+def test_without_calls_it_is_grpo():
+    r = build([TrajectoryRecord(id=f"t{i}", group="g", outcome=float(i % 2), steps=[StepRecord("x")])
+               for i in range(4)], states="distinct")
+    torch.testing.assert_close(call_evidence(r).per_step(r), grpo(r, norm="mean").per_step(r))
+
+
+def test_em_learns_that_this_policy_repeats_its_mistakes():
+    """On the systematic policy's calculator runs (a repeated misconception per decision point), the
+    fitted rates say failed runs make a given wrong call at least as often as a given correct one —
+    what fixed rates (0.1 vs 0.5) deny — and successes keep the correct calls."""
+    from stepcredit.envs import env_factory
+    from stepcredit.rollout import rollout_chains
+    from stepcredit.rollout.scripted import SystematicOracle
+
+    batch = rollout_chains(env_factory("calculator", split="train"), SystematicOracle(0.3, seed=3), range(24),
+                           group_size=8, seed=3).rollouts
+    call_evidence(batch)
+    rates = E._LAST_RATES
+    assert rates["wf"] > 0.3 and rates["cs"] > 0.6
+    assert Recipe.load("call_evidence").run(batch).credit.call is not None
