@@ -102,3 +102,11 @@ def test_em_learns_that_this_policy_repeats_its_mistakes():
     rates = E._LAST_RATES
     assert rates["wf"] > 0.3 and rates["cs"] > 0.6
     assert Recipe.load("call_evidence").run(batch).credit.call is not None
+
+
+def test_combine_add_keeps_the_outcome_advantage_on_calls():
+    r = repeated_mistake_batch()
+    added, replaced = call_evidence(r, combine="add"), call_evidence(r)
+    outcome = grpo(r, norm="mean").trajectory[r.call_traj]
+    torch.testing.assert_close(added.per_call(r), replaced.per_call(r) + outcome)
+    torch.testing.assert_close(added.trajectory, replaced.trajectory)

@@ -116,6 +116,7 @@ def call_evidence(
     prior_strength: NonNegative = 2.0,
     success_threshold: float = 1.0,
     center: Literal["group", "none"] = "group",
+    combine: Literal["replace", "add"] = "replace",
     norm: Literal["mean", "std"] = "mean",
     eps: float = 1e-6,
 ) -> Credit:
@@ -140,8 +141,10 @@ def call_evidence(
         v = P(correct | clues) − P(wrong | clues) = tanh(logit / 2) ∈ (−1, 1)
         A(call) = v − mean of v over the task's calls   (``center="group"``; "none": v)
 
-    Tokens of a call get A(call); a tool-call step the mean over its calls; every other step the
-    trajectory's outcome advantage norm_g(R) (mean-centred by default).
+    Tokens of a call get A(call) (``combine="replace"``) or norm_g(R) + A(call) (``"add"``: the outcome
+    advantage re-ranked within the trajectory, so a successful run's calls keep GRPO's push); a
+    tool-call step the mean over its calls; every other step the trajectory's outcome advantage
+    norm_g(R) (mean-centred by default).
 
     Assumptions and where it is biased:
 
@@ -245,7 +248,8 @@ def call_evidence(
         value = value - segments.segment_mean(value, call_group, r.num_groups)[call_group]
     step_value = segments.segment_mean(value, r.call_step, r.num_steps)
     has_calls = r.calls_per_step > 0
-    step = torch.where(has_calls, step_value - adv[r.step_traj], torch.zeros_like(step_value))
+    keep = adv[r.step_traj] if combine == "replace" else torch.zeros_like(step_value)
+    step = torch.where(has_calls, step_value - keep, torch.zeros_like(step_value))
     return Credit(adv, step=step, call=value - step_value[r.call_step])
 
 
