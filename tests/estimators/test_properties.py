@@ -18,6 +18,8 @@ from stepcredit.estimators import (
     grpo,
     ms_grpo,
     mt_grpo,
+    per_turn,
+    per_turn_index,
     reinforce_pp_baseline,
     rloo,
     toolpo,
@@ -46,6 +48,9 @@ ESTIMATORS = {
     "action_anchor_std": lambda r: action_anchor(r, norm="std"),
     "call_consensus": call_consensus,
     "call_evidence": call_evidence,
+    "per_turn": per_turn,
+    "per_turn_zero": lambda r: per_turn(r, singleton="zero"),
+    "per_turn_index": per_turn_index,
     "call_evidence_uncentred": lambda r: call_evidence(r, center="none", failure_witnesses=False),
 }
 
