@@ -110,3 +110,17 @@ def test_combine_add_keeps_the_outcome_advantage_on_calls():
     outcome = grpo(r, norm="mean").trajectory[r.call_traj]
     torch.testing.assert_close(added.per_call(r), replaced.per_call(r) + outcome)
     torch.testing.assert_close(added.trajectory, replaced.trajectory)
+
+
+def test_tasks_mixed_leaves_tasks_without_contrast_to_the_outcome():
+    r = repeated_mistake_batch()
+    extra = build([_traj(f"x{i}", "h", 0.0, [("get", '{"id":"u7"}'), ("write", '{"v":"o3"}')]) for i in range(3)],
+                  states="distinct")
+    from stepcredit import Rollouts
+
+    both = Rollouts.concat([r, extra])
+    mixed_only = call_evidence(both, tasks="mixed").per_call(both)
+    everywhere = call_evidence(both).per_call(both)
+    in_h = both.group[both.call_traj] == 1
+    assert bool((mixed_only[in_h] == 0).all())  # all-fail task: GRPO's 0
+    torch.testing.assert_close(mixed_only[~in_h], everywhere[~in_h])

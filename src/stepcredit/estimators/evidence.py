@@ -117,6 +117,7 @@ def call_evidence(
     success_threshold: float = 1.0,
     center: Literal["group", "none"] = "group",
     combine: Literal["replace", "add"] = "replace",
+    tasks: Literal["all", "mixed"] = "all",
     norm: Literal["mean", "std"] = "mean",
     eps: float = 1e-6,
 ) -> Credit:
@@ -144,7 +145,9 @@ def call_evidence(
     Tokens of a call get A(call) (``combine="replace"``) or norm_g(R) + A(call) (``"add"``: the outcome
     advantage re-ranked within the trajectory, so a successful run's calls keep GRPO's push); a
     tool-call step the mean over its calls; every other step the trajectory's outcome advantage
-    norm_g(R) (mean-centred by default).
+    norm_g(R) (mean-centred by default). ``tasks="mixed"`` gives call credit only in tasks with outcome
+    contrast (some runs succeeded, some failed); calls of all-fail / all-success tasks keep the outcome
+    advantage (0 there), as GRPO does.
 
     Assumptions and where it is biased:
 
@@ -246,6 +249,9 @@ def call_evidence(
     if center == "group":
         call_group = r.group[call_traj]
         value = value - segments.segment_mean(value, call_group, r.num_groups)[call_group]
+    if tasks == "mixed":  # call credit only where the task's outcomes differ; elsewhere the outcome's
+        contrast = ((grp_s > 0) & (grp_f > 0))[r.group[call_traj]]
+        value = torch.where(contrast, value, adv[call_traj] if combine == "replace" else torch.zeros_like(value))
     step_value = segments.segment_mean(value, r.call_step, r.num_steps)
     has_calls = r.calls_per_step > 0
     keep = adv[r.step_traj] if combine == "replace" else torch.zeros_like(step_value)
