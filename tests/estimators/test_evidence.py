@@ -8,8 +8,7 @@ from hypothesis import given, settings
 
 from stepcredit import CallRecord, Recipe, StepRecord, TrajectoryRecord, build, segments
 from stepcredit.estimators import call_consensus, call_evidence, grpo
-from stepcredit.estimators import evidence as E
-from stepcredit.estimators.evidence import grounded_calls
+from stepcredit.estimators.evidence import evidence_rates, grounded_calls
 from tests.estimators.test_properties import structured
 
 
@@ -98,8 +97,7 @@ def test_em_learns_that_this_policy_repeats_its_mistakes():
 
     batch = rollout_chains(env_factory("calculator", split="train"), SystematicOracle(0.3, seed=3), range(24),
                            group_size=8, seed=3).rollouts
-    call_evidence(batch)
-    rates = E._LAST_RATES
+    rates = evidence_rates(batch)
     assert rates["wf"] > 0.3 and rates["cs"] > 0.6
     assert Recipe.load("call_evidence").run(batch).credit.call is not None
 

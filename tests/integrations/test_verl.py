@@ -17,7 +17,7 @@ from stepcredit import Recipe, build
 from stepcredit.integrations.verl import REWARD_ONLY, StepcreditOptions, rows_from_verl, session_keys
 from stepcredit.io import from_trainer_tensors
 from stepcredit.registry import get
-from tests.integrations.verl_batch import CLOSE, OPEN, make_batch, tensors, tokenizer
+from tests.integrations.verl_batch import CALLS, CLOSE, OPEN, make_batch, tensors, tokenizer
 
 pytestmark = pytest.mark.verl
 
@@ -185,8 +185,7 @@ def test_call_credit_lands_on_each_calls_tokens(tok) -> None:  # type: ignore[no
         s, e = int(rows_r.call_token_start[rc]), int(rows_r.call_token_end[rc])
         torch.testing.assert_close(got.advantages[row, s:e], per_call[c].expand(e - s))
     # the names were read from the decoded JSON, argument order canonicalised
-    assert set(batch.rollouts.texts.call_name.to_pylist()) <= {n for n, _ in __import__(
-        "tests.integrations.verl_batch", fromlist=["CALLS"]).CALLS}
+    assert set(batch.rollouts.texts.call_name.to_pylist()) == {n for n, _ in CALLS}
 
 
 def test_token_identity_tells_reordered_arguments_apart(tok) -> None:  # type: ignore[no-untyped-def]

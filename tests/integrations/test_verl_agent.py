@@ -71,7 +71,6 @@ def episode_norm_reward(
 ) -> torch.Tensor:
     scores = token_level_rewards.sum(dim=-1)
     id2score: dict[Any, list[torch.Tensor]] = defaultdict(list)
-    id2mean, id2std = {}, {}
     seen = set()
     for i in range(scores.shape[0]):
         if (index[i], traj_index[i]) in seen:
@@ -79,16 +78,31 @@ def episode_norm_reward(
         id2score[index[i]].append(scores[i])
         if not cross_steps:
             seen.add((index[i], traj_index[i]))
+    # an episode group of one: mean 0, std 1 (its raw score)
+    return _normalize(scores, index, id2score, response_mask, remove_std, lambda xs: torch.tensor(0.0))
+
+
+def _normalize(
+    scores: torch.Tensor,
+    keys: np.ndarray,
+    id2score: dict[Any, list[torch.Tensor]],
+    response_mask: torch.Tensor,
+    remove_std: bool,
+    singleton_mean: Any,
+) -> torch.Tensor:
+    """verl-agent's shared tail of both normalisations: per group mean (and unbiased std), a group of
+    one takes ``singleton_mean(xs)`` and std 1; scores minus mean (÷ std + ε), broadcast × mask."""
+    id2mean, id2std = {}, {}
     for idx, xs in id2score.items():
         if len(xs) == 1:
-            id2mean[idx], id2std[idx] = torch.tensor(0.0), torch.tensor(1.0)
+            id2mean[idx], id2std[idx] = singleton_mean(xs), torch.tensor(1.0)
         else:
             id2mean[idx], id2std[idx] = torch.mean(torch.tensor(xs)), torch.std(torch.tensor([xs]))
     for i in range(scores.shape[0]):
         if remove_std:
-            scores[i] = scores[i] - id2mean[index[i]]
+            scores[i] = scores[i] - id2mean[keys[i]]
         else:
-            scores[i] = (scores[i] - id2mean[index[i]]) / (id2std[index[i]] + EPS)
+            scores[i] = (scores[i] - id2mean[keys[i]]) / (id2std[keys[i]] + EPS)
     return scores.unsqueeze(-1).tile([1, response_mask.shape[-1]]) * response_mask
 
 
@@ -120,20 +134,10 @@ def step_norm_reward(
 ) -> torch.Tensor:
     scores = step_rewards.clone()
     id2score: dict[Any, list[torch.Tensor]] = defaultdict(list)
-    id2mean, id2std = {}, {}
     for i in range(scores.shape[0]):
         id2score[step_group_uids[i]].append(scores[i])
-    for idx, xs in id2score.items():
-        if len(xs) == 1:
-            id2mean[idx], id2std[idx] = xs[0], torch.tensor(1.0)
-        else:
-            id2mean[idx], id2std[idx] = torch.mean(torch.tensor(xs)), torch.std(torch.tensor([xs]))
-    for i in range(scores.shape[0]):
-        if remove_std:
-            scores[i] = scores[i] - id2mean[step_group_uids[i]]
-        else:
-            scores[i] = (scores[i] - id2mean[step_group_uids[i]]) / (id2std[step_group_uids[i]] + EPS)
-    return scores.unsqueeze(-1).tile([1, response_mask.shape[-1]]) * response_mask
+    # a step group of one: its own value as the mean (advantage 0)
+    return _normalize(scores, step_group_uids, id2score, response_mask, remove_std, lambda xs: xs[0])
 
 
 def verl_agent_gigpo(

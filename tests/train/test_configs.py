@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -21,8 +20,8 @@ def test_config_loads(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     if "runs" in data:
         exp = load_experiment(path)
+        assert exp.runs
         for run in exp.runs:
-            Recipe.load(run.recipe)
+            assert Recipe.load(run.recipe).credit, run.name
     else:
-        Recipe.from_yaml(path)
-    assert os.getcwd() == str(ROOT)
+        assert Recipe.from_yaml(path).credit

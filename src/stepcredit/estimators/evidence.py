@@ -21,6 +21,7 @@ import json
 import math
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -28,11 +29,11 @@ from torch import Tensor
 
 from stepcredit import segments
 from stepcredit.credit import Credit
-from stepcredit.estimators.tool import key_occurrences
+from stepcredit.estimators.tool import call_keys
 from stepcredit.registry import Count, NonNegative, register
 from stepcredit.rollouts import TOOL_ERROR, TOOL_UNKNOWN, Rollouts
 
-__all__ = ["call_evidence", "grounded_calls"]
+__all__ = ["call_evidence", "evidence_rates", "grounded_calls"]
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
@@ -96,9 +97,6 @@ def grounded_calls(rollouts: Rollouts) -> Tensor:
                 seen.append(new.casefold())
                 numbers.update(_NUMBER.findall(new))
     return torch.tensor(out, dtype=torch.bool, device=r.device)
-
-
-_LAST_RATES: dict[str, float] = {}  # the rates of the last fit, for inspection
 
 
 def _logit(p: Tensor) -> Tensor:
@@ -176,11 +174,66 @@ def call_evidence(
     adv = segments.group_normalize(r.outcome, r.group, r.num_groups, norm=norm, eps=eps)
     if r.num_calls == 0:
         return Credit(adv)
+    fit = _fit(r, grounding, tool_errors, failure_witnesses, int(iterations), prior_strength, success_threshold)
+    call_traj = r.call_traj
+    value = torch.tanh(fit.logit / 2)[fit.pair_of_call].to(r.outcome.dtype)  # per call occurrence
+    if center == "group":
+        call_group = r.group[call_traj]
+        value = value - segments.segment_mean(value, call_group, r.num_groups)[call_group]
+    if tasks == "mixed":  # call credit only where the task's outcomes differ; elsewhere the outcome's
+        outcome_part = adv[call_traj] if combine == "replace" else torch.zeros_like(value)
+        value = torch.where(fit.contrast[r.group[call_traj]], value, outcome_part)
+    step_value = segments.segment_mean(value, r.call_step, r.num_steps)
+    has_calls = r.calls_per_step > 0
+    keep = adv[r.step_traj] if combine == "replace" else torch.zeros_like(step_value)
+    step = torch.where(has_calls, step_value - keep, torch.zeros_like(step_value))
+    return Credit(adv, step=step, call=value - step_value[r.call_step])
+
+
+def evidence_rates(
+    rollouts: Rollouts,
+    *,
+    grounding: bool = True,
+    tool_errors: bool = True,
+    iterations: int = 50,
+    prior_strength: float = 2.0,
+    success_threshold: float = 1.0,
+) -> dict[str, float]:
+    """The rates ``call_evidence`` fits on ``rollouts`` (π, θ_{cs, ws, cf, wf}, γ_{c, w}, τ_{c, w} under
+    the keys ``pi cs ws cf wf gc gw tc tw``), to see what the batch says about its policy."""
+    if rollouts.num_calls == 0:
+        return dict(_PRIOR)
+    fit = _fit(rollouts, grounding, tool_errors, True, iterations, prior_strength, success_threshold)
+    return {name: float(v) for name, v in fit.rates.items()}
+
+
+_PRIOR = {"pi": 0.5, "cs": 0.9, "ws": 0.05, "cf": 0.5, "wf": 0.1, "gc": 0.02, "gw": 0.5, "tc": 0.05, "tw": 0.3}
+
+
+@dataclass(frozen=True)
+class _Fit:
+    logit: Tensor  # [P] logit P(correct) per subject (a call key and one trajectory that made it)
+    pair_of_call: Tensor  # [C] each call's subject
+    contrast: Tensor  # [G] bool: the task has a success and a failure
+    rates: dict[str, Tensor]
+
+
+def _fit(
+    r: Rollouts,
+    grounding: bool,
+    tool_errors: bool,
+    failure_witnesses: bool,
+    iterations: int,
+    prior_strength: float,
+    success_threshold: float,
+) -> _Fit:
+    """The subjects' clues, the EM fit of the rates on the mixed tasks, and every subject's posterior."""
     f64 = torch.float64
-    keys, k, call_traj, pair_key, pair_traj = key_occurrences(r)
-    num_pairs = pair_key.numel()
+    keys, k = call_keys(r)
+    pair_of_call, num_pairs = segments.unique_pairs(keys, r.call_traj, a_size=k)
+    pair_key, pair_traj = segments.pair_members(pair_of_call, num_pairs, keys, r.call_traj)
     success = r.outcome >= success_threshold
-    # witnesses of each subject (pair = a key and one trajectory that made it): the other trajectories
+    # witnesses of each subject: the other trajectories of its task, by outcome
     has_s = segments.segment_sum(success[pair_traj].to(f64), pair_key, k)
     has_f = segments.segment_sum((~success[pair_traj]).to(f64), pair_key, k)
     grp_s = segments.segment_sum(success.to(f64), r.group, r.num_groups)
@@ -192,14 +245,12 @@ def call_evidence(
 
     # per-subject clues from its own call(s): a subject that made the call several times uses the
     # first occurrence (call order)
-    pair_of_call = _pair_of_call(keys, call_traj, pair_key, pair_traj, k, r.num_trajectories)
     first = segments.segment_first(pair_of_call, num_pairs)
     unseen = (~grounded_calls(r))[first].to(f64) if grounding else None
     errored = (r.call_ok[first] == TOOL_ERROR).to(f64) if tool_errors else None
     known_error = (r.call_ok[first] != TOOL_UNKNOWN) if tool_errors else None
 
-    prior = {"pi": 0.5, "cs": 0.9, "ws": 0.05, "cf": 0.5, "wf": 0.1, "gc": 0.02, "gw": 0.5, "tc": 0.05, "tw": 0.3}
-    rate = {name: torch.tensor(v, dtype=f64, device=r.device) for name, v in prior.items()}
+    rate = {name: torch.tensor(v, dtype=f64, device=r.device) for name, v in _PRIOR.items()}
     a = prior_strength
 
     def loglik(p_correct: Tensor, p_wrong: Tensor, hits: Tensor, misses: Tensor) -> Tensor:
@@ -218,54 +269,28 @@ def call_evidence(
                                     torch.zeros_like(errored))
         return out
 
+    def update(q: Tensor, hits: Tensor, total: Tensor, name: str) -> Tensor:
+        return ((q * hits).sum() + a * _PRIOR[name]) / ((q * total).sum() + a)
+
     # The rates are fitted on the subjects of *mixed* tasks (some runs succeeded, some failed), whose
     # status the success witnesses nearly settle: there, how often failed runs make correct and wrong
     # calls (θ_{·,failure}) is measured rather than assumed — repeated mistakes included.
-    mixed = ((grp_s > 0) & (grp_f > 0))[g]
+    contrast = (grp_s > 0) & (grp_f > 0)
+    mixed = contrast[g]
     if bool(mixed.any()):
-        sub = {name: x[mixed] for name, x in (("hs", w_has_s), ("ls", w_lacks_s), ("hf", w_has_f), ("lf", w_lacks_f))}
-
-        def fit(q: Tensor, hits: Tensor, total: Tensor, name: str) -> Tensor:
-            return ((q * hits).sum() + a * prior[name]) / ((q * total).sum() + a)
-
-        for _ in range(int(iterations)):
+        hs, ls, hf, lf = w_has_s[mixed], w_lacks_s[mixed], w_has_f[mixed], w_lacks_f[mixed]
+        for _ in range(iterations):
             q = torch.sigmoid(posterior_logit(with_failures=False))[mixed]  # P(correct) per subject
             p = 1 - q
-            new = {"pi": (q.sum() + a * prior["pi"]) / (q.numel() + a)}
-            new["cs"] = fit(q, sub["hs"], sub["hs"] + sub["ls"], "cs")
-            new["cf"] = fit(q, sub["hf"], sub["hf"] + sub["lf"], "cf")
-            new["wf"] = fit(p, sub["hf"], sub["hf"] + sub["lf"], "wf")
+            new = {"pi": (q.sum() + a * _PRIOR["pi"]) / (q.numel() + a)}
+            new["cs"] = update(q, hs, hs + ls, "cs")
+            new["cf"] = update(q, hf, hf + lf, "cf")
+            new["wf"] = update(p, hf, hf + lf, "wf")
             if unseen is not None:
                 u, ones = unseen[mixed], torch.ones_like(unseen[mixed])
-                new["gc"], new["gw"] = fit(q, u, ones, "gc"), fit(p, u, ones, "gw")
+                new["gc"], new["gw"] = update(q, u, ones, "gc"), update(p, u, ones, "gw")
             if errored is not None and known_error is not None:
                 e, known = errored[mixed], known_error[mixed].to(f64)
-                new["tc"], new["tw"] = fit(q, e * known, known, "tc"), fit(p, e * known, known, "tw")
+                new["tc"], new["tw"] = update(q, e * known, known, "tc"), update(p, e * known, known, "tw")
             rate.update({n: v.clamp(1e-4, 1 - 1e-4) for n, v in new.items()})
-    _LAST_RATES.clear()
-    _LAST_RATES.update({n: float(v) for n, v in rate.items()})
-
-    value = torch.tanh(posterior_logit(failure_witnesses) / 2)[pair_of_call].to(r.outcome.dtype)  # per call occurrence
-    if center == "group":
-        call_group = r.group[call_traj]
-        value = value - segments.segment_mean(value, call_group, r.num_groups)[call_group]
-    if tasks == "mixed":  # call credit only where the task's outcomes differ; elsewhere the outcome's
-        contrast = ((grp_s > 0) & (grp_f > 0))[r.group[call_traj]]
-        value = torch.where(contrast, value, adv[call_traj] if combine == "replace" else torch.zeros_like(value))
-    step_value = segments.segment_mean(value, r.call_step, r.num_steps)
-    has_calls = r.calls_per_step > 0
-    keep = adv[r.step_traj] if combine == "replace" else torch.zeros_like(step_value)
-    step = torch.where(has_calls, step_value - keep, torch.zeros_like(step_value))
-    return Credit(adv, step=step, call=value - step_value[r.call_step])
-
-
-def _pair_of_call(
-    keys: Tensor, call_traj: Tensor, pair_key: Tensor, pair_traj: Tensor, num_keys: int, num_traj: int
-) -> Tensor:
-    """``[C]``: the (key, trajectory) pair of every call."""
-    width = max(num_traj, 1)
-    pair_code = pair_key * width + pair_traj
-    order = torch.argsort(pair_code)
-    call_code = keys * width + call_traj
-    pos = torch.searchsorted(pair_code[order], call_code)
-    return order[pos]
+    return _Fit(posterior_logit(failure_witnesses), pair_of_call, contrast, rate)
