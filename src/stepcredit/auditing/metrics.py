@@ -62,7 +62,8 @@ SUBSETS = ("without_always_made", "mixed", "all_fail", "all_success")
 
 def always_made(rollouts: Rollouts, kind: str) -> Tensor:
     """Per unit (``kind`` "call" or "step"): is it something *every* trajectory of its group did — the
-    same call (tool name + canonical arguments), or for step units the same action text? Such units
+    same call (by effect: tool name and canonical arguments, or the same argument values with the same
+    result, ``tool.call_keys``), or for step units the same action text? Such units
     (reading the user record, say) earn consensus without telling anything about the task; a group
     with one trajectory makes all its units always-made."""
     from stepcredit.estimators.tool import key_occurrences
@@ -72,7 +73,7 @@ def always_made(rollouts: Rollouts, kind: str) -> Tensor:
     r = rollouts
     size = segments.segment_count(r.group, r.num_groups)
     if kind == "call":
-        keys, k, _, pair_key, _ = key_occurrences(r)
+        keys, k, _, pair_key, _ = key_occurrences(r, "effect")
         return segments.segment_count(pair_key, k)[keys] == size[r.group[r.call_traj]]
     codes = text_keys(step_action_texts(r), r.step_group.tolist()).to(r.device)
     keys, k = segments.unique_pairs(r.step_group, torch.unique(codes, return_inverse=True)[1], a_size=r.num_groups)

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from stepcredit import segments
 from stepcredit.credit import Credit
-from stepcredit.estimators.tool import call_keys
+from stepcredit.estimators.tool import CallIdentity, call_keys
 from stepcredit.registry import Count, NonNegative, register
 from stepcredit.rollouts import TOOL_ERROR, TOOL_UNKNOWN, Rollouts
 
@@ -107,13 +107,14 @@ def _logit(p: Tensor) -> Tensor:
 def call_evidence(
     rollouts: Rollouts,
     *,
+    identity: CallIdentity = "effect",
     grounding: bool = True,
     tool_errors: bool = True,
     failure_witnesses: bool = True,
     iterations: Count = 50,
     prior_strength: NonNegative = 2.0,
     success_threshold: float = 1.0,
-    center: Literal["group", "none"] = "group",
+    center: Literal["group", "batch", "none"] = "group",
     combine: Literal["replace", "add"] = "replace",
     tasks: Literal["all", "mixed"] = "all",
     norm: Literal["mean", "std"] = "mean",
@@ -123,8 +124,11 @@ def call_evidence(
     the other runs of its task, its arguments' grounding and its tool's errors, with every clue's
     reliability fitted on the batch by EM; centred within the task.
 
-    A call is its key ``(task, tool name, canonical arguments)``; a *subject* is one trajectory that
-    made it, with latent status z ∈ {correct, wrong}. Its clues, given z, are independent (naive Bayes):
+    A call is its key within the task: with ``identity="effect"`` (default) calls of one tool with the
+    same argument values that returned the same result are one call (``add(4, 18)`` and ``add(18, 4)``),
+    as are calls with the same canonical arguments; ``"arguments"``: the exact ``(tool name, canonical
+    arguments)`` (see ``tool.call_keys``). A *subject* is one trajectory that made the call, with
+    latent status z ∈ {correct, wrong}. Its clues, given z, are independent (naive Bayes):
 
         witnesses   every *other* run j of the task, by its outcome o_j ∈ {success, failure}:
                     P(j made the call | z, o_j) = θ_{z,o}
@@ -149,8 +153,10 @@ def call_evidence(
 
     Assumptions and where it is biased:
 
-    1. A call is identified by its exact name and canonical arguments; the same call written with other
-       values is another call.
+    1. A call is identified by its tool, argument values and result (``identity``): two orders of a
+       commutative operation are one call, but a call written with other values is another call, and
+       two calls that differ only in which parameter holds which value *and* return the same result
+       are taken for one (rare where the order matters: the results then differ).
     2. Clues are independent given z, and witnesses are exchangeable: the runs of one policy are not
        (they share a mode). Rates fitted on the batch absorb how often *this* policy repeats a mistake
        in failed runs (θ_{wrong,failure}), which is what fixed rates got wrong; the dependence itself is
@@ -174,12 +180,15 @@ def call_evidence(
     adv = segments.group_normalize(r.outcome, r.group, r.num_groups, norm=norm, eps=eps)
     if r.num_calls == 0:
         return Credit(adv)
-    fit = _fit(r, grounding, tool_errors, failure_witnesses, int(iterations), prior_strength, success_threshold)
+    fit = _fit(r, identity, grounding, tool_errors, failure_witnesses, int(iterations), prior_strength,
+               success_threshold)
     call_traj = r.call_traj
     value = torch.tanh(fit.logit / 2)[fit.pair_of_call].to(r.outcome.dtype)  # per call occurrence
     if center == "group":
         call_group = r.group[call_traj]
         value = value - segments.segment_mean(value, call_group, r.num_groups)[call_group]
+    elif center == "batch":
+        value = value - value.mean()
     if tasks == "mixed":  # call credit only where the task's outcomes differ; elsewhere the outcome's
         outcome_part = adv[call_traj] if combine == "replace" else torch.zeros_like(value)
         value = torch.where(fit.contrast[r.group[call_traj]], value, outcome_part)
@@ -193,6 +202,7 @@ def call_evidence(
 def evidence_rates(
     rollouts: Rollouts,
     *,
+    identity: CallIdentity = "effect",
     grounding: bool = True,
     tool_errors: bool = True,
     iterations: int = 50,
@@ -203,7 +213,7 @@ def evidence_rates(
     the keys ``pi cs ws cf wf gc gw tc tw``), to see what the batch says about its policy."""
     if rollouts.num_calls == 0:
         return dict(_PRIOR)
-    fit = _fit(rollouts, grounding, tool_errors, True, iterations, prior_strength, success_threshold)
+    fit = _fit(rollouts, identity, grounding, tool_errors, True, iterations, prior_strength, success_threshold)
     return {name: float(v) for name, v in fit.rates.items()}
 
 
@@ -220,6 +230,7 @@ class _Fit:
 
 def _fit(
     r: Rollouts,
+    identity: CallIdentity,
     grounding: bool,
     tool_errors: bool,
     failure_witnesses: bool,
@@ -229,7 +240,7 @@ def _fit(
 ) -> _Fit:
     """The subjects' clues, the EM fit of the rates on the mixed tasks, and every subject's posterior."""
     f64 = torch.float64
-    keys, k = call_keys(r)
+    keys, k = call_keys(r, identity)
     pair_of_call, num_pairs = segments.unique_pairs(keys, r.call_traj, a_size=k)
     pair_key, pair_traj = segments.pair_members(pair_of_call, num_pairs, keys, r.call_traj)
     success = r.outcome >= success_threshold

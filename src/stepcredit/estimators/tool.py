@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from typing import Annotated, Literal
@@ -69,24 +70,81 @@ def toolpo(
     return Credit(succ, call=action[call_traj])
 
 
-def call_keys(rollouts: Rollouts) -> tuple[Tensor, int]:
-    """Dense id of every call's ``(group, tool name, canonical arguments)``."""
+CallIdentity = Literal["arguments", "effect"]
+
+
+def call_keys(rollouts: Rollouts, identity: CallIdentity = "arguments") -> tuple[Tensor, int]:
+    """Dense id of every call within its group. ``identity="arguments"``: the call is ``(tool name,
+    canonical arguments)``. ``"effect"``: also two calls of one tool with the same argument *values*
+    (as a multiset, whatever parameter holds which) that returned the same result are one call —
+    ``add(a=4, b=18)`` and ``add(a=18, b=4)`` both giving 22, a search with its filters swapped; the
+    classes are the connected components of both relations, so the same arguments stay one call even
+    where the results differ (a fresh reservation id per booking)."""
     r = rollouts
     assert r.texts is not None
     if r.num_calls == 0:
         return torch.zeros(0, dtype=torch.int64, device=r.device), 0
-    joined = pc.binary_join_element_wise(
-        r.texts.call_name, r.texts.call_arguments, pa.scalar("\x1f", pa.large_string())
-    )
-    codes = torch.from_numpy(pc.dictionary_encode(joined).indices.to_numpy().astype("int64")).to(r.device)
-    return segments.unique_pairs(r.step_group[r.call_step], codes, a_size=r.num_groups)
+    sep = pa.scalar("\x1f", pa.large_string())
+    joined = pc.binary_join_element_wise(r.texts.call_name, r.texts.call_arguments, sep)
+    group = r.step_group[r.call_step]
+    keys, k = segments.unique_pairs(group, _codes(joined, r.device), a_size=r.num_groups)
+    if identity == "arguments":
+        return keys, k
+    if identity != "effect":
+        raise ValueError(f"identity must be 'arguments' or 'effect', got {identity!r}")
+    values = pa.array([_value_multiset(a) for a in r.texts.call_arguments.to_pylist()], pa.large_string())
+    effect = pc.binary_join_element_wise(r.texts.call_name, values, r.texts.call_result, sep)
+    other, k_other = segments.unique_pairs(group, _codes(effect, r.device), a_size=r.num_groups)
+    return _components(keys, k, other, k_other)
 
 
-def key_occurrences(rollouts: Rollouts) -> tuple[Tensor, int, Tensor, Tensor, Tensor]:
+def _codes(strings: pa.Array, device: torch.device) -> Tensor:
+    return torch.from_numpy(pc.dictionary_encode(strings).indices.to_numpy().astype("int64")).to(device)
+
+
+def _value_multiset(arguments: str) -> str:
+    """The sorted leaf values of a call's JSON arguments, whatever keys or nesting hold them; arguments
+    that are not JSON stand for themselves."""
+    try:
+        parsed = json.loads(arguments)
+    except (ValueError, RecursionError):
+        return "\x1e" + arguments
+    out: list[str] = []
+    stack: list[tuple[object, int]] = [(parsed, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict) and depth < 64:
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list) and depth < 64:
+            stack.extend((v, depth + 1) for v in value)
+        else:
+            out.append(json.dumps(value, sort_keys=True))
+    return "\x1e".join(sorted(out))
+
+
+def _components(a: Tensor, num_a: int, b: Tensor, num_b: int) -> tuple[Tensor, int]:
+    """Dense ids of the connected components of the items linked by sharing an ``a`` or a ``b`` class
+    (minimum-label propagation, vectorized; as many rounds as the longest chain of links)."""
+    n = a.numel()
+    label = torch.arange(n, device=a.device)
+    while True:
+        low_a = torch.full((num_a,), n, device=a.device).scatter_reduce(0, a, label, "amin")
+        low_b = torch.full((num_b,), n, device=a.device).scatter_reduce(0, b, label, "amin")
+        new = torch.minimum(low_a[a], low_b[b])
+        if torch.equal(new, label):
+            break
+        label = new
+    unique, dense = torch.unique(label, return_inverse=True)
+    return dense, int(unique.numel())
+
+
+def key_occurrences(
+    rollouts: Rollouts, identity: CallIdentity = "arguments"
+) -> tuple[Tensor, int, Tensor, Tensor, Tensor]:
     """Which trajectories made which call: ``(keys [C], K, call_traj [C], pair_key [P], pair_traj [P])``
     with one (key, trajectory) pair per trajectory that made the call, however often it made it."""
     r = rollouts
-    keys, k = call_keys(r)
+    keys, k = call_keys(r, identity)
     call_traj = r.call_traj
     pair, num_pairs = segments.unique_pairs(keys, call_traj, a_size=k)
     pair_key, pair_traj = segments.pair_members(pair, num_pairs, keys, call_traj)
