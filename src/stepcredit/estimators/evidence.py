@@ -12,7 +12,9 @@ over all tasks, and two more clues join the witnesses:
   dates and off-by-some operands are the commonest wrong calls; correct calls are almost always
   grounded. How much an ungrounded argument says is itself fitted (an agent that computes values,
   e.g. a total price, makes correct ungrounded calls, and EM learns that);
-* **tool errors**: whether the tool returned an error (``call_ok``), likewise fitted.
+* **tool errors**: whether the tool returned an error (``call_ok``), likewise fitted;
+* **context**, where no run of a task succeeded: a classifier of where the argument values came from
+  (``_context``), trained on the batch's mixed tasks.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torch import Tensor
 
 from stepcredit import segments
 from stepcredit.credit import Credit
+from stepcredit.estimators._context import context_features, fit_logistic
 from stepcredit.estimators.tool import CallIdentity, call_keys
 from stepcredit.registry import Count, NonNegative, register
 from stepcredit.rollouts import TOOL_ERROR, TOOL_UNKNOWN, Rollouts
@@ -111,10 +114,11 @@ def call_evidence(
     grounding: bool = True,
     tool_errors: bool = True,
     failure_witnesses: bool = True,
+    context: bool = True,
     iterations: Count = 50,
     prior_strength: NonNegative = 2.0,
     success_threshold: float = 1.0,
-    center: Literal["group", "batch", "none"] = "group",
+    center: Literal["group", "none"] = "group",
     combine: Literal["replace", "add"] = "replace",
     tasks: Literal["all", "mixed"] = "all",
     norm: Literal["mean", "std"] = "mean",
@@ -122,7 +126,9 @@ def call_evidence(
 ) -> Credit:
     """Call evidence (stepcredit's own; label-free): the posterior that a tool call is correct, from
     the other runs of its task, its arguments' grounding and its tool's errors, with every clue's
-    reliability fitted on the batch by EM; centred within the task.
+    reliability fitted on the batch by EM — and, in tasks where no run succeeded, from the context its
+    argument values came from, read by a classifier trained on the batch's mixed tasks; centred within
+    the task.
 
     A call is its key within the task: with ``identity="effect"`` (default) calls of one tool with the
     same argument values that returned the same result are one call (``add(4, 18)`` and ``add(18, 4)``),
@@ -136,10 +142,20 @@ def call_evidence(
         tool error  P(the tool returned an error | z) = τ_z                     (``tool_errors``)
         prior       P(z = correct) = π
 
-    EM over all subjects of the batch (pooled across tasks) fits π, θ, γ, τ; each rate has a Beta
-    prior of ``prior_strength`` pseudo-counts centred on ``call_consensus``'s a-priori values (θ:
-    0.9 / 0.05 / 0.5 / 0.1; γ: 0.02 / 0.5; τ: 0.05 / 0.3; π 0.5), and the fit keeps θ_{correct,success}
-    ≥ θ_{wrong,success} (the one ordering that names the classes). Then, per subject,
+    EM over the subjects of the *mixed* tasks (some runs succeeded, some failed; pooled across tasks)
+    fits π, θ_{correct,success}, θ_{·,failure}, γ, τ; each rate has a Beta prior of ``prior_strength``
+    pseudo-counts centred on ``call_consensus``'s a-priori values (θ: 0.9 / 0.05 / 0.5 / 0.1; γ: 0.02 /
+    0.5; τ: 0.05 / 0.3; π 0.5); θ_{wrong,success} stays at 0.05 (a successful run rarely makes a wrong
+    call — the ordering that names the classes). In a task without a successful run (``context``) the
+    success witnesses, grounding and tool errors are replaced by a logistic classifier's logit:
+
+        context     features of where each argument value last appeared in what the agent had read
+                    (tokens around it, between two values; unseen; the tool's error), see
+                    ``_context``; trained on the mixed tasks' subjects with target "a successful run
+                    made this call", so it learns from the batch which contexts wrong calls come from
+                    (``mul`` on two numbers written ``6 + 14``; an order id listed as cancelled)
+
+    plus the failure witnesses. Then, per subject,
 
         v = P(correct | clues) − P(wrong | clues) = tanh(logit / 2) ∈ (−1, 1)
         A(call) = v − mean of v over the task's calls   (``center="group"``; "none": v)
@@ -166,13 +182,22 @@ def call_evidence(
        wrong call (θ_{wrong,success} small), so the call of any successful run is credited, and a call
        that successes avoid is blamed — softened by θ_{correct,success} < 1 where tasks have several
        solutions.
-    4. Where every run of a task failed and a mistake is grounded and repeated, nothing in the batch
-       tells it from the correct calls around it: such a group's calls get little or no separation
-       (its rates fall back on the prior); ``stepcredit audit --breakdown`` shows this per group type.
+    4. Where every run of a task failed and a mistake is grounded and repeated, no counting clue tells
+       it from the correct calls around it (every run that made either failed), and the failure
+       witnesses mislead in the systematic case (fitted where the failed runs are those that made the
+       mistake, they say "made by more failed runs → wrong", while in an all-fail task the shared prefix
+       is made by all). The context classifier is what separates such calls; it assumes the batch's
+       mixed tasks show the same kinds of mistakes in the same kinds of context (the same task family)
+       and it reads only text near the values — a mistake that needs arithmetic or a comparison to see
+       (a flight over budget, an order that is not the most recent) stays hard. With no mixed task
+       in the batch there is nothing to train it on and the counting clues are used throughout.
+       ``stepcredit audit --breakdown`` shows the figures per group type.
     5. Grounding compares text: an argument the agent computed correctly (a sum, a date offset) is
        "unseen"; EM lowers the clue's weight to what the batch supports. Numbers match as whole
        numbers, strings as case-insensitive substrings.
-    6. ``center="group"`` makes the call credit of a task sum to zero over its calls, so it is an
+    6. The classifier (hashed features, 2^16 weights, 200 full-batch Adam steps from zero, L2 1e-3)
+       is deterministic and refitted on every batch: in training its cost is part of the estimator's.
+    7. ``center="group"`` makes the call credit of a task sum to zero over its calls, so it is an
        advantage (no push toward making more calls); with "none" every credited call is raised by the
        task's average belief. Without tool calls this is ``grpo`` with ``norm``.
     """
@@ -181,14 +206,12 @@ def call_evidence(
     if r.num_calls == 0:
         return Credit(adv)
     fit = _fit(r, identity, grounding, tool_errors, failure_witnesses, int(iterations), prior_strength,
-               success_threshold)
+               success_threshold, context)
     call_traj = r.call_traj
     value = torch.tanh(fit.logit / 2)[fit.pair_of_call].to(r.outcome.dtype)  # per call occurrence
     if center == "group":
         call_group = r.group[call_traj]
         value = value - segments.segment_mean(value, call_group, r.num_groups)[call_group]
-    elif center == "batch":
-        value = value - value.mean()
     if tasks == "mixed":  # call credit only where the task's outcomes differ; elsewhere the outcome's
         outcome_part = adv[call_traj] if combine == "replace" else torch.zeros_like(value)
         value = torch.where(fit.contrast[r.group[call_traj]], value, outcome_part)
@@ -213,7 +236,8 @@ def evidence_rates(
     the keys ``pi cs ws cf wf gc gw tc tw``), to see what the batch says about its policy."""
     if rollouts.num_calls == 0:
         return dict(_PRIOR)
-    fit = _fit(rollouts, identity, grounding, tool_errors, True, iterations, prior_strength, success_threshold)
+    fit = _fit(rollouts, identity, grounding, tool_errors, True, iterations, prior_strength, success_threshold,
+               context=False)
     return {name: float(v) for name, v in fit.rates.items()}
 
 
@@ -237,8 +261,10 @@ def _fit(
     iterations: int,
     prior_strength: float,
     success_threshold: float,
+    context: bool,
 ) -> _Fit:
-    """The subjects' clues, the EM fit of the rates on the mixed tasks, and every subject's posterior."""
+    """The subjects' clues, the EM fit of the rates on the mixed tasks, and every subject's posterior
+    (with ``context``, the classifier's in the tasks without a success)."""
     f64 = torch.float64
     keys, k = call_keys(r, identity)
     pair_of_call, num_pairs = segments.unique_pairs(keys, r.call_traj, a_size=k)
@@ -304,4 +330,17 @@ def _fit(
                 e, known = errored[mixed], known_error[mixed].to(f64)
                 new["tc"], new["tw"] = update(q, e * known, known, "tc"), update(p, e * known, known, "tw")
             rate.update({n: v.clamp(1e-4, 1 - 1e-4) for n, v in new.items()})
-    return _Fit(posterior_logit(failure_witnesses), pair_of_call, contrast, rate)
+    logit = posterior_logit(failure_witnesses)
+    no_success = (grp_s == 0)[g]
+    if context and bool(mixed.any()) and bool(no_success.any()):
+        # Tasks without a successful run: a classifier of the calls' context, trained on the mixed
+        # tasks' subjects (target: a successful run made the call), stands in for the success
+        # witnesses there are none of, and for grounding and tool errors (among its features)
+        flat, offsets = context_features(r)
+        is_first = torch.zeros(r.num_calls, dtype=torch.bool, device=r.device)
+        is_first[first] = True
+        made_by_success = (has_s[keys] > 0).to(f64)
+        scores = fit_logistic(flat, offsets, is_first & contrast[r.group[r.call_traj]], made_by_success)
+        witnesses = loglik(rate["cf"], rate["wf"], w_has_f, w_lacks_f) if failure_witnesses else 0.0
+        logit = torch.where(no_success, scores[first].to(f64) + witnesses, logit)
+    return _Fit(logit, pair_of_call, contrast, rate)
