@@ -47,6 +47,18 @@ def test_always_made_calls_and_group_types():
     assert bool((subsets["mixed"] | subsets["all_fail"] | subsets["all_success"]).all())
 
 
+def test_always_made_reads_calls_by_effect():
+    """Two orders of the same sum (same tool, same values, same result) count as one call every run
+    made; the same values in another tool, or with another result, do not."""
+    def run(tid, args, result):  # type: ignore[no-untyped-def]
+        return TrajectoryRecord(id=tid, group="g", outcome=0.0, steps=[
+            StepRecord("s", calls=[CallRecord("add", args, result, label=1)]), StepRecord("end")])
+    r = build([run("a", '{"a":4,"b":18}', "22"), run("b", '{"a":18,"b":4}', "22")], states="distinct")
+    assert M.always_made(r, "call").tolist() == [True, True]
+    r = build([run("a", '{"a":4,"b":18}', "22"), run("b", '{"a":18,"b":4}', "-14")], states="distinct")
+    assert M.always_made(r, "call").tolist() == [False, False]
+
+
 def test_step_units_use_action_texts():
     r = build([TrajectoryRecord(id=str(i), group="g", outcome=float(i), steps=[
         StepRecord("look", label=1), StepRecord(f"answer {i}", label=1 if i else -1)]) for i in range(2)],

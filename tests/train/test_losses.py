@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from stepcredit.train.losses import agg_loss, entropy_from_logits, kl_penalty, ppo_clip_loss
+from stepcredit.train.losses import (
+    agg_loss,
+    entropy_from_logits,
+    kl_penalty,
+    on_off_policy_loss,
+    policy_shaping,
+    ppo_clip_loss,
+)
 
 MODES = ["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 
@@ -92,3 +99,45 @@ def test_entropy_equals_verl() -> None:
     verl_f = pytest.importorskip("verl.utils.torch_functional")
     logits = torch.randn(5, 9, 33, generator=torch.Generator().manual_seed(0)) * 4
     torch.testing.assert_close(entropy_from_logits(logits), verl_f.entropy_from_logits(logits))
+
+
+# ------------------------------------------------------------------ Critique-GRPO's policy shaping
+def test_policy_shaping_value_and_gradient() -> None:
+    log_p = torch.log(torch.tensor([0.01, 0.1, 0.5, 0.99], dtype=torch.float64)).requires_grad_(True)
+    f = policy_shaping(log_p, gamma=0.1)
+    p = log_p.detach().exp()
+    torch.testing.assert_close(f.detach(), p / (p + 0.1))
+    (grad,) = torch.autograd.grad(f.sum(), log_p)
+    torch.testing.assert_close(grad, 0.1 * p / (p + 0.1) ** 2)  # d f / d log p = γ p / (p + γ)²
+    assert int(torch.argmax(grad)) == 1  # largest where p = γ
+    with pytest.raises(ValueError, match="gamma"):
+        policy_shaping(log_p, gamma=0.0)
+
+
+def test_on_off_policy_loss_by_token() -> None:
+    g = torch.Generator().manual_seed(3)
+    log_p = -torch.rand(3, 6, generator=g, dtype=torch.float64) * 3
+    old = log_p + 0.3 * torch.randn(3, 6, generator=g, dtype=torch.float64)
+    adv = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[:, -1] = False
+    off = torch.zeros(3, 6, dtype=torch.bool)
+    off[2] = True  # the last row is the refinement
+    # the paper's recipe: no clip, Σ ℓ / T ("loss_remove_token_mean"), written out from its definition
+    p = log_p.exp()
+    ref = torch.where(off, -adv * p / (p + 0.1), -adv * torch.exp(log_p - old))
+    expected = (ref * mask).sum() / mask.shape[-1]
+    loss, metrics = on_off_policy_loss(log_p, old, adv, mask, off, clip=False, agg="seq-mean-token-sum-norm")
+    torch.testing.assert_close(loss, expected / 3)  # seq-mean over the 3 rows of Σ_t ℓ / T
+    torch.testing.assert_close(on_off_policy_loss(log_p, old, adv, mask, off, clip=False, agg="token-sum")[0]
+                               / mask.shape[-1], expected)
+    assert metrics["off_policy_prob"] == pytest.approx(float(p[2, :5].mean()))
+    # off-policy tokens never read the old policy; with clipping the on-policy ones are ppo_clip_loss's
+    moved = old.clone()
+    moved[2] += 5.0
+    torch.testing.assert_close(on_off_policy_loss(log_p, moved, adv, mask, off)[0],
+                               on_off_policy_loss(log_p, old, adv, mask, off)[0])
+    on_only = mask & ~off
+    clipped, _ = on_off_policy_loss(log_p, old, adv, on_only, off, agg="token-sum")
+    ppo, _ = ppo_clip_loss(log_p, old, adv, on_only, agg="token-sum")
+    torch.testing.assert_close(clipped, ppo)

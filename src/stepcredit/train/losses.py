@@ -12,7 +12,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = ["AggMode", "KLKind", "agg_loss", "entropy_from_logits", "kl_penalty", "masked_mean", "ppo_clip_loss"]
+__all__ = [
+    "AggMode", "KLKind", "agg_loss", "entropy_from_logits", "kl_penalty", "masked_mean", "on_off_policy_loss",
+    "policy_shaping", "ppo_clip_loss",
+]
 
 AggMode = Literal["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 KLKind = Literal["k1", "kl", "abs", "k2", "mse", "k3", "low_var_kl"]
@@ -54,6 +57,28 @@ def agg_loss(loss_mat: Tensor, mask: Tensor, mode: AggMode = "token-mean", *, sc
     raise ValueError(f"unknown loss aggregation {mode!r}; expected one of {AggMode.__args__}")  # type: ignore[attr-defined]
 
 
+def _ppo_token_losses(
+    log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor, mask: Tensor, clip_low: float, clip_high: float,
+    clip_c: float,
+) -> tuple[Tensor, dict[str, float]]:
+    """``ppo_clip_loss``'s per-token losses, and its metrics over ``mask``."""
+    if clip_c <= 1.0:
+        raise ValueError(f"the dual-clip constant must be > 1, got {clip_c}")
+    log_ratio = torch.clamp(log_prob - old_log_prob, -20.0, 20.0)
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    loss1 = torch.maximum(unclipped, clipped)
+    loss3 = -advantages * clip_c
+    losses = torch.where(advantages < 0, torch.minimum(loss3, loss1), loss1)
+    metrics = {
+        "clipfrac": float(masked_mean(torch.gt(clipped, unclipped).float(), mask)),
+        "clipfrac_lower": float(masked_mean((torch.gt(loss1, loss3) & (advantages < 0)).float(), mask)),
+        "ppo_kl": float(masked_mean(-log_ratio.detach(), mask)),
+    }
+    return losses, metrics
+
+
 def ppo_clip_loss(
     log_prob: Tensor,
     old_log_prob: Tensor,
@@ -75,21 +100,57 @@ def ppo_clip_loss(
     ``clipfrac_lower`` (dual-clip active), ``ppo_kl`` (mean of log π_old − log π). Equal to verl's
     ``compute_policy_loss_vanilla``.
     """
-    if clip_c <= 1.0:
-        raise ValueError(f"the dual-clip constant must be > 1, got {clip_c}")
-    log_ratio = torch.clamp(log_prob - old_log_prob, -20.0, 20.0)
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
-    loss1 = torch.maximum(unclipped, clipped)
-    loss3 = -advantages * clip_c
-    dual = torch.minimum(loss3, loss1)
-    losses = torch.where(advantages < 0, dual, loss1)
-    metrics = {
-        "clipfrac": float(masked_mean(torch.gt(clipped, unclipped).float(), mask)),
-        "clipfrac_lower": float(masked_mean((torch.gt(loss1, loss3) & (advantages < 0)).float(), mask)),
-        "ppo_kl": float(masked_mean(-log_ratio.detach(), mask)),
-    }
+    losses, metrics = _ppo_token_losses(log_prob, old_log_prob, advantages, mask, clip_low, clip_high, clip_c)
+    return agg_loss(losses, mask, agg), metrics
+
+
+def policy_shaping(log_prob: Tensor, gamma: float = 0.1) -> Tensor:
+    """Critique-GRPO's policy shaping of an off-policy token's probability, ``f(p) = p / (p + γ)`` with
+    ``p = π_θ(y_j)`` (Zhang et al. 2025, arXiv:2506.03106, Sec. 3.2; the released code's
+    ``off_policy_reshape="p_div_p_0.1"``). Its gradient, ``γ·p / (p + γ)² · ∇log p``, is largest near
+    ``p = γ``: it lifts low-probability refinement tokens more than ``p`` itself would."""
+    if not gamma > 0:
+        raise ValueError(f"the shaping constant gamma must be > 0, got {gamma}")
+    p = torch.exp(torch.clamp(log_prob, max=0.0))
+    return p / (p + gamma)
+
+
+def on_off_policy_loss(
+    log_prob: Tensor,
+    old_log_prob: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    off_policy: Tensor,
+    *,
+    gamma: float = 0.1,
+    clip: bool = True,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    clip_c: float = 3.0,
+    agg: AggMode = "token-mean",
+) -> tuple[Tensor, dict[str, float]]:
+    """Critique-GRPO's loss on a group mixing on-policy samples and one off-policy refinement:
+
+        ℓ_j = −A · f(π_θ(y_j))              on off-policy tokens (``off_policy`` 1): ``policy_shaping``,
+                                             no ratio to an old policy, no clipping
+        ℓ_j = ppo_clip_loss's token loss     on the others (``clip=False``: −A·r, the paper's recipe
+                                             ``loss_remove_clip``)
+
+    aggregated together with ``agg_loss`` over ``mask`` (the paper's recipe: ``seq-mean-token-sum-norm``
+    with ``scale`` = the response length, i.e. ``Σ ℓ / T`` over the batch — ``"token-sum"`` divided by
+    T here gives the same). Metrics: ``off_policy_prob`` (mean π_θ on off-policy tokens) and
+    ``ppo_clip_loss``'s on the on-policy tokens."""
+    off = off_policy.bool() & mask.bool()
+    on = ~off_policy.bool() & mask.bool()
+    if clip:
+        on_losses, metrics = _ppo_token_losses(log_prob, old_log_prob, advantages, on, clip_low, clip_high, clip_c)
+    else:
+        on_losses = -advantages * torch.exp(torch.clamp(log_prob - old_log_prob, -20.0, 20.0))
+        metrics = {"clipfrac": 0.0, "clipfrac_lower": 0.0,
+                   "ppo_kl": float(masked_mean((old_log_prob - log_prob).detach(), on))}
+    off_losses = -advantages * policy_shaping(log_prob, gamma)
+    losses = torch.where(off, off_losses, on_losses)
+    metrics["off_policy_prob"] = float(masked_mean(torch.exp(log_prob).detach(), off)) if bool(off.any()) else 0.0
     return agg_loss(losses, mask, agg), metrics
 
 
