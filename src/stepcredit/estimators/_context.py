@@ -124,7 +124,7 @@ def fit_logistic(
     target: Tensor,
     *,
     l2: float = 1e-3,
-    max_iter: int = 200,
+    max_iter: int = 500,
 ) -> Tensor:
     """L2-regularised logistic regression over hashed features (``context_features``), fitted on the
     calls where ``train`` ([C] bool) holds to the soft targets ``target`` ([C], read where ``train``):
@@ -133,8 +133,8 @@ def fit_logistic(
 
     (a sum over the call's feature buckets, a bucket counted as often as it occurs), strictly convex,
     solved by L-BFGS with a strong-Wolfe line search from zero to its optimum (or ``max_iter``
-    evaluations); returns every call's logit. Deterministic: no random start, no sampling. Only the
-    buckets that occur get a weight."""
+    evaluations) in float64, so the calls' order moves the result by rounding only; returns every call's
+    logit. Deterministic: no random start, no sampling. Only the buckets that occur get a weight."""
     n = offsets.numel()
     device = flat.device
     lengths = torch.diff(offsets, append=torch.tensor([flat.numel()], device=device))
@@ -143,15 +143,15 @@ def fit_logistic(
     keep = train[owner]
     rank = torch.cumsum(train.to(torch.int64), 0) - 1  # the training calls, renumbered in call order
     train_owner, train_feature = rank[owner[keep]], feature[keep]
-    y = target[train].to(torch.float32)
+    y = target[train].to(torch.float64)
     m = int(y.numel())
-    params = torch.zeros(buckets.numel() + 1, dtype=torch.float32, device=device, requires_grad=True)
+    params = torch.zeros(buckets.numel() + 1, dtype=torch.float64, device=device, requires_grad=True)
 
     def logits(owners: Tensor, features: Tensor, size: int, w: Tensor) -> Tensor:
-        return torch.zeros(size, device=device).index_add(0, owners, w[:-1][features]) + w[-1]
+        return torch.zeros(size, dtype=w.dtype, device=device).index_add(0, owners, w[:-1][features]) + w[-1]
 
     if m:
-        opt = torch.optim.LBFGS([params], lr=1.0, max_iter=max_iter, tolerance_grad=1e-7, tolerance_change=1e-10,
+        opt = torch.optim.LBFGS([params], lr=1.0, max_iter=max_iter, tolerance_grad=1e-10, tolerance_change=1e-14,
                                 history_size=10, line_search_fn="strong_wolfe")
 
         def closure() -> Tensor:

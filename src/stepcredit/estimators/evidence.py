@@ -195,8 +195,9 @@ def call_evidence(
     5. Grounding compares text: an argument the agent computed correctly (a sum, a date offset) is
        "unseen"; EM lowers the clue's weight to what the batch supports. Numbers match as whole
        numbers, strings as case-insensitive substrings.
-    6. The classifier (hashed features, 2^16 weights, 200 full-batch Adam steps from zero, L2 1e-3)
-       is deterministic and refitted on every batch: in training its cost is part of the estimator's.
+    6. The classifier (features hashed into 2^16 buckets, L2 1e-3, L-BFGS in float64 to the optimum)
+       is deterministic and refitted on every batch: in training its cost is part of the estimator's
+       (about 1 s for 512 trajectories on 2 CPU cores, against 0.05–0.1 s without ``context``).
     7. ``center="group"`` makes the call credit of a task sum to zero over its calls, so it is an
        advantage (no push toward making more calls); with "none" every credited call is raised by the
        task's average belief. Without tool calls this is ``grpo`` with ``norm``.
