@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from stepcredit import CallRecord, Recipe, StepRecord, TrajectoryRecord, build, segments
 from stepcredit.estimators import call_consensus, call_evidence, grpo
 from stepcredit.estimators.evidence import evidence_rates, grounded_calls
+from stepcredit.rollouts import Rollouts
 from tests.estimators.test_properties import structured
 
 
@@ -122,3 +123,18 @@ def test_tasks_mixed_leaves_tasks_without_contrast_to_the_outcome():
     in_h = both.group[both.call_traj] == 1
     assert bool((mixed_only[in_h] == 0).all())  # all-fail task: GRPO's 0
     torch.testing.assert_close(mixed_only[~in_h], everywhere[~in_h])
+
+
+def test_no_success_baseline_batch():
+    """Tasks without a success: their outcome advantage is R − the batch's mean R (not GRPO's 0), so a
+    failed run's non-call steps are pushed down; mixed tasks keep the group baseline."""
+    r = repeated_mistake_batch()
+    all_fail = build([_traj(f"x{i}", "x", 0.0, [("get", '{"id":"u7"}')]) for i in range(3)], states="distinct")
+    both = Rollouts.concat([r, all_fail])
+    group = call_evidence(both).trajectory
+    batch = call_evidence(both, no_success_baseline="batch").trajectory
+    mean = float(both.outcome.mean())
+    in_x = both.group == both.num_groups - 1
+    assert bool((group[in_x] == 0).all())
+    torch.testing.assert_close(batch[in_x], torch.full((3,), -mean, dtype=batch.dtype))
+    torch.testing.assert_close(batch[~in_x], group[~in_x])

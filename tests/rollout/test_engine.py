@@ -20,6 +20,7 @@ from stepcredit.rollout import (
     rollout_chains,
     rollout_trees,
 )
+from stepcredit.rollouts import TOOL_ERROR
 
 CALC = env_factory("calculator", depth=3)
 
@@ -75,6 +76,23 @@ def test_a_policy_that_answers_too_few_is_refused() -> None:
 
     with pytest.raises(ValueError, match="1 generations for 3 contexts"):
         rollout_chains(CALC, Short(), range(1), group_size=3)
+
+
+def test_a_malformed_call_is_recorded_as_a_failed_call() -> None:
+    """``mul(a=2, b=`` is a call of the calculator's ``mul`` the env cannot parse: a failed call with the
+    raw text as arguments and label 0; text that is no call of a tool stays a step without calls."""
+    actions = iter(["mul(a=2, b=", "launch(x=1", "hello", "answer 0"])
+
+    class Scripted:
+        def act(self, contexts: Sequence[Context]) -> list[Generation]:
+            return [Generation(next(actions)) for _ in contexts]
+
+    r = rollout_chains(CALC, Scripted(), range(1), group_size=1).rollouts
+    assert r.calls_per_step.tolist() == [1, 0, 0, 0]
+    assert r.texts.call_name.to_pylist() == ["mul"] and r.texts.call_arguments.to_pylist() == ["mul(a=2, b="]
+    assert r.texts.call_result.to_pylist()[0].startswith("Error: malformed action")
+    assert r.call_ok.tolist() == [TOOL_ERROR] and r.call_label is not None and r.call_label.tolist() == [0]
+    assert r.label is not None and r.label.tolist()[:3] == [0, 0, 0]
 
 
 def test_trees_share_prefixes_and_have_the_expected_leaves() -> None:

@@ -35,7 +35,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MAX_ACTION_CHARS", "MAX_CALLS", "ParsedAction", "ToolCall", "call_spans", "format_call", "parse_action"]
+__all__ = [
+    "MAX_ACTION_CHARS", "MAX_CALLS", "ParsedAction", "ToolCall", "attempted_call", "call_spans", "format_call",
+    "parse_action",
+]
 
 MAX_ACTION_CHARS = 4096
 MAX_CALLS = 8
@@ -214,6 +217,15 @@ def parse_action(action: object) -> ParsedAction:
         return _parse(action)
     except RecursionError:  # absurdly nested JSON
         return _bad("the action is nested too deeply")
+
+
+_ATTEMPT = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*\(")
+
+
+def attempted_call(action: str) -> str | None:
+    """The tool name a malformed action set out to call — text that opens as ``name(`` — or None."""
+    match = _ATTEMPT.match(action) if isinstance(action, str) else None
+    return match.group(1) if match else None
 
 
 def call_spans(action: str) -> list[tuple[int, int]] | None:

@@ -121,6 +121,7 @@ def call_evidence(
     center: Literal["group", "none"] = "group",
     combine: Literal["replace", "add"] = "replace",
     tasks: Literal["all", "mixed"] = "all",
+    no_success_baseline: Literal["group", "batch"] = "group",
     norm: Literal["mean", "std"] = "mean",
     eps: float = 1e-6,
 ) -> Credit:
@@ -165,7 +166,11 @@ def call_evidence(
     tool-call step the mean over its calls; every other step the trajectory's outcome advantage
     norm_g(R) (mean-centred by default). ``tasks="mixed"`` gives call credit only in tasks with outcome
     contrast (some runs succeeded, some failed); calls of all-fail / all-success tasks keep the outcome
-    advantage (0 there), as GRPO does.
+    advantage (0 there), as GRPO does. ``no_success_baseline="batch"``: in tasks where no run succeeded
+    the outcome advantage is R − mean of R over the batch instead of GRPO's 0, so their non-call steps
+    (final answers, messages) are pushed down like any failure against the policy's average — in
+    training, call credit that pushes wrong calls down otherwise leaks probability into exactly those
+    unpushed actions (README, "Call credit in training").
 
     Assumptions and where it is biased:
 
@@ -204,6 +209,9 @@ def call_evidence(
     """
     r = rollouts
     adv = segments.group_normalize(r.outcome, r.group, r.num_groups, norm=norm, eps=eps)
+    if no_success_baseline == "batch":
+        wins = segments.segment_sum((r.outcome >= success_threshold).to(r.outcome.dtype), r.group, r.num_groups)
+        adv = torch.where((wins == 0)[r.group], r.outcome - r.outcome.mean(), adv)
     if r.num_calls == 0:
         return Credit(adv)
     fit = _fit(r, identity, grounding, tool_errors, failure_witnesses, int(iterations), prior_strength,

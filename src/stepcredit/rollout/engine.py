@@ -19,6 +19,11 @@ among nodes right after a tool result (the root included), in the spirit of ARPO
 calls (ARPO's entropy trigger is not modelled: any such node is a candidate). A shared prefix is
 generated once; every leaf through it repeats its tokens in the batch (Tree-GRPO's credit mechanism).
 
+**Malformed calls.** An action the environment cannot parse but that opens as a call of one of its
+tools (``div(a=5, b=``…) is recorded as a *failed call* of that tool — its raw text as the arguments,
+the error observation as the result, ``call_ok`` error, label 0 — as the log loaders keep a call whose
+arguments are not JSON: a format error is the model's, and call-level credit must be able to reach it.
+
 **Output** (``RolloutBatch``): a ``Rollouts`` with one group per task, ``tree`` ids (trees only), the
 environment's labels (``label``, ``call_label``), ``tool_ok``, and ``state`` = the node id of every step
 for trees (steps on a shared prefix share it, as ``tree_grpo`` expects) or history-derived keys for
@@ -43,7 +48,7 @@ import torch
 from torch import Tensor
 
 from stepcredit import segments
-from stepcredit.envs.actions import call_spans
+from stepcredit.envs.actions import attempted_call, call_spans
 from stepcredit.envs.base import Snapshot, ToolEnv
 from stepcredit.rollout.chat_format import ChatFormat
 from stepcredit.rollout.policy import Context, Generation, Policy
@@ -216,6 +221,10 @@ class _Engine:
             CallRecord(c["name"], c["arguments"], c["result"], TOOL_OK if c["ok"] else TOOL_ERROR, int(c["label"]))
             for c in info["calls"]
         ]
+        if info.get("error") is not None and not calls:
+            attempt = self._attempted_call(thread, gen.text)
+            if attempt is not None:  # a malformed call is a failed call of that tool (label 0: it changed nothing)
+                calls = [CallRecord(attempt, gen.text, obs, TOOL_ERROR, 0)]
         step = StepRecord(action=gen.text, observation=obs, calls=calls, label=int(info["label"]))
         gen_ids = obs_ids = None
         context = thread.context
@@ -342,6 +351,16 @@ class _Engine:
             response_ids=response_ids,
             old_logprobs=old_logprobs,
         )
+
+    @staticmethod
+    def _attempted_call(thread: _Thread, action: str) -> str | None:
+        """The tool a malformed action set out to call (``name(``…), if the environment offers it (any
+        name where the environment lists no tools)."""
+        name = attempted_call(action)
+        tools = getattr(getattr(thread.env, "unwrapped", thread.env), "tools", None)
+        if name is None or tools is None:
+            return name
+        return name if name in {t.name for t in tools} else None
 
     def _call_token_spans(self, node: Node, start: int) -> list[tuple[int, int]]:
         """Token spans of the node's calls: the tokens covering each call's text when the action is a
