@@ -205,7 +205,7 @@ def call_evidence(
        (about 1 s for 512 trajectories on 2 CPU cores, against 0.05–0.1 s without ``context``).
     7. ``center="group"`` makes the call credit of a task sum to zero over its calls, so it is an
        advantage (no push toward making more calls); with "none" every credited call is raised by the
-       task's average belief. Without tool calls this is ``grpo`` with ``norm``.
+       task's average belief. Without tool calls (and the default baseline) this is ``grpo`` with ``norm``.
     """
     r = rollouts
     adv = segments.group_normalize(r.outcome, r.group, r.num_groups, norm=norm, eps=eps)
