@@ -255,3 +255,18 @@ def test_segment_first_last_and_pair_members(batch):
     ids, n = segments.unique_pairs(index, b)
     pa, pb = segments.pair_members(ids, n, index, b)
     assert torch.equal(pa[ids], index) and torch.equal(pb[ids], b)
+
+
+def test_connected_components_by_hand() -> None:
+    # rows 0-1 share a, 1-2 share b, 2-3 share a: one chain; row 4 alone; rows 5-6 share b
+    a = torch.tensor([0, 0, 1, 1, 2, 3, 4])
+    b = torch.tensor([0, 1, 1, 2, 3, 4, 4])
+    comp, n = segments.connected_components(a, 5, b, 5)
+    assert n == 3 and comp.tolist() == [0, 0, 0, 0, 1, 2, 2]
+    comp, n = segments.connected_components(torch.zeros(0, dtype=torch.int64), 0, torch.zeros(0, dtype=torch.int64), 0)
+    assert n == 0 and comp.numel() == 0
+
+
+def test_group_wins() -> None:
+    wins, size = segments.group_wins(torch.tensor([True, False, False, True, True]), torch.tensor([0, 0, 1, 2, 2]), 4)
+    assert wins.tolist() == [1, 0, 2, 0] and size.tolist() == [2, 1, 2, 0]

@@ -221,6 +221,29 @@ def unique_pairs(a: Tensor, b: Tensor, *, a_size: int | None = None) -> tuple[Te
     return inverse, int(inverse.max()) + 1
 
 
+def connected_components(a: Tensor, num_a: int, b: Tensor, num_b: int) -> tuple[Tensor, int]:
+    """Dense ids of the connected components of rows linked by sharing an ``a`` id or a ``b`` id (both
+    dense, in ``[0, num_a)`` / ``[0, num_b)``): ``(component [n], num_components)``. Minimum-label
+    propagation, as many rounds as the longest chain of links."""
+    n = a.numel()
+    label = torch.arange(n, device=a.device)
+    while True:
+        low_a = torch.full((num_a,), n, device=a.device).scatter_reduce(0, a, label, "amin")
+        low_b = torch.full((num_b,), n, device=a.device).scatter_reduce(0, b, label, "amin")
+        new = torch.minimum(low_a[a], low_b[b])
+        if torch.equal(new, label):
+            break
+        label = new
+    unique, dense = torch.unique(label, return_inverse=True)
+    return dense, int(unique.numel())
+
+
+def group_wins(success: Tensor, group: Tensor, num_groups: int) -> tuple[Tensor, Tensor]:
+    """Per group, how many of its rows succeeded and how many rows it has: ``(wins [G], size [G])``
+    (int64) — a group is all-fail where ``wins == 0``, all-success where ``wins == size``, else mixed."""
+    return segment_sum(success.to(torch.int64), group, num_groups), segment_count(group, num_groups)
+
+
 def leave_one_out_mean(values: Tensor, index: Tensor, num_segments: int) -> Tensor:
     """Per row, the mean of the *other* members of its segment: ``(Σ_g x − x_i) / (n_g − 1)``.
 

@@ -23,6 +23,10 @@ def test_features_by_hand():
     # nested parameters by path (list positions dropped), strings case-insensitive
     nested = _call_features("book", '{"trip": {"legs": ["SFO", "lax"]}}', True, "from sfo to LAX".casefold(), 8)
     assert {"E|book", "L|book|trip.legs|from", "R|book|trip.legs|to"} <= set(nested)
+    # values nested past any reading are unseen; a sentence's full stop does not hide a number
+    deep = '{"x": ' + "[" * 40 + "1" + "]" * 40 + "}"
+    assert "U|f|x" in _call_features("f", deep, False, "1", 8)
+    assert "U|f|x" not in _call_features("f", '{"x": 450}', False, "costing at most $450.", 8)
     # arguments that are not JSON, non-finite numbers
     assert _call_features("f", "not json", False, "x", 8) == ["T|f", "X|f"]
     assert "U|f|x" in _call_features("f", '{"x": Infinity}', False, "infinity", 8)

@@ -115,8 +115,6 @@ def test_tasks_mixed_leaves_tasks_without_contrast_to_the_outcome():
     r = repeated_mistake_batch()
     extra = build([_traj(f"x{i}", "h", 0.0, [("get", '{"id":"u7"}'), ("write", '{"v":"o3"}')]) for i in range(3)],
                   states="distinct")
-    from stepcredit import Rollouts
-
     both = Rollouts.concat([r, extra])
     mixed_only = call_evidence(both, tasks="mixed").per_call(both)
     everywhere = call_evidence(both).per_call(both)

@@ -66,20 +66,22 @@ def always_made(rollouts: Rollouts, kind: str) -> Tensor:
     result, ``tool.call_keys``), or for step units the same action text? Such units
     (reading the user record, say) earn consensus without telling anything about the task; a group
     with one trajectory makes all its units always-made."""
-    from stepcredit.estimators.tool import key_occurrences
+    from stepcredit.estimators.tool import call_keys
     from stepcredit.rollouts import text_keys
     from stepcredit.rollouts._texts import step_action_texts
 
     r = rollouts
-    size = segments.segment_count(r.group, r.num_groups)
     if kind == "call":
-        keys, k, _, pair_key, _ = key_occurrences(r, "effect")
-        return segments.segment_count(pair_key, k)[keys] == size[r.group[r.call_traj]]
-    codes = text_keys(step_action_texts(r), r.step_group.tolist()).to(r.device)
-    keys, k = segments.unique_pairs(r.step_group, torch.unique(codes, return_inverse=True)[1], a_size=r.num_groups)
-    pair, num_pairs = segments.unique_pairs(keys, r.step_traj, a_size=k)
-    pair_key, _ = segments.pair_members(pair, num_pairs, keys, r.step_traj)
-    return segments.segment_count(pair_key, k)[keys] == size[r.step_group]
+        keys, k = call_keys(r, "effect")
+        traj = r.call_traj
+    else:
+        codes = text_keys(step_action_texts(r), r.step_group.tolist()).to(r.device)
+        keys, k = segments.unique_pairs(r.step_group, codes)
+        traj = r.step_traj
+    pair, num_pairs = segments.unique_pairs(keys, traj, a_size=k)
+    (pair_key,) = segments.pair_members(pair, num_pairs, keys)
+    size = segments.segment_count(r.group, r.num_groups)
+    return segments.segment_count(pair_key, k)[keys] == size[r.group[traj]]
 
 
 def unit_subsets(rollouts: Rollouts, u: Units, *, success_threshold: float = 1.0) -> dict[str, Tensor]:
@@ -87,9 +89,7 @@ def unit_subsets(rollouts: Rollouts, u: Units, *, success_threshold: float = 1.0
     (``always_made``), and units by the type of their group — ``mixed`` (some trajectories succeeded,
     some failed), ``all_fail``, ``all_success`` (where outcome-only credit is exactly 0)."""
     r = rollouts
-    success = (r.outcome >= success_threshold).double()
-    wins = segments.segment_sum(success, r.group, r.num_groups)
-    size = segments.segment_count(r.group, r.num_groups).double()
+    wins, size = segments.group_wins(r.outcome >= success_threshold, r.group, r.num_groups)
     kind = torch.where(wins == 0, 0, torch.where(wins == size, 2, 1))[u.group]
     return {
         "without_always_made": ~always_made(r, u.kind),

@@ -219,7 +219,7 @@ def parse_action(action: object) -> ParsedAction:
         return _bad("the action is nested too deeply")
 
 
-_ATTEMPT = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*\(")
+_ATTEMPT = re.compile(rf"\s*({_NAME.pattern})\s*\(")
 
 
 def attempted_call(action: str) -> str | None:

@@ -17,31 +17,17 @@ import json
 import math
 import re
 import zlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from stepcredit.rollouts import TOOL_ERROR, Rollouts
+from stepcredit.rollouts._texts import argument_leaves, seen_before_steps
 
 __all__ = ["context_features", "fit_logistic"]
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
-
-
-def _leaves(value: Any, path: str = "", depth: int = 0) -> Iterator[tuple[str, Any]]:
-    """``(parameter path, leaf)`` pairs of a JSON value; list positions do not enter the path."""
-    if depth > 32:
-        return
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from _leaves(v, f"{path}.{k}" if path else str(k), depth + 1)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _leaves(v, path, depth + 1)
-    else:
-        yield path, value
 
 
 def _last(value: Any, text: str) -> tuple[int, int] | None:
@@ -53,7 +39,7 @@ def _last(value: Any, text: str) -> tuple[int, int] | None:
         return (at, at + len(needle)) if at >= 0 else None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    pattern = r"(?<![\d.])" + re.escape(json.dumps(value)) + r"(?![\d.]|\.\d)"
+    pattern = r"(?<![\d.])" + re.escape(json.dumps(value)) + r"(?!\d|\.\d)"
     match = None
     for match in re.finditer(pattern, text):  # noqa: B007 — the last one
         pass
@@ -68,10 +54,11 @@ def _call_features(name: str, arguments: str, errored: bool, text: str, window: 
     except (ValueError, RecursionError):
         return [*out, f"X|{name}"]
     spots: list[tuple[int, int]] = []
-    for path, leaf in _leaves(parsed):
+    for path, leaf in argument_leaves(parsed):
         if leaf is None or isinstance(leaf, bool) or leaf == "":
             continue
-        span = None if isinstance(leaf, float) and not math.isfinite(leaf) else _last(leaf, text)
+        readable = isinstance(leaf, str | int) or (isinstance(leaf, float) and math.isfinite(leaf))
+        span = _last(leaf, text) if readable else None
         if span is None:
             out.append(f"U|{name}|{path}")
             continue
@@ -92,27 +79,19 @@ def _call_features(name: str, arguments: str, errored: bool, text: str, window: 
 
 def context_features(rollouts: Rollouts, *, window: int = 48, dims: int = 1 << 16) -> tuple[Tensor, Tensor]:
     """Every call's hashed context features as ``(flat [F], offsets [C])`` for ``fit_logistic`` (see
-    the module docstring). Host-side text work, one pass over the trajectories."""
+    the module docstring). Host-side text work, one pass over the calls."""
     r = rollouts
     assert r.texts is not None
-    prompt = r.texts.prompt.to_pylist()
-    results = r.texts.call_result.to_pylist()
-    observations = r.texts.observation.to_pylist()
+    seen = seen_before_steps(r)
     names = r.texts.call_name.to_pylist()
     arguments = r.texts.call_arguments.to_pylist()
     errored = (r.call_ok == TOOL_ERROR).tolist()
-    soff, coff = r.step_offsets.tolist(), r.call_offsets.tolist()
     flat: list[int] = []
     offsets: list[int] = []
-    for i in range(r.num_trajectories):
-        parts = [prompt[i].casefold()]
-        for s in range(soff[i], soff[i + 1]):
-            text = "\n".join(parts)
-            for c in range(coff[s], coff[s + 1]):
-                offsets.append(len(flat))
-                feats = _call_features(names[c], arguments[c], errored[c], text, window)
-                flat.extend(zlib.crc32(f.encode()) % dims for f in feats)
-            parts.extend(x.casefold() for x in (*results[coff[s] : coff[s + 1]], observations[s]))
+    for c, s in enumerate(r.call_step.tolist()):
+        offsets.append(len(flat))
+        feats = _call_features(names[c], arguments[c], errored[c], seen[s], window)
+        flat.extend(zlib.crc32(f.encode()) % dims for f in feats)
     return (torch.tensor(flat, dtype=torch.int64, device=r.device),
             torch.tensor(offsets, dtype=torch.int64, device=r.device))
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -35,24 +34,11 @@ from stepcredit.estimators._context import context_features, fit_logistic
 from stepcredit.estimators.tool import CallIdentity, call_keys
 from stepcredit.registry import Count, NonNegative, register
 from stepcredit.rollouts import TOOL_ERROR, TOOL_UNKNOWN, Rollouts
+from stepcredit.rollouts._texts import argument_leaves, seen_before_steps
 
 __all__ = ["call_evidence", "evidence_rates", "grounded_calls"]
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-
-
-def _leaves(value: Any, depth: int = 0) -> Iterator[Any]:
-    if depth > 32:  # arguments nested this deep are not grounded by anything an agent read
-        yield object()
-        return
-    if isinstance(value, dict):
-        for v in value.values():
-            yield from _leaves(v, depth + 1)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _leaves(v, depth + 1)
-    else:
-        yield value
 
 
 def _seen(value: Any, text: str, numbers: set[str]) -> bool:
@@ -74,31 +60,26 @@ def _seen(value: Any, text: str, numbers: set[str]) -> bool:
 
 def grounded_calls(rollouts: Rollouts) -> Tensor:
     """``[C]`` bool: does every argument value of the call appear in what the agent had seen before it
-    — the trajectory's prompt, the tool results and observations of its earlier steps (strings as
+    (``seen_before_steps``: the prompt, earlier tool results and observations; strings as
     case-insensitive substrings, numbers as whole numbers in the text)? ``None``, booleans and empty
-    strings count as seen; arguments that are not JSON as unseen. Host-side text work, one pass over
-    the calls."""
+    strings count as seen; arguments that are not JSON, or nested past ``MAX_ARGUMENT_DEPTH``, as
+    unseen. Host-side text work, one pass over the calls."""
     r = rollouts
-    prompt = r.texts.prompt.to_pylist()
-    results = r.texts.call_result.to_pylist()
-    observations = r.texts.observation.to_pylist()
+    seen = seen_before_steps(r)
     arguments = r.texts.call_arguments.to_pylist()
-    soff, coff = r.step_offsets.tolist(), r.call_offsets.tolist()
+    coff = r.call_offsets.tolist()
     out = [False] * r.num_calls
-    for i in range(r.num_trajectories):
-        seen = [prompt[i].casefold()]
-        numbers = set(_NUMBER.findall(prompt[i]))
-        for s in range(soff[i], soff[i + 1]):
-            text = "\n".join(seen)
-            for c in range(coff[s], coff[s + 1]):
-                try:
-                    value = json.loads(arguments[c])
-                except (ValueError, RecursionError):
-                    continue
-                out[c] = all(_seen(v, text, numbers) for v in _leaves(value))
-            for new in (*results[coff[s] : coff[s + 1]], observations[s]):
-                seen.append(new.casefold())
-                numbers.update(_NUMBER.findall(new))
+    for s in range(r.num_steps):
+        if coff[s + 1] == coff[s]:
+            continue
+        text = seen[s]
+        numbers = set(_NUMBER.findall(text))
+        for c in range(coff[s], coff[s + 1]):
+            try:
+                value = json.loads(arguments[c])
+            except (ValueError, RecursionError):
+                continue
+            out[c] = all(_seen(v, text, numbers) for _, v in argument_leaves(value))
     return torch.tensor(out, dtype=torch.bool, device=r.device)
 
 
@@ -210,7 +191,7 @@ def call_evidence(
     r = rollouts
     adv = segments.group_normalize(r.outcome, r.group, r.num_groups, norm=norm, eps=eps)
     if no_success_baseline == "batch":
-        wins = segments.segment_sum((r.outcome >= success_threshold).to(r.outcome.dtype), r.group, r.num_groups)
+        wins, _ = segments.group_wins(r.outcome >= success_threshold, r.group, r.num_groups)
         adv = torch.where((wins == 0)[r.group], r.outcome - r.outcome.mean(), adv)
     if r.num_calls == 0:
         return Credit(adv)
@@ -282,8 +263,8 @@ def _fit(
     # witnesses of each subject: the other trajectories of its task, by outcome
     has_s = segments.segment_sum(success[pair_traj].to(f64), pair_key, k)
     has_f = segments.segment_sum((~success[pair_traj]).to(f64), pair_key, k)
-    grp_s = segments.segment_sum(success.to(f64), r.group, r.num_groups)
-    grp_f = segments.segment_sum((~success).to(f64), r.group, r.num_groups)
+    wins, size = segments.group_wins(success, r.group, r.num_groups)
+    grp_s, grp_f = wins.to(f64), (size - wins).to(f64)
     own_s = success[pair_traj].to(f64)
     g = r.group[pair_traj]
     w_has_s, w_has_f = has_s[pair_key] - own_s, has_f[pair_key] - (1 - own_s)

@@ -16,6 +16,7 @@ from stepcredit import segments
 from stepcredit.credit import Credit
 from stepcredit.registry import NonNegative, OpenUnit, UserCode, import_callable, register
 from stepcredit.rollouts import TOOL_OK, Rollouts
+from stepcredit.rollouts._texts import argument_leaves
 
 Verifier = Callable[[str, str, str], bool]
 
@@ -95,7 +96,7 @@ def call_keys(rollouts: Rollouts, identity: CallIdentity = "arguments") -> tuple
     values = pa.array([_value_multiset(a) for a in r.texts.call_arguments.to_pylist()], pa.large_string())
     effect = pc.binary_join_element_wise(r.texts.call_name, values, r.texts.call_result, sep)
     other, k_other = segments.unique_pairs(group, _codes(effect, r.device), a_size=r.num_groups)
-    return _components(keys, k, other, k_other)
+    return segments.connected_components(keys, k, other, k_other)
 
 
 def _codes(strings: pa.Array, device: torch.device) -> Tensor:
@@ -103,39 +104,19 @@ def _codes(strings: pa.Array, device: torch.device) -> Tensor:
 
 
 def _value_multiset(arguments: str) -> str:
-    """The sorted leaf values of a call's JSON arguments, whatever keys or nesting hold them; arguments
-    that are not JSON stand for themselves."""
+    """The sorted leaf values of a call's JSON arguments, whatever parameters or nesting hold them;
+    arguments that are not JSON stand for themselves."""
     try:
         parsed = json.loads(arguments)
     except (ValueError, RecursionError):
         return "\x1e" + arguments
-    out: list[str] = []
-    stack: list[tuple[object, int]] = [(parsed, 0)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict) and depth < 64:
-            stack.extend((v, depth + 1) for v in value.values())
-        elif isinstance(value, list) and depth < 64:
-            stack.extend((v, depth + 1) for v in value)
-        else:
-            out.append(json.dumps(value, sort_keys=True))
+    out = []
+    for _, leaf in argument_leaves(parsed):
+        try:
+            out.append(json.dumps(leaf, sort_keys=True))
+        except (ValueError, RecursionError):  # a value nested past any reading: one opaque leaf
+            out.append("\x1d")
     return "\x1e".join(sorted(out))
-
-
-def _components(a: Tensor, num_a: int, b: Tensor, num_b: int) -> tuple[Tensor, int]:
-    """Dense ids of the connected components of the items linked by sharing an ``a`` or a ``b`` class
-    (minimum-label propagation, vectorized; as many rounds as the longest chain of links)."""
-    n = a.numel()
-    label = torch.arange(n, device=a.device)
-    while True:
-        low_a = torch.full((num_a,), n, device=a.device).scatter_reduce(0, a, label, "amin")
-        low_b = torch.full((num_b,), n, device=a.device).scatter_reduce(0, b, label, "amin")
-        new = torch.minimum(low_a[a], low_b[b])
-        if torch.equal(new, label):
-            break
-        label = new
-    unique, dense = torch.unique(label, return_inverse=True)
-    return dense, int(unique.numel())
 
 
 def key_occurrences(

@@ -24,8 +24,7 @@ def summarize(rollouts: Rollouts, *, success_threshold: float = 1.0) -> dict[str
     r = rollouts
     success = r.outcome >= success_threshold
     g = r.num_groups
-    wins = segments.segment_sum(success.long(), r.group, g)
-    size = segments.segment_count(r.group, g)
+    wins, size = segments.group_wins(success, r.group, g)
     known = r.call_ok != TOOL_UNKNOWN
     errors = int((r.call_ok == TOOL_ERROR).sum())
     out: dict[str, Any] = {

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from torch import Tensor
@@ -20,7 +20,9 @@ __all__ = [
     "TEXT_COLUMNS",
     "Texts",
     "anchor_observations",
+    "argument_leaves",
     "malformed_call_steps",
+    "seen_before_steps",
     "step_action_texts",
     "trajectory_actions",
 ]
@@ -114,6 +116,42 @@ def malformed_call_steps(rollouts: Rollouts) -> list[bool]:
             bad_call.append(True)
     coff = r.call_offsets.tolist()
     return [any(bad_call[coff[s] : coff[s + 1]]) for s in range(r.num_steps)]
+
+
+MAX_ARGUMENT_DEPTH = 32
+
+
+def argument_leaves(value: Any, path: str = "", depth: int = 0) -> Iterator[tuple[str, Any]]:
+    """``(parameter path, leaf)`` of every scalar in a call's parsed JSON arguments (``"trip.legs"``;
+    list positions do not enter the path). Below ``MAX_ARGUMENT_DEPTH`` levels the rest of the value is
+    one leaf as it is (a dict or list: no agent read it anywhere)."""
+    if depth > MAX_ARGUMENT_DEPTH:
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from argument_leaves(v, f"{path}.{k}" if path else str(k), depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            yield from argument_leaves(v, path, depth + 1)
+    else:
+        yield path, value
+
+
+def seen_before_steps(rollouts: Rollouts) -> list[str]:
+    """Per step, what the agent had read before it, casefolded: its trajectory's prompt, then every
+    earlier step's tool results (in call order) and observation, one per line."""
+    r = rollouts
+    prompt = r.texts.prompt.to_pylist()
+    results = r.texts.call_result.to_pylist()
+    observations = r.texts.observation.to_pylist()
+    soff, coff = r.step_offsets.tolist(), r.call_offsets.tolist()
+    out: list[str] = []
+    for i in range(r.num_trajectories):
+        parts = [prompt[i].casefold()]
+        for s in range(soff[i], soff[i + 1]):
+            out.append("\n".join(parts))
+            parts.extend(x.casefold() for x in (*results[coff[s] : coff[s + 1]], observations[s]))
+    return out
 
 
 def trajectory_actions(rollouts: Rollouts) -> list[str]:

@@ -51,9 +51,8 @@ def binary_gate(rollouts: Rollouts, *, success_threshold: float = 1.0) -> Tensor
     still finds the informative groups when shaped rewards make every group's std non-zero
     (verl-recipe PR #125)."""
     r = rollouts
-    win = segments.segment_sum((r.outcome >= success_threshold).long(), r.group, r.num_groups)
-    size = segments.segment_count(r.group, r.num_groups)
-    return _keep_groups(r, (win > 0) & (win < size))
+    wins, size = segments.group_wins(r.outcome >= success_threshold, r.group, r.num_groups)
+    return _keep_groups(r, (wins > 0) & (wins < size))
 
 
 @register("selection")
