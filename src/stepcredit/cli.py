@@ -501,6 +501,10 @@ def experiment(
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder under which <name>/ is written.")] = Path("runs"),
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted experiment in --out: finished runs are kept, "
+                           "unfinished ones continue from their last checkpoint (their config must be unchanged).")
+    ] = False,
 ) -> None:
     """The main job: train a small policy with each recipe × seed on one task family, compare the
     learning curves (outcome GRPO, dense recipes, the oracle upper bound), audit the credit, and write
@@ -512,7 +516,8 @@ def experiment(
     exp = _guard(lambda: load_experiment(config))
     if not out.parent.is_dir():
         _exit(ValueError(f"{out.parent}: no such folder for --out"))
-    summary = _guard(lambda: run_experiment(exp, out, progress=not quiet, log=lambda s: err_console.print(escape(s))))
+    summary = _guard(lambda: run_experiment(exp, out, progress=not quiet, resume=resume,
+                                            log=lambda s: err_console.print(escape(s))))
     console.print(summary_markdown(summary), highlight=False, markup=False)
 
 

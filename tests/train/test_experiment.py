@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -99,3 +100,22 @@ def test_a_tiny_experiment_end_to_end(tmp_path: Path) -> None:
     page = (out / "report.html").read_text()
     assert "data:image/png;base64," in page and "<table>" in page
     assert (out / "grpo-seed0" / "last_rollouts.parquet").is_file()
+    # --resume: finished runs are read back, not retrained, and no warm start is paid for them
+    again = subprocess.run([sys.executable, "-m", "stepcredit.cli", "experiment", str(path), "--out", str(tmp_path),
+                            "--quiet", "--resume"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "warm start" not in again.stderr and "grpo seed 0" in again.stderr
+    resumed = json.loads((out / "summary.json").read_text())
+    assert {k: v["final_success"] for k, v in resumed["runs"].items()} == {
+        k: v["final_success"] for k, v in summary["runs"].items()}
+
+
+def test_runs_share_a_warm_start_unless_it_differs() -> None:
+    from stepcredit.train.experiment import warm_key
+    from stepcredit.train.trainer import TrainConfig
+
+    base = TrainConfig()
+    assert warm_key(base) == warm_key(dataclasses.replace(base, recipe="gigpo", lr=3e-3, critique={}, opd={}))
+    assert warm_key(base) != warm_key(dataclasses.replace(base, skills={}))
+    assert warm_key(base) != warm_key(dataclasses.replace(base, sft_feedback=8))
+    assert warm_key(base) != warm_key(dataclasses.replace(base, seed=1))

@@ -91,6 +91,14 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     assert len(lines) == 4
 
 
+def test_resume_refuses_a_changed_config(tmp_path: Path) -> None:
+    config = TrainConfig(**TINY, steps=1)  # type: ignore[arg-type]
+    train(config, tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"config differs .*\['lr'\]"):
+        train(TrainConfig(**TINY, steps=2, lr=5e-3), tmp_path, resume=True, progress=False)  # type: ignore[arg-type]
+    assert len(train(TrainConfig(**TINY, steps=2), tmp_path, resume=True, progress=False)) == 3  # type: ignore[arg-type]
+
+
 def test_trees_and_selection_recipes_train(tmp_path: Path) -> None:
     trees = TrainConfig(**TINY, steps=1, rollout="trees", tree=(1, 1, 1), recipe="tree_grpo")  # type: ignore[arg-type]
     history = train(trees, tmp_path / "t", progress=False)

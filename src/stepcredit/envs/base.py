@@ -277,6 +277,19 @@ class ToolEnv(gymnasium.Env[str, Any]):
     def _progress(self) -> str:
         """A key of the decision point: equal keys when the agent's knowledge and the world agree."""
 
+    def reference_answer(self) -> str | None:
+        """The answer that solves the current task, as the verifier holds it (what the outcome reward
+        compares against), or None where the family has no single answer (booking: a goal state).
+
+        This is the verifier's ground truth, not a step label: Critique-GRPO's ground-truth critiques
+        and DRO's R3 reference tokens are built from it."""
+        if self._state is None:
+            raise RuntimeError("call reset() before reference_answer()")
+        return self._reference()
+
+    def _reference(self) -> str | None:
+        return None
+
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         super().reset(seed=seed)

@@ -184,6 +184,10 @@ class CalculatorEnv(ToolEnv):
         ok = value == task.nodes[task.root].value
         return ok, CORRECT if ok else WRONG
 
+    def _reference(self) -> str:
+        task: _Task = self._state
+        return str(task.nodes[task.root].value)
+
     def _result(self, op: str, value: int) -> str:
         if self.noise and self.np_random.random() < self.noise:
             return json.dumps({"result": value, "op": op, "elapsed_ms": int(self.np_random.integers(1, 40))})

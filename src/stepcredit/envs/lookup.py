@@ -428,6 +428,9 @@ class LookupEnv(ToolEnv):
         ok = _same_answer(self._state, answer, self._state.answer)
         return ok, CORRECT if ok else WRONG
 
+    def _reference(self) -> str:
+        return str(self._state.answer)
+
     # ------------------------------------------------------------------ results
     def _noisy(self) -> bool:
         return bool(self.noise) and float(self.np_random.random()) < self.noise

@@ -70,6 +70,11 @@ class ChatFormat:
         """``<|tool|>{observation}<|end|><|assistant|>`` as ids (what follows an action)."""
         return [self.id(TOOL), *self._encode(observation), self.end_id, self.id(ASSISTANT)]
 
+    def encode_feedback(self, text: str) -> list[int]:
+        """``<|user|>{text}<|end|><|assistant|>`` as ids: words put into a context after a turn (a
+        critique, a hint), then the assistant's turn again."""
+        return [self.id(USER), *self._encode(text), self.end_id, self.id(ASSISTANT)]
+
     def decode_action(self, ids: list[int]) -> str:
         """The text of generated ids, without the end-of-action token and anything after it."""
         end = self.end_id

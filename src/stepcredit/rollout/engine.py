@@ -93,6 +93,7 @@ class _Root:
     context: Context
     prompt_ids: list[int] | None
     children: int = 0
+    reference: str | None = None  # the verifier's answer (``ToolEnv.reference_answer``), for critics and judges
 
 
 @dataclass
@@ -119,6 +120,9 @@ class RolloutBatch:
     prompt_ids: list[list[int]] | None = None
     response_ids: Tensor | None = None
     old_logprobs: Tensor | None = None
+    off_policy: Tensor | None = None  # (N,) bool: trajectories not sampled from the policy on their prompt
+    references: list[str | None] | None = None  # per trajectory, the verifier's answer (None: the family has none)
+    stats: dict[str, float] = field(default_factory=dict)  # generation-side methods' counters
 
     @property
     def tokens_per_trajectory(self) -> float:
@@ -163,7 +167,8 @@ class _Engine:
             token_ids=list(prompt_ids) if prompt_ids is not None else None,
             key=str(info["state_key"]),
         )
-        return _Root(task, tree, env.snapshot(), context, prompt_ids)
+        reference = getattr(getattr(env, "unwrapped", env), "reference_answer", None)
+        return _Root(task, tree, env.snapshot(), context, prompt_ids, reference=reference() if reference else None)
 
     def thread_from(self, root: _Root, node: Node | None) -> _Thread:
         env = self.make_env()
@@ -291,7 +296,8 @@ class _Engine:
                 )
             )
         if self.format is None:
-            return RolloutBatch(build(records), [p for _, p in paths], self.nodes, self.generated)
+            return RolloutBatch(build(records), [p for _, p in paths], self.nodes, self.generated,
+                                references=[root.reference for root, _ in paths])
         return self._with_tokens(records, paths)
 
     def _with_tokens(self, records: list[TrajectoryRecord], paths: list[tuple[_Root, list[int]]]) -> RolloutBatch:
@@ -350,6 +356,7 @@ class _Engine:
             prompt_ids=[list(root.prompt_ids or []) for root, _ in paths],
             response_ids=response_ids,
             old_logprobs=old_logprobs,
+            references=[root.reference for root, _ in paths],
         )
 
     @staticmethod

@@ -1,7 +1,9 @@
 """``stepcredit experiment``: recipes × seeds on one environment family, compared end to end.
 
 For every seed the policy is warm-started once (SFT on noisy-oracle demonstrations) and every run of
-that seed starts from the same weights, so runs differ only by their credit (and rollout shape). Each
+that seed starts from the same weights, so runs differ only by their credit (and rollout shape) — except
+runs whose warm start itself differs (``WARM_FIELDS``, or ``skills``, whose demonstrations carry the
+skill bank): each such setting is warm-started once per seed. Each
 run is a ``train`` call; the experiment writes ``<out>/<name>/``:
 
 * ``<run>-seed<k>/``: the run's ``config.json``, ``metrics.jsonl``, checkpoints, ``last_rollouts.parquet``;
@@ -145,6 +147,19 @@ def load_experiment(spec: str | Path | Mapping[str, Any] | None = None) -> Exper
     return exp
 
 
+# What the warm start depends on: runs that agree on these share one warm start per seed.
+WARM_FIELDS = ("env", "depth", "distractors", "noise", "max_steps", "env_options", "model", "hidden_size", "num_layers",
+               "device", "sft_demos", "sft_error_rate", "sft_epochs", "sft_batch", "sft_lr", "sft_feedback",
+               "max_grad_norm", "seed")
+
+
+def warm_key(config: TrainConfig) -> str:
+    """The warm-start setting of a run (``skills`` on puts the bank's skills in the demonstrations)."""
+    fields = {name: getattr(config, name) for name in WARM_FIELDS}
+    fields["skills"] = config.options("skills")
+    return json.dumps(fields, sort_keys=True, default=repr)
+
+
 def run_config(exp: Experiment, run: RunSpec, seed: int, lr_scale: float = 1.0) -> TrainConfig:
     config = dataclasses.replace(exp.train, recipe=run.recipe, rollout=run.rollout, seed=seed, **run.overrides)
     return dataclasses.replace(config, lr=config.lr * lr_scale) if lr_scale != 1.0 else config
@@ -152,9 +167,13 @@ def run_config(exp: Experiment, run: RunSpec, seed: int, lr_scale: float = 1.0) 
 
 # ----------------------------------------------------------------------------------- running
 def run_experiment(
-    exp: Experiment, out_root: str | Path = "runs", *, progress: bool = True, log: Callable[[str], None] = print
+    exp: Experiment, out_root: str | Path = "runs", *, progress: bool = True, log: Callable[[str], None] = print,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Run every run × seed (and the stability runs), then write curves, audit, summary and report."""
+    """Run every run × seed (and the stability runs), then write curves, audit, summary and report.
+
+    ``resume``: runs already in ``out_root`` continue from their last checkpoint (``train(resume=True)``),
+    so a finished run is read back, not retrained, and no warm start is paid for it."""
     from stepcredit.io import write_parquet
 
     out = Path(out_root) / exp.name
@@ -166,12 +185,20 @@ def run_experiment(
     scales = [("", 1.0)] + ([(f"@{exp.stability_lr_scale:g}xlr", exp.stability_lr_scale)]
                             if exp.stability_lr_scale else [])
     for seed in exp.seeds:
-        t0 = time.perf_counter()
-        base = dataclasses.replace(exp.train, seed=seed)
-        policy = build_policy(base.check())
-        warm_start(policy, base, log)
-        warm = {k: v.detach().clone() for k, v in policy.model.state_dict().items()}
-        timings[f"warm start seed {seed}"] = time.perf_counter() - t0
+        warm_states: dict[str, dict[str, Any]] = {}
+
+        def warm_for(config: TrainConfig, seed: int = seed, cache: dict[str, dict[str, Any]] = warm_states) -> Any:
+            """One warm start per seed and per warm-start setting (runs differing only in RL share it)."""
+            key = warm_key(config)
+            if key not in cache:
+                t0 = time.perf_counter()
+                policy = build_policy(config.check())
+                warm_start(policy, config, log)
+                cache[key] = {k: v.detach().clone() for k, v in policy.model.state_dict().items()}
+                label = f"warm start seed {seed}" + (f" ({len(cache)})" if len(cache) > 1 else "")
+                timings[label] = time.perf_counter() - t0
+            return cache[key]
+
         for suffix, scale in scales:
             for run in exp.runs:
                 if suffix and exp.stability_runs is not None and run.name not in exp.stability_runs:
@@ -184,8 +211,10 @@ def run_experiment(
                     last["batch"] = batch
 
                 run_dir = out / f"{name}-seed{seed}"
-                history = train(run_config(exp, run, seed, scale), run_dir, init_state=warm, progress=progress,
-                                on_step=keep_last)
+                config = run_config(exp, run, seed, scale)
+                started = resume and any(run_dir.glob("checkpoint-*.pt"))  # train() continues it: no warm start
+                history = train(config, run_dir, init_state=None if started else warm_for(config), progress=progress,
+                                on_step=keep_last, resume=resume)
                 if "batch" in last:
                     write_parquet(last["batch"].rollouts, run_dir / "last_rollouts.parquet")
                 histories.setdefault(name, []).append(history)
@@ -193,7 +222,6 @@ def run_experiment(
                 evals = [h["eval_success"] for h in history if "eval_success" in h]
                 log(f"{name} seed {seed}: held-out success {100 * evals[0]:.0f}% → {100 * evals[-1]:.0f}% "
                     f"({timings[f'{name} seed {seed}']:.0f} s)")
-        del policy
     summary = summarize_runs(exp, histories)
     summary["seconds"] = time.perf_counter() - started
     summary["timings"] = timings
