@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +102,14 @@ def test_a_tiny_experiment_end_to_end(tmp_path: Path) -> None:
     assert "data:image/png;base64," in page and "<table>" in page
     assert (out / "grpo-seed0" / "last_rollouts.parquet").is_file()
     # --resume: finished runs are read back, not retrained, and no warm start is paid for them
+    began = time.monotonic()
     again = subprocess.run([sys.executable, "-m", "stepcredit.cli", "experiment", str(path), "--out", str(tmp_path),
                             "--quiet", "--resume"], capture_output=True, text=True, timeout=300)
+    took = time.monotonic() - began
     assert again.returncode == 0, again.stderr
     assert "warm start" not in again.stderr and "grpo seed 0" in again.stderr
     resumed = json.loads((out / "summary.json").read_text())
+    assert 0 <= resumed["seconds"] <= took  # the invocation's own duration (not a clock reading)
     assert {k: v["final_success"] for k, v in resumed["runs"].items()} == {
         k: v["final_success"] for k, v in summary["runs"].items()}
 

@@ -212,8 +212,8 @@ def run_experiment(
 
                 run_dir = out / f"{name}-seed{seed}"
                 config = run_config(exp, run, seed, scale)
-                started = resume and any(run_dir.glob("checkpoint-*.pt"))  # train() continues it: no warm start
-                history = train(config, run_dir, init_state=None if started else warm_for(config), progress=progress,
+                continued = resume and any(run_dir.glob("checkpoint-*.pt"))  # train() continues it: no warm start
+                history = train(config, run_dir, init_state=None if continued else warm_for(config), progress=progress,
                                 on_step=keep_last, resume=resume)
                 if "batch" in last:
                     write_parquet(last["batch"].rollouts, run_dir / "last_rollouts.parquet")

@@ -241,6 +241,34 @@ def sequence_logprobs(
     return logp, entropy
 
 
+def padded(token_lists: Sequence[Sequence[int]], pad_id: int, width: int | None = None) -> tuple[Tensor, Tensor]:
+    """Token lists as right-padded ``(N, W)`` ids and their mask, placed in one scatter."""
+    lengths = torch.tensor([len(t) for t in token_lists], dtype=torch.int64)
+    w = max(int(lengths.max()) if lengths.numel() else 0, width or 0)
+    ids = torch.full((len(token_lists), w), pad_id, dtype=torch.int64)
+    mask = torch.zeros((len(token_lists), w), dtype=torch.bool)
+    rows = segments.segment_ids(torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)]))
+    cols = segments.ranges(torch.zeros_like(lengths), lengths)
+    ids[rows, cols] = torch.tensor([t for tokens in token_lists for t in tokens], dtype=torch.int64)
+    mask[rows, cols] = True
+    return ids, mask
+
+
+def score_tokens(policy: Any, contexts: Sequence[Sequence[int]], tokens: Sequence[Sequence[int]], temperature: float,
+                 chunk: int = 64) -> tuple[Tensor, Tensor]:
+    """``log π(token_j | context, tokens_<j)`` of every (context, tokens) pair with the policy's model,
+    without gradient, ``chunk`` pairs per forward pass: ``(N, W)`` float32 on the CPU and its mask."""
+    ids, mask = padded(tokens, policy.format.pad_id)
+    parts = []
+    with torch.no_grad():
+        for lo in range(0, len(tokens), chunk):
+            sl = slice(lo, lo + chunk)
+            logp, _ = sequence_logprobs(policy.model, [list(c) for c in contexts[sl]], ids[sl], temperature,
+                                        pad_id=policy.format.pad_id, mask=mask[sl])
+            parts.append(logp.float().cpu())
+    return (torch.cat(parts) if parts else torch.zeros(ids.shape)), mask
+
+
 def _minibatches(n: int, parts: int, rng: np.random.Generator) -> Iterator[Tensor]:
     order = torch.from_numpy(rng.permutation(n))
     yield from (chunk for chunk in torch.tensor_split(order, parts) if chunk.numel())
@@ -349,19 +377,13 @@ def _with_feedback_demos(policy: Any, config: TrainConfig, prompts: list[list[in
         new_actions.append(list(last.gen_ids))
     # the demonstrations' responses: generated tokens only (a refinement's observations stay masked out)
     fb_ids, fb_mask2 = fb.response_ids[rows], fb_mask[rows]
-    lengths = torch.tensor([len(a) for a in new_actions], dtype=torch.int64)
-    width = max(responses.shape[1], fb_ids.shape[1], int(lengths.max()) if lengths.numel() else 0)
+    pad = policy.format.pad_id
+    hinted_ids, hinted_mask = padded(new_actions, pad, max(responses.shape[1], fb_ids.shape[1]))
+    width = hinted_ids.shape[1]
 
     def widen(x: Tensor, fill: Any) -> Tensor:
         return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=fill)
 
-    pad = policy.format.pad_id
-    hinted_ids = torch.full((len(lengths), width), pad, dtype=torch.int64)
-    hinted_mask = torch.zeros((len(lengths), width), dtype=torch.bool)
-    hrows = segments.segment_ids(torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)]))
-    hcols = segments.ranges(torch.zeros_like(lengths), lengths)
-    hinted_ids[hrows, hcols] = torch.tensor([t for a in new_actions for t in a], dtype=torch.int64)
-    hinted_mask[hrows, hcols] = True
     return ([*prompts, *new_prompts],
             torch.cat([widen(responses, pad), widen(fb_ids, pad), hinted_ids]),
             torch.cat([widen(mask, False), widen(fb_mask2, False), hinted_mask]),
@@ -485,23 +507,9 @@ def teacher_logprobs(policy: Any, batch: RolloutBatch, hints: list[str | None], 
     inputs = hinted_contexts(batch, hints, policy.format)
     if not inputs.actions:
         return teacher, hinted
-    lengths = torch.tensor([len(a) for a in inputs.actions], dtype=torch.int64)
-    responses = torch.full((len(inputs.actions), int(lengths.max())), policy.format.pad_id, dtype=torch.int64)
-    rows = segments.segment_ids(torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)]))
-    cols = segments.ranges(torch.zeros_like(lengths), lengths)
-    responses[rows, cols] = torch.tensor([t for a in inputs.actions for t in a], dtype=torch.int64)
-    valid = torch.zeros(responses.shape, dtype=torch.bool)
-    valid[rows, cols] = True
-    parts = []
-    with torch.no_grad():
-        for lo in range(0, len(inputs.actions), chunk):
-            sl = slice(lo, lo + chunk)
-            logp, _ = sequence_logprobs(policy.model, inputs.contexts[sl], responses[sl], temperature,
-                                        pad_id=policy.format.pad_id, mask=valid[sl])
-            parts.append(logp.float().cpu())
-    logp = torch.cat(parts)
-    target_rows = inputs.trajectory[rows]
-    target_cols = inputs.start[rows] + cols
+    logp, valid = score_tokens(policy, inputs.contexts, inputs.actions, temperature, chunk)
+    rows, cols = torch.nonzero(valid, as_tuple=True)
+    target_rows, target_cols = inputs.trajectory[rows], inputs.start[rows] + cols
     teacher[target_rows, target_cols] = logp[rows, cols]
     hinted[target_rows, target_cols] = True
     return teacher, hinted
@@ -533,21 +541,8 @@ def r3_rollouts(policy: Any, batch: RolloutBatch, options: dict[str, Any], tempe
         assert before is not None
         contexts.append(list(before))
         answers.append(fmt.encode_action(f"answer {batch.references[i]}"))
-    lengths = torch.tensor([len(a) for a in answers], dtype=torch.int64)
-    ids = torch.full((len(answers), int(lengths.max())), fmt.pad_id, dtype=torch.int64)
-    rows = segments.segment_ids(torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)]))
-    cols = segments.ranges(torch.zeros_like(lengths), lengths)
-    ids[rows, cols] = torch.tensor([t for a in answers for t in a], dtype=torch.int64)
-    ref_mask = torch.zeros(ids.shape, dtype=torch.bool)
-    ref_mask[rows, cols] = True
-    parts = []
-    with torch.no_grad():
-        for lo in range(0, len(answers), chunk):
-            sl = slice(lo, lo + chunk)
-            logp, _ = sequence_logprobs(policy.model, contexts[sl], ids[sl], temperature, pad_id=fmt.pad_id,
-                                        mask=ref_mask[sl])
-            parts.append(logp.double().cpu())
-    ref_logprobs = torch.cat(parts).clamp(max=0.0)
+    logp, ref_mask = score_tokens(policy, contexts, answers, temperature, chunk)
+    ref_logprobs = logp.double().clamp(max=0.0)
     r3 = r3_reward(ref_logprobs, ref_mask, r.group, weighting=options["weighting"]).to(r.outcome.dtype)
     reward = options["outcome_weight"] * r.outcome + options["r3_weight"] * r3
     shaped = dataclasses.replace(r, outcome=reward)
