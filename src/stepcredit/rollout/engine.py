@@ -124,6 +124,16 @@ class RolloutBatch:
     references: list[str | None] | None = None  # per trajectory, the verifier's answer (None: the family has none)
     stats: dict[str, float] = field(default_factory=dict)  # generation-side methods' counters
 
+    def context_ids(self, trajectory: int, step: int) -> list[int]:
+        """The ids the policy saw before step ``step`` of ``trajectory``: its prompt, then every earlier
+        action and observation, ending with the assistant marker (needs a ``ChatFormat``)."""
+        if self.prompt_ids is None:
+            raise ValueError("no token ids: roll out with a ChatFormat")
+        path = self.paths[trajectory]
+        ids = self.prompt_ids[trajectory] if step == 0 else self.nodes[path[step - 1]].context.token_ids
+        assert ids is not None
+        return list(ids)
+
     @property
     def tokens_per_trajectory(self) -> float:
         """Generated tokens (a shared prefix counted once) per kept trajectory."""

@@ -38,7 +38,10 @@ from stepcredit.envs.actions import parse_action
 from stepcredit.rollout.chat_format import ChatFormat
 from stepcredit.rollout.engine import RolloutBatch
 
-__all__ = ["MIN_HINT_CHARS", "Judge", "Turn", "Verdict", "env_judge", "hinted_contexts", "judge_steps"]
+__all__ = [
+    "MIN_HINT_CHARS", "Judge", "Turn", "Verdict", "answer_hint", "env_judge", "hinted_context", "hinted_contexts",
+    "judge_steps",
+]
 
 MIN_HINT_CHARS = 10  # OpenClaw keeps hints longer than 10 characters
 
@@ -68,6 +71,17 @@ class Verdict:
 Judge = Callable[[Turn], Verdict]
 
 
+def answer_hint(reference: str) -> str:
+    """``env_judge``'s hint after a wrong final answer."""
+    return f"The correct answer is {reference}."
+
+
+def hinted_context(context_ids: list[int], hint: str, chat_format: ChatFormat) -> list[int]:
+    """``s_t ⊕ hint`` as ids: the turn's context without its trailing assistant marker, then the hint as
+    a user turn and the assistant marker again — the student's ids untouched, so the teacher scores them."""
+    return [*context_ids[:-1], *chat_format.encode_feedback(hint)]
+
+
 def env_judge(turn: Turn) -> Verdict:
     """A rule-based judge from the environment's feedback (see the module docstring)."""
     state = turn.next_state.strip()
@@ -76,7 +90,7 @@ def env_judge(turn: Turn) -> Verdict:
     if turn.terminal and parse_action(turn.action).answer is not None:
         if turn.outcome >= 1.0:
             return Verdict(1)
-        hint = f"The correct answer is {turn.reference}." if turn.reference is not None else None
+        hint = answer_hint(turn.reference) if turn.reference is not None else None
         return Verdict(-1, hint)
     return Verdict(0)
 
@@ -139,10 +153,9 @@ def hinted_contexts(batch: RolloutBatch, hints: list[str | None], chat_format: C
         for k, node_id in enumerate(path):
             hint = hints[s]
             if hint is not None:
-                before = batch.prompt_ids[i] if k == 0 else batch.nodes[path[k - 1]].context.token_ids
                 node = batch.nodes[node_id]
-                assert before is not None and node.gen_ids is not None
-                contexts.append([*before[:-1], *chat_format.encode_feedback(hint)])
+                assert node.gen_ids is not None
+                contexts.append(hinted_context(batch.context_ids(i, k), hint, chat_format))
                 actions.append(list(node.gen_ids))
                 trajectory.append(i)
                 start.append(int(r.step_token_start[s]))

@@ -345,6 +345,7 @@ def _with_feedback_demos(policy: Any, config: TrainConfig, prompts: list[list[in
     The warm start is shared by every run of an experiment, so the baseline starts from the same weights."""
     from stepcredit.rollout import OraclePolicy
     from stepcredit.rollout.critique import rollout_critique_chains
+    from stepcredit.rollout.hints import answer_hint, hinted_context
 
     fb = rollout_critique_chains(
         config.make_env("train"),
@@ -367,13 +368,12 @@ def _with_feedback_demos(policy: Any, config: TrainConfig, prompts: list[list[in
                             chat_format=policy.format, seed=config.seed + 2)
     assert oracle.prompt_ids is not None and oracle.references is not None
     for i, path in enumerate(oracle.paths):
-        if oracle.references[i] is None:
+        reference = oracle.references[i]
+        if reference is None:
             continue
-        before = oracle.prompt_ids[i] if len(path) == 1 else oracle.nodes[path[-2]].context.token_ids
         last = oracle.nodes[path[-1]]
-        assert before is not None and last.gen_ids is not None
-        hint = policy.format.encode_feedback(f"The correct answer is {oracle.references[i]}.")
-        new_prompts.append([*before[:-1], *hint])
+        assert last.gen_ids is not None
+        new_prompts.append(hinted_context(oracle.context_ids(i, len(path) - 1), answer_hint(reference), policy.format))
         new_actions.append(list(last.gen_ids))
     # the demonstrations' responses: generated tokens only (a refinement's observations stay masked out)
     fb_ids, fb_mask2 = fb.response_ids[rows], fb_mask[rows]
@@ -534,12 +534,11 @@ def r3_rollouts(policy: Any, batch: RolloutBatch, options: dict[str, Any], tempe
     for i, path in enumerate(batch.paths):
         last = batch.nodes[path[-1]]
         if parse_action(last.step.action).answer is not None:  # the reasoning is everything before the answer
-            before = batch.prompt_ids[i] if len(path) == 1 else batch.nodes[path[-2]].context.token_ids
+            before = batch.context_ids(i, len(path) - 1)
         else:  # no answer given (turn budget): all of it, then the answer's turn
             assert last.context.token_ids is not None
             before = [*last.context.token_ids, *fmt.encode_observation(last.step.observation)]
-        assert before is not None
-        contexts.append(list(before))
+        contexts.append(before)
         answers.append(fmt.encode_action(f"answer {batch.references[i]}"))
     logp, ref_mask = score_tokens(policy, contexts, answers, temperature, chunk)
     ref_logprobs = logp.double().clamp(max=0.0)
