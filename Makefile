@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench-load bench-grpo bench-structural bench-audit bench-rollout bench-integrations clean
+.PHONY: run test lint bench bench-load bench-grpo bench-estimators bench-structural bench-audit bench-rollout bench-integrations clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,11 +26,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
+# every benchmark in a fresh process, in a fixed order; rewrites benchmarks/RESULTS.md (and scaling.png)
+bench: $(STAMP)
+	$(BIN)/python benchmarks/suite.py
+
 bench-load: $(STAMP)
 	$(BIN)/python benchmarks/bench_load.py
 
 bench-grpo: $(STAMP)
 	$(BIN)/python benchmarks/bench_grpo.py
+
+bench-estimators: $(STAMP)
+	$(BIN)/python benchmarks/bench_estimators.py
 
 bench-structural: $(STAMP)
 	$(BIN)/python benchmarks/bench_structural.py

@@ -149,3 +149,77 @@ def test_token_validation(overrides, fragment):
 
 def test_tool_call_kind_enum_roundtrip():
     assert StepKind(1) is StepKind.TOOL_CALL
+
+
+# ------------------------------------------------------------------ trusted construction
+def _token_columns(**overrides):
+    cols = dict(
+        group=[0, 0, 1],
+        outcome=[1.0, 0.0, 1.0],
+        step_offsets=[0, 2, 3, 3],
+        response_mask=torch.tensor([[1, 1, 0, 1, 0], [1, 1, 1, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool),
+        step_token_start=[0, 3, 0],
+        step_token_end=[2, 4, 3],
+    )
+    cols.update(overrides)
+    return cols
+
+
+def test_trusted_skips_only_what_is_vouched_for():
+    wrong_mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    with pytest.raises(RolloutError, match="outside every step span"):
+        Rollouts(**_token_columns(response_mask=wrong_mask))
+    Rollouts.trusted({"token_cover"}, **_token_columns(response_mask=wrong_mask))  # vouched: not compared
+    with pytest.raises(RolloutError, match="finite"):
+        Rollouts.trusted({"token_cover"}, **_token_columns(outcome=[1.0, float("nan"), 0.0]))
+    assert Rollouts.trusted({"values"}, **_token_columns(outcome=[1.0, float("nan"), 0.0])).outcome.isnan().any()
+    for overrides, fragment in [
+        (dict(step_token_start=[0, 1, 0]), "before the previous step ends"),
+        (dict(step_token_end=[2, 9, 3]), "outside"),
+        (dict(step_offsets=[0, 2, 1, 3]), "decrease"),
+        (dict(group=[0, 0, 2]), "dense"),
+        (dict(kind=[0, 0, 0]), "has tool calls"),
+    ]:
+        if "kind" in overrides:
+            overrides.update(call_offsets=[0, 1, 1, 1])
+        with pytest.raises(RolloutError, match=fragment):
+            Rollouts.trusted({"token_cover", "values"}, **_token_columns(**overrides))
+    with pytest.raises(ValueError, match="unknown vouch"):
+        Rollouts.trusted({"everything"}, **_token_columns())
+
+
+def test_trusted_vouch_ends_with_its_construction():
+    Rollouts.trusted({"token_cover", "values"}, **_token_columns())
+    with pytest.raises(RolloutError, match="finite"):  # the next ordinary construction checks all again
+        Rollouts(**_token_columns(outcome=[1.0, float("inf"), 0.0]))
+    with pytest.raises(RolloutError):
+        Rollouts.trusted({"token_cover"}, **_token_columns(step_offsets=[0, 2]))
+    with pytest.raises(RolloutError, match="outside every step span"):  # not left set by the failure
+        Rollouts(**_token_columns(response_mask=torch.ones(3, 5, dtype=torch.bool)))
+
+
+def test_select_stays_validated_where_it_can_break():
+    r = Rollouts(**_token_columns(), texts=Texts.create(3, 2, 3, 0, ids=["a", "b", "c"]))
+    with pytest.raises(RolloutError, match="not unique"):
+        r.select([0, 0])
+    sub = r.select([2, 0])
+    full = Rollouts(**{k: getattr(sub, k) for k in Rollouts.columns() if getattr(sub, k) is not None},
+                    texts=sub.texts)
+    assert full.equals(sub)
+
+
+def test_tokens_per_trajectory_is_the_mask_row_sum():
+    r = Rollouts(**_token_columns())
+    assert r.tokens_per_trajectory.tolist() == r.response_mask.sum(1).tolist() == [3, 3, 0]
+    with pytest.raises(RolloutError, match="no token columns"):
+        _ = small().tokens_per_trajectory
+
+
+def test_default_texts_are_numbered_and_blank():
+    t = Texts.create(12, 3, 5, 0)
+    assert t.ids.to_pylist() == [str(i) for i in range(12)]
+    assert t.group_names.to_pylist() == ["0", "1", "2"]
+    assert t.action.to_pylist() == [""] * 5 and t.call_name.to_pylist() == []
+    for name in ("ids", "action", "call_name"):
+        getattr(t, name).validate(full=True)
+        assert str(getattr(t, name).type) == "large_string"

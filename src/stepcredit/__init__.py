@@ -40,6 +40,7 @@ from stepcredit.estimators import (
 from stepcredit.io import (
     ChatFields,
     from_trainer_tensors,
+    iter_group_chunks,
     load,
     load_records,
     read_credit_jsonl,
@@ -47,6 +48,7 @@ from stepcredit.io import (
     read_references,
     write_chat_jsonl,
     write_credit_jsonl,
+    write_credit_parquet,
     write_parquet,
 )
 from stepcredit.recipe import Recipe, RecipeError, RecipeResult, builtin_recipes
@@ -84,6 +86,7 @@ from stepcredit.selection import (
     zero_variance_filter,
 )
 from stepcredit.shaping import HFProcessRewardScorer, brier, expert_similarity, prm_mix
+from stepcredit.streaming import stream_audit, stream_credit
 from stepcredit.train import TrainConfig, train
 
 
@@ -141,6 +144,7 @@ __all__ = [
     "from_trainer_tensors",
     "gigpo",
     "grpo",
+    "iter_group_chunks",
     "load",
     "load_records",
     "ms_grpo",
@@ -167,6 +171,8 @@ __all__ = [
     "rubric_gate",
     "segments",
     "step_grpo",
+    "stream_audit",
+    "stream_credit",
     "summarize",
     "tiny_policy",
     "toolpo",
@@ -176,6 +182,7 @@ __all__ = [
     "treerl",
     "write_chat_jsonl",
     "write_credit_jsonl",
+    "write_credit_parquet",
     "write_parquet",
     "write_report",
     "zero_variance_filter",

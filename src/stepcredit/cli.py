@@ -73,9 +73,10 @@ class Log:
         from stepcredit.io import check_output
 
         def go() -> Path:
+            checked = check_output(path, [self.path])  # a missing folder or a folder as output, first
             if suffixes and path.suffix not in suffixes:
                 raise RolloutError(f"expected a {' or '.join(suffixes)} file name", source=str(path), field="output")
-            return check_output(path, [self.path])
+            return checked
 
         return _guard(go)
 
@@ -229,24 +230,104 @@ def _recipe(spec: str, allow_imports: bool = False) -> Any:
     return _guard(go)
 
 
+ChunkGroups = Annotated[
+    int,
+    typer.Option(
+        "--chunk-groups",
+        min=0,
+        max=100_000_000,
+        help="Stream a Parquet file or dataset folder in chunks of this many whole groups (bounded memory; "
+        "each chunk is one batch for the recipe). 0: load the whole log at once.",
+    ),
+]
+EngineOpt = Annotated[
+    str,
+    typer.Option(
+        help="With --chunk-groups: local (this process) or ray (Ray Data: a local cluster on --ray-cpus CPUs, "
+        "or the one at --ray-address; needs stepcredit[ray]). Both give the same numbers."
+    ),
+]
+RayAddress = Annotated[
+    str | None, typer.Option(help="--engine ray: address of a running Ray cluster ('auto': the local one).")
+]
+RayCpus = Annotated[
+    int | None, typer.Option(min=1, max=100_000, help="--engine ray without --ray-address: CPUs of the local cluster.")
+]
+
+
+def _streaming(log: Log, chunk_groups: int, engine: str, ray_address: str | None, ray_cpus: int | None) -> Any:
+    """The streaming options, checked: ``None`` for an in-memory run, else the ``RayOptions`` (for
+    either engine). Exit 2 with one line when they do not fit the log."""
+    from stepcredit.streaming import ENGINES, RayOptions
+
+    if engine not in ENGINES:
+        _exit(RolloutError(f"expected one of {', '.join(ENGINES)}, got {engine!r}", field="--engine"))
+    if chunk_groups == 0:
+        if engine != "local":
+            _exit(RolloutError("--engine ray streams the log: give --chunk-groups N too", field="--engine"))
+        return None
+    if log.format not in ("auto", "parquet"):
+        _exit(RolloutError(f"--chunk-groups streams Parquet; this log is read as {log.format}", field="--format"))
+    if log.path.is_file() and log.path.suffix != ".parquet":
+        _exit(RolloutError(
+            "--chunk-groups streams a Parquet file or a folder of them: convert the log first "
+            "(stepcredit convert LOG -o log.parquet)", source=str(log.path)))
+    return RayOptions(address=ray_address, num_cpus=ray_cpus)
+
+
+def _chunk_progress(what: str, total: int) -> Any:
+    """A progress bar over trajectories on stderr (transient) and the callback that advances it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=err_console, transient=True)
+    job = bar.add_task(what, total=total)
+    return bar, lambda n: bar.advance(job, n)
+
+
 @app.command()
 @reads_log
 def credit(
     log: Log,
     recipe: RecipeOpt = "grpo",
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the credit JSONL.")] = Path(
-        "credit.jsonl"
-    ),
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write the credit: .jsonl, or .parquet (the same fields).")
+    ] = Path("credit.jsonl"),
+    chunk_groups: ChunkGroups = 0,
+    engine: EngineOpt = "local",
+    ray_address: RayAddress = None,
+    ray_cpus: RayCpus = None,
     allow_imports: AllowImports = False,
 ) -> None:
-    """Run a recipe on a log and write per-step / per-call credit next to the step texts (JSONL)."""
-    from stepcredit.io import write_credit_jsonl
+    """Run a recipe on a log and write per-step / per-call credit next to the step texts (JSONL or
+    Parquet); with --chunk-groups, stream a Parquet dataset chunk by chunk into a Parquet credit file."""
+    from stepcredit.io import write_credit_jsonl, write_credit_parquet
 
     rec = _recipe(recipe, allow_imports)
-    log.output(output)
+    log.output(output, (".jsonl", ".parquet"))
+    stream = _streaming(log, chunk_groups, engine, ray_address, ray_cpus)
+    if stream is not None:
+        from stepcredit.streaming import dataset_rows, stream_credit
+
+        if output.suffix != ".parquet":
+            _exit(RolloutError("streamed credit is written as Parquet: name a .parquet output", source=str(output),
+                               field="output"))
+        bar, advance = _chunk_progress(f"credit · {rec.name} · {engine}", _guard(lambda: dataset_rows(log.path)))
+        with bar:
+            counts = _guard(lambda: stream_credit(log.path, rec, output, chunk_groups=chunk_groups,
+                                                  engine=engine, ray=stream, progress=advance,  # type: ignore[arg-type]
+                                                  allow_imports=allow_imports))
+        share = counts["nonzero_steps"] / counts["steps"] if counts["steps"] else 0.0
+        console.print(
+            f"{escape(rec.name)}: credited {counts['credited']} of {counts['trajectories']} trajectories in "
+            f"{counts['chunks']} chunks, {counts['steps']} steps (non-zero {100 * share:.1f}%), "
+            f"wrote {escape(str(output))}"
+        )
+        return
     rollouts = log.load()
     result = _guard(lambda: rec.run(rollouts))
-    write_credit_jsonl(result.rollouts, result.credit, output, rec.name)
+    writer = write_credit_parquet if output.suffix == ".parquet" else write_credit_jsonl
+    writer(result.rollouts, result.credit, output, rec.name)
     steps = result.credit.per_step(result.rollouts)
     console.print(
         f"{escape(rec.name)}: credited {result.rollouts.num_trajectories} of {rollouts.num_trajectories} "
@@ -327,6 +408,10 @@ def audit(
             "and by group type (mixed / all-fail / all-success). The JSON always has them.",
         ),
     ] = False,
+    chunk_groups: ChunkGroups = 0,
+    engine: EngineOpt = "local",
+    ray_address: RayAddress = None,
+    ray_cpus: RayCpus = None,
     allow_imports: AllowImports = False,
 ) -> None:
     from stepcredit.auditing import DEFAULT_RECIPES, markdown_table, write_report
@@ -338,17 +423,33 @@ def audit(
     log.output(output)
     if labels not in ("auto", "none"):
         _exit(RolloutError(f"expected auto or none, got {labels!r}", field="--labels"))
-    rollouts = log.load(references=references)
-    if labels == "none" or (rollouts.call_label is None and rollouts.label is None):
-        _exit(
-            RolloutError(
-                "no step or call labels: audits need them (a per-step 'label' field, tau2 results, or --references)",
-                source=str(log.path),
-            )
-        )
-    result = _guard(
-        lambda: run_audit(rollouts, loaded, success_threshold=success_threshold, bootstrap=bootstrap, seed=seed)
+    no_labels = RolloutError(
+        "no step or call labels: audits need them (a per-step 'label' field, tau2 results, or --references)",
+        source=str(log.path),
     )
+    stream = _streaming(log, chunk_groups, engine, ray_address, ray_cpus)
+    if stream is not None:
+        from stepcredit.streaming import dataset_rows, stream_audit
+
+        if references is not None:
+            _exit(RolloutError("--references labels a whole log as it loads: audit without --chunk-groups, or "
+                               "stream a Parquet dataset that carries its labels", field="--references"))
+        if labels == "none":
+            _exit(no_labels)
+        bar, advance = _chunk_progress(f"audit · {len(loaded)} recipes · {engine}",
+                                       _guard(lambda: dataset_rows(log.path)))
+        with bar:
+            result = _guard(lambda: stream_audit(
+                log.path, loaded, chunk_groups=chunk_groups, engine=engine, bootstrap=bootstrap,  # type: ignore[arg-type]
+                seed=seed, success_threshold=success_threshold, ray=stream, progress=advance,
+                allow_imports=allow_imports))
+    else:
+        rollouts = log.load(references=references)
+        if labels == "none" or (rollouts.call_label is None and rollouts.label is None):
+            _exit(no_labels)
+        result = _guard(
+            lambda: run_audit(rollouts, loaded, success_threshold=success_threshold, bootstrap=bootstrap, seed=seed)
+        )
     write_report(
         result,
         output,

@@ -38,6 +38,14 @@ def _pick(a: Tensor | None, rows: Tensor) -> Tensor | None:
     return None if a is None else a[rows]
 
 
+def _placed(a: Tensor | None, rows: Tensor, size: int) -> Tensor | None:
+    if a is None:
+        return None
+    out = a.new_zeros(size)
+    out[rows] = a
+    return out
+
+
 @dataclass(frozen=True, eq=False)
 class Credit:
     """Additive credit components for one ``Rollouts`` batch.
@@ -94,25 +102,45 @@ class Credit:
         return out if self.call is None else out + self.call
 
     def to_tokens(self, rollouts: Rollouts) -> Tensor:
-        """``(N, T)`` float32 aligned with ``rollouts.response_mask``; masked tokens exactly 0."""
+        """``(N, T)`` float32 aligned with ``rollouts.response_mask``; masked tokens exactly 0.
+
+        Trajectory credit alone is one broadcast under the mask (the memory floor); with step or call
+        credit each token gets its step's (and tool call's) value through the step and call token
+        spans in one pass over one ``(N, T)`` buffer (``segments.spans_to_tokens``)."""
         mask = rollouts.response_mask
         if mask is None:
             raise ValueError("to_tokens needs token columns (response_mask and step spans) in the rollouts")
         zero = torch.zeros((), dtype=self.trajectory.dtype, device=mask.device)
         if self.step is None and self.call is None:  # one broadcast: the memory floor
             return torch.where(mask, self.trajectory[:, None], zero)
-        out = segments.broadcast_to_tokens(self.per_step(rollouts), rollouts.token_step_index)
-        if self.call is not None:
-            if rollouts.call_token_start is None or rollouts.call_token_end is None:
-                raise ValueError("call credit needs tool-call token spans (call_token_start/end)")
-            call_map = segments.span_index_map(
-                rollouts.call_token_start,
-                rollouts.call_token_end,
-                rollouts.call_traj,
-                (mask.shape[0], mask.shape[1]),
-            )
-            out = out + segments.broadcast_to_tokens(self.call, call_map)
-        return out
+        start, end = rollouts.step_token_start, rollouts.step_token_end
+        assert start is not None and end is not None  # token columns come together
+        shape = (mask.shape[0], mask.shape[1])
+        per_step = self.per_step(rollouts)
+        if self.call is None:
+            return segments.spans_to_tokens(per_step, rollouts.step_traj, start, end, shape)
+        if rollouts.call_token_start is None or rollouts.call_token_end is None:
+            raise ValueError("call credit needs tool-call token spans (call_token_start/end)")
+        # as (step value everywhere in the step) + (call value on the call's tokens, else 0)
+        dtype = torch.promote_types(per_step.dtype, self.call.dtype)
+        step_values = per_step.to(dtype) + torch.zeros((), dtype=dtype, device=per_step.device)
+        call_values = per_step[rollouts.call_step].to(dtype) + self.call.to(dtype)
+        inner = (call_values, rollouts.call_step, rollouts.call_token_start, rollouts.call_token_end)
+        return segments.spans_to_tokens(step_values, rollouts.step_traj, start, end, shape, inner=inner)
+
+    def embed(self, rollouts: Rollouts, kept: Tensor) -> Credit:
+        """This credit, computed on ``rollouts.select(kept)``, as credit on all of ``rollouts``: the
+        trajectories ``kept`` (indices into ``rollouts``, in this credit's order, each at most once)
+        carry theirs; every other trajectory, its steps and calls get exactly 0. ``to_tokens`` of the
+        result is the trainer's full ``(N, T)`` layout with the rows a selection dropped zeroed."""
+        kept = torch.as_tensor(kept, dtype=torch.int64, device=rollouts.device).reshape(-1)
+        if kept.numel() != self.trajectory.numel():
+            raise ValueError(f"{kept.numel()} kept trajectories for credit of {self.trajectory.numel()}")
+        steps, calls = rollouts.expand(kept)
+        trajectory = self.trajectory.new_zeros(rollouts.num_trajectories)
+        trajectory[kept] = self.trajectory
+        return Credit(trajectory, _placed(self.step, steps, rollouts.num_steps),
+                      _placed(self.call, calls, rollouts.num_calls))
 
     def summary(self, rollouts: Rollouts) -> dict[str, Tensor]:
         """Per-trajectory ``[N]`` summaries of step credit: mean, min, max, sum, and the share of steps

@@ -313,3 +313,55 @@ def broadcast_to_tokens(values: Tensor, index_map: Tensor) -> Tensor:
     covered = index_map >= 0
     out = values[index_map.clamp_min(0)]
     return torch.where(covered, out, torch.zeros((), dtype=values.dtype, device=values.device))
+
+
+_SAME_WIDTH_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def spans_to_tokens(
+    values: Tensor,
+    rows: Tensor,
+    starts: Tensor,
+    ends: Tensor,
+    shape: tuple[int, int],
+    inner: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
+) -> Tensor:
+    """A ``(B, T)`` tensor holding ``values[k]`` on the tokens ``[starts[k], ends[k])`` of row
+    ``rows[k]``, and exactly 0 on tokens outside every span (spans must not overlap).
+
+    ``inner = (inner_values, outer, inner_starts, inner_ends)``: spans nested inside span ``outer[j]``
+    (in its row; they must not overlap each other) whose tokens hold ``inner_values[j]`` instead.
+
+    Bit-exact and one ``(B, T)`` buffer: each span edge marks the difference of the bit patterns of the
+    values on its two sides (an integer of the values' width, wrapping), and a running sum along each
+    row turns the marks into the values' bit patterns — the same numbers as
+    ``broadcast_to_tokens(values, span_index_map(...))`` without its two int64 ``(B, T)`` maps.
+    Floating values of 2, 4 or 8 bytes; other dtypes go through ``span_index_map``.
+    """
+    b, t = shape
+    bits_dtype = _SAME_WIDTH_INT.get(values.element_size()) if values.is_floating_point() else None
+    if inner is not None:
+        inner_values = inner[0].to(values.dtype)
+    if bits_dtype is None:
+        out = broadcast_to_tokens(values, span_index_map(starts, ends, rows, shape))
+        if inner is not None:
+            _, outer, inner_starts, inner_ends = inner
+            nested = span_index_map(inner_starts, inner_ends, rows[outer], shape)
+            out = torch.where(nested >= 0, inner_values[nested.clamp_min(0)], out)
+        return out
+    marks = torch.zeros(b * t, dtype=bits_dtype, device=values.device)
+    if b * t == 0:
+        return marks.view(values.dtype).view(b, t)
+    bits = values.view(bits_dtype).to(torch.int64)
+    edges = [(rows * t + starts, bits), (rows * t + ends, -bits, ends < t)]
+    if inner is not None:
+        _, outer, inner_starts, inner_ends = inner
+        step = inner_values.view(bits_dtype).to(torch.int64) - bits[outer]
+        base = rows[outer] * t
+        edges += [(base + inner_starts, step), (base + inner_ends, -step, inner_ends < t)]
+    for edge in edges:
+        pos, delta = edge[0], edge[1]
+        if len(edge) == 3:  # an edge at the row's end marks nothing
+            pos, delta = pos[edge[2]], delta[edge[2]]
+        marks.index_put_((pos,), delta.to(bits_dtype), accumulate=True)  # wraps: differences of bits
+    return marks.view(b, t).cumsum_(1).view(values.dtype)

@@ -3,7 +3,8 @@
     python -m tests.fuzz.campaign chat --examples 1000 --seed 0
 
 Loaders: ``chat`` (chat JSONL / JSON: ``load``, ``parse_record``), ``tau2`` (``load``,
-``parse_tau2``), ``parquet`` (``read_parquet``, ``load``, ``from_arrow``), ``references``
+``parse_tau2``), ``parquet`` (``read_parquet``, ``load``, ``from_arrow``, the streaming readers
+``iter_group_chunks``, ``plan_group_chunks`` + ``read_chunk``), ``references``
 (``read_references``, ``check_references``, ``load(..., references=)``) and ``recipe``
 (``Recipe.load`` of a YAML file, then ``Recipe.run`` on a small synthetic batch).
 
@@ -46,7 +47,17 @@ from hypothesis import seed as hypothesis_seed
 import stepcredit
 from stepcredit import Recipe, RecipeError, RolloutError, Rollouts
 from stepcredit.envs import make_rollouts, make_tree_rollouts
-from stepcredit.io import ChatFields, build, check_references, from_arrow, parse_record, parse_tau2
+from stepcredit.io import (
+    ChatFields,
+    build,
+    check_references,
+    from_arrow,
+    iter_group_chunks,
+    parse_record,
+    parse_tau2,
+    plan_group_chunks,
+    read_chunk,
+)
 from tests.fuzz import parquet_edits
 from tests.fuzz.strategies import CASES, FIELD_SETS, ParquetCase, compact, python_value
 
@@ -285,6 +296,15 @@ def check_parquet(c: Campaign, case: Any) -> None:
     ok, r = c.call("load", stepcredit.load, path)
     if ok:
         c.finite("load", r)
+    # the streaming readers: the same file in chunks of 2 groups, read in one pass and by plan
+    ok, chunks = c.call("iter_group_chunks", lambda p: list(iter_group_chunks(p, 2, batch_size=3)), path)
+    for chunk in chunks if ok else []:
+        c.finite("iter_group_chunks", chunk)
+    ok, plans = c.call("plan_group_chunks", plan_group_chunks, path, 2, batch_size=3)
+    for plan in plans if ok else []:
+        ok, chunk = c.call("read_chunk", read_chunk, plan)
+        if ok:
+            c.finite("read_chunk", chunk)
 
 
 def _batch(name: str) -> Rollouts:

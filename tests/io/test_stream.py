@@ -32,6 +32,8 @@ from stepcredit.io._stream import (
     credit_table,
     dataset_files,
     iter_group_chunks,
+    plan_group_chunks,
+    read_chunk,
     write_credit_parquet,
 )
 from stepcredit.rollouts import build
@@ -107,6 +109,38 @@ def test_chunks_are_whole_groups_and_concat_to_the_dataset(dataset, log, chunk_g
     assert Rollouts.concat(chunks).equals(everything)
 
 
+@pytest.mark.parametrize("chunk_groups", [1, 2, 3, 100])
+def test_planned_chunks_read_on_their_own_equal_the_stream(dataset, chunk_groups):
+    """An engine that reads chunks in other processes (Ray) reads exactly the chunks of the stream."""
+    streamed = list(iter_group_chunks(dataset, chunk_groups, batch_size=2))
+    plans = plan_group_chunks(dataset, chunk_groups, batch_size=3)
+    assert [p.index for p in plans] == list(range(len(streamed)))
+    assert [p.rows for p in plans] == [c.num_trajectories for c in streamed]
+    for plan, chunk in zip(plans, streamed, strict=True):
+        assert read_chunk(plan, batch_size=2).equals(chunk)
+    spans = [s for p in plans for s in p.spans]  # the spans tile every file's rows in order
+    for f in dataset_files(dataset):
+        rows = [(lo, hi) for path, lo, hi in spans if path == str(f)]
+        assert rows[0][0] == 0 and rows[-1][1] == pq.ParquetFile(f).metadata.num_rows
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(rows))
+
+
+def test_planning_refuses_what_streaming_refuses(tmp_path, log):
+    write_slices(log.select([0, 1, 3, 4, 2]), tmp_path, [])  # task0's third row after task1's
+    with pytest.raises(RolloutError, match="not contiguous"):
+        plan_group_chunks(tmp_path, 2)
+    with pytest.raises(ValueError, match="positive integer chunk_groups"):
+        plan_group_chunks(tmp_path, 0)
+
+
+def test_a_plan_of_files_that_changed_is_refused(tmp_path, log):
+    write_slices(log, tmp_path, [])
+    plan = plan_group_chunks(tmp_path, 3)[0]
+    write_slices(log.select(list(range(4))), tmp_path, [])
+    with pytest.raises(RolloutError, match="files changed since the chunks were planned"):
+        read_chunk(plan)
+
+
 def test_one_file_equals_read_parquet(tmp_path, log):
     path = tmp_path / "one.parquet"
     pq.write_table(to_arrow(log), path, row_group_size=4)
@@ -142,8 +176,8 @@ def test_reader_holds_one_chunk_and_one_batch(tmp_path, monkeypatch):
     read = {"rows": 0, "batches": 0}
     real = _stream._batches
 
-    def counting(file, batch_size):
-        for b in real(file, batch_size):
+    def counting(file, batch_size, columns=None):
+        for b in real(file, batch_size, columns):
             read["rows"] += b.num_rows
             read["batches"] += 1
             assert b.num_rows <= batch_size
@@ -166,7 +200,7 @@ def test_interleaved_groups_are_an_error_naming_file_row_and_group(tmp_path, log
     order = [0, 1, 2, 3, 4, 5, 6, 7, 8]
     order = order[:4] + order[6:] + order[4:6]  # task1's last two rows after task2's
     path = tmp_path / "mixed.parquet"
-    write_parquet(log.select(order), path)
+    pq.write_table(to_arrow(log.select(order)), path)  # another writer's layout (write_parquet groups them)
     for chunk_groups in (1, 100):  # also when everything fits one chunk: from_arrow alone would merge them
         with pytest.raises(RolloutError, match="not contiguous") as info:
             list(iter_group_chunks(path, chunk_groups, batch_size=2))

@@ -90,3 +90,31 @@ def test_infeasible_gate_rescores_in_recipe():
         {"selection": [{"rubric_gate": {"mode": "infeasible", "infeasible_value": -1.0}}], "credit": ["grpo"]}
     ).run(r)
     assert result.rollouts.outcome.tolist() == [1.0, -1.0, 0.0]
+
+
+def test_infeasible_rescore_keeps_token_columns_and_checks_the_new_outcome():
+    """The re-scored batch is built without re-comparing its (unchanged) token spans with the mask,
+    and equals ``replace(selected, outcome=...)``; a non-finite re-score is still refused."""
+    from dataclasses import replace
+
+    from stepcredit import RolloutError
+
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 1, 1], [1, 1, 1]], dtype=torch.bool)
+    r = Rollouts(
+        group=[0, 0, 1, 1], outcome=[1.0, 0.0, 1.0, 0.5], step_offsets=[0, 1, 2, 3, 4], kind=[2] * 4,
+        rubric=torch.tensor([[True], [False], [False], [False]]), response_mask=mask,
+        step_token_start=[0, 0, 1, 0], step_token_end=[2, 1, 3, 3],
+    )
+    recipe = Recipe.from_dict(
+        {"selection": [{"rubric_gate": {"mode": "infeasible", "infeasible_value": -1.0}}], "credit": ["grpo"]}
+    )
+    result = recipe.run(r)
+    keep, outcome = rubric_gate(r, mode="infeasible", infeasible_value=-1.0)
+    assert result.rollouts.equals(replace(r.select(keep), outcome=outcome))
+    assert result.rollouts.outcome.tolist() == [1.0, -1.0]
+    from stepcredit.recipe import _with_outcome
+
+    with pytest.raises(RolloutError, match="finite"):
+        _with_outcome(r, torch.tensor([1.0, float("nan"), 0.0, 0.0]))
+    with pytest.raises(RolloutError, match="one per trajectory"):
+        _with_outcome(r, torch.zeros(3))

@@ -12,7 +12,7 @@ groups and units, never with units × replicates.
 
 from __future__ import annotations
 
-import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,14 +211,101 @@ class GroupStats:
     aurocs: dict[str, AurocCells]
 
 
-def _cells(score_bin: Tensor, group: Tensor, pick: Tensor, num_bins: int, num_groups: int) -> tuple[Tensor, ...]:
-    """(group, bin, count) of the distinct (group, score) cells of the units in ``pick``."""
-    width = max(num_bins, 1)
-    key = group[pick] * width + score_bin[pick]
+@dataclass(frozen=True)
+class ScoreCells:
+    """One class of an AUROC (positives or negatives) as cells: the distinct (group, score) pairs holding
+    units of the class, with how many units each holds, and the class's units per group. Unlike
+    ``AurocCells`` it keeps the scores themselves, so the cells of several batches concatenate
+    (``UnitStats.concat``) before the scores are ranked together."""
+
+    group: Tensor  # [R] int64
+    score: Tensor  # [R] float64
+    count: Tensor  # [R] float64
+    total: Tensor  # [G] float64
+
+
+def _score_cells(credit: Tensor, group: Tensor, pick: Tensor, num_groups: int) -> ScoreCells:
+    uniq, score_bin = torch.unique(credit[pick], return_inverse=True)
+    width = max(uniq.numel(), 1)
+    key = group[pick] * width + score_bin
     cell, count = torch.unique(key, return_counts=True)
     total = torch.zeros(num_groups, dtype=torch.float64, device=group.device)
-    total.index_add_(0, group[pick], torch.ones_like(key).double())
-    return cell // width, cell % width, count.double(), total
+    total.index_add_(0, group[pick], torch.ones_like(key, dtype=torch.float64))
+    return ScoreCells(cell // width, uniq[cell % width], count.double(), total)
+
+
+@dataclass(frozen=True)
+class UnitStats:
+    """The headline's sufficient statistics per group, in a form that concatenates: the statistics of
+    a batch streamed chunk by chunk are ``UnitStats.concat`` of the chunks' (groups numbered on), and
+    ``group_stats`` ranks the scores of all of them together. Every entry is an integer count, so
+    the concatenation loses nothing: the metrics equal those of the whole batch at once, bit for bit."""
+
+    num_groups: int
+    rate_sums: Tensor  # [G, 2·K] float64: per rate, the group's Σ[select & hit] then Σ[select]
+    rate_names: tuple[str, ...]
+    cells: dict[str, tuple[ScoreCells, ScoreCells]]  # per AUROC: (positive, negative)
+
+    @staticmethod
+    def concat(parts: list[UnitStats]) -> UnitStats:
+        """The statistics of the parts' groups one after the other (part k's group g becomes
+        ``g + Σ_{j<k} num_groups_j``)."""
+        if not parts:
+            raise ValueError("UnitStats.concat needs at least one part")
+        if len(parts) == 1:
+            return parts[0]
+        offsets = [0]
+        for p in parts:
+            offsets.append(offsets[-1] + p.num_groups)
+
+        def cat(cls: int, name: str) -> ScoreCells:
+            pieces = [p.cells[name][cls] for p in parts]
+            return ScoreCells(
+                torch.cat([c.group + off for c, off in zip(pieces, offsets, strict=False)]),
+                torch.cat([c.score for c in pieces]),
+                torch.cat([c.count for c in pieces]),
+                torch.cat([c.total for c in pieces]),
+            )
+
+        first = parts[0]
+        return UnitStats(
+            offsets[-1],
+            torch.cat([p.rate_sums for p in parts]),
+            first.rate_names,
+            {name: (cat(0, name), cat(1, name)) for name in first.cells},
+        )
+
+    def group_stats(self) -> GroupStats:
+        """The evaluation form (``GroupStats``): scores replaced by their rank among the distinct
+        scores of both classes."""
+        aurocs = {}
+        for name, (pos, neg) in self.cells.items():
+            uniq, bins = torch.unique(torch.cat([pos.score, neg.score]), return_inverse=True)
+            r = pos.score.numel()
+            aurocs[name] = AurocCells(
+                uniq.numel(), pos.group, bins[:r], pos.count, neg.group, bins[r:], neg.count, pos.total, neg.total
+            )
+        return GroupStats(self.num_groups, self.rate_sums, self.rate_names, aurocs)
+
+
+def unit_stats(u: Units, num_groups: int) -> UnitStats:
+    """Per-group sufficient statistics of the headline metrics of ``u`` (see ``group_sums``), in the
+    concatenable form."""
+    rates, aurocs = _parts(u)
+    group = u.group.long()
+    cols = []
+    for select, hit in rates.values():
+        cols += [(select & hit).double(), select.double()]
+    per_unit = torch.stack(cols, 1)
+    sums = torch.zeros(num_groups, per_unit.shape[1], dtype=torch.float64, device=group.device)
+    sums.index_add_(0, group, per_unit)
+    del per_unit
+    credit = torch.nan_to_num(u.credit).double()
+    cells = {
+        name: (_score_cells(credit, group, positive, num_groups), _score_cells(credit, group, negative, num_groups))
+        for name, (positive, negative) in aurocs.items()
+    }
+    return UnitStats(num_groups, sums, tuple(rates), cells)
 
 
 def group_sums(u: Units, num_groups: int) -> GroupStats:
@@ -232,41 +319,32 @@ def group_sums(u: Units, num_groups: int) -> GroupStats:
     histogram per class (``AurocCells``; at most one cell per unit, fewer where scores tie within a
     group, as outcome-level credit does). Memory is O(U) once, independent of the number of replicates.
     """
-    rates, aurocs = _parts(u)
-    group = u.group.long()
-    cols = []
-    for select, hit in rates.values():
-        cols += [(select & hit).double(), select.double()]
-    per_unit = torch.stack(cols, 1)
-    sums = torch.zeros(num_groups, per_unit.shape[1], dtype=torch.float64, device=group.device)
-    sums.index_add_(0, group, per_unit)
-    del per_unit
-    credit = torch.nan_to_num(u.credit).double()
-    cells = {}
-    for name, (positive, negative) in aurocs.items():
-        uniq, score_bin = torch.unique(credit[positive | negative], return_inverse=True)
-        bins = torch.zeros_like(group)
-        bins[positive | negative] = score_bin
-        pg, pb, pc, pt = _cells(bins, group, positive, uniq.numel(), num_groups)
-        ng, nb, nc, nt = _cells(bins, group, negative, uniq.numel(), num_groups)
-        cells[name] = AurocCells(uniq.numel(), pg, pb, pc, ng, nb, nc, pt, nt)
-    return GroupStats(num_groups, sums, tuple(rates), cells)
+    return unit_stats(u, num_groups).group_stats()
 
 
 def _cells_auroc(a: AurocCells, counts: Tensor, chunk_elements: int) -> Tensor:
-    """The AUROC for every row of group weights ``counts`` (B, G), replicates in chunks."""
+    """The AUROC for every row of group weights ``counts`` (B, G), replicates in chunks.
+
+    The negative cells, sorted by score once, are weighted and summed cumulatively; a positive cell's
+    score then reads "negative weight below it" and "… up to and with it" at two precomputed positions
+    of that running sum (their mean: below + ½ tied). Every pass is over contiguous rows of a
+    (cells × replicates) temporary."""
     b = counts.shape[0]
     den = (counts @ a.pos_total) * (counts @ a.neg_total)
     num = torch.zeros(b, dtype=torch.float64, device=counts.device)
     if a.pos_count.numel() and a.neg_count.numel():
-        step = max(1, chunk_elements // max(a.num_bins, a.pos_count.numel(), a.neg_count.numel()))
+        order = torch.argsort(a.neg_bin, stable=True)
+        neg_group, neg_count, neg_bin = a.neg_group[order], a.neg_count[order, None], a.neg_bin[order]
+        below = torch.searchsorted(neg_bin, a.pos_bin)  # running-sum row before the first tie
+        upto = torch.searchsorted(neg_bin, a.pos_bin, right=True)  # … after the last tie
+        step = max(1, chunk_elements // max(a.pos_count.numel(), a.neg_count.numel() + 1))
         for lo in range(0, b, step):  # chunks of replicates, each a few vectorized passes over the cells
-            c = counts[lo : lo + step]
-            neg_w = torch.zeros(c.shape[0], a.num_bins, dtype=torch.float64, device=c.device)
-            neg_w.index_add_(1, a.neg_bin, c.index_select(1, a.neg_group).mul_(a.neg_count))
-            mid = torch.cumsum(neg_w, 1).sub_(neg_w, alpha=0.5)  # negative weight below + ½ at each score
-            del neg_w
-            num[lo : lo + step] = c.index_select(1, a.pos_group).mul_(mid.index_select(1, a.pos_bin)) @ a.pos_count
+            c = counts[lo : lo + step].T.contiguous()  # (G, chunk): a cell's weights are one contiguous row
+            running = torch.zeros(neg_group.numel() + 1, c.shape[1], dtype=torch.float64, device=c.device)
+            torch.cumsum(c.index_select(0, neg_group).mul_(neg_count), 0, out=running[1:])
+            mid = running.index_select(0, below).add_(running.index_select(0, upto)).mul_(0.5)
+            del running
+            num[lo : lo + step] = a.pos_count @ c.index_select(0, a.pos_group).mul_(mid)
     return torch.where(den > 0, num / den.clamp_min(1e-300), torch.full_like(den, float("nan")))
 
 
@@ -274,8 +352,8 @@ def group_headline(stats: GroupStats, counts: Tensor, *, chunk_elements: int = _
     """The headline metrics (as ``headline``) for every row of *group* weights ``counts`` (B, G).
 
     Rates: ``(counts @ S_hit) / (counts @ S_select)``, one (B, G) × (G, 2K) product. AUROCs: per
-    chunk of replicates, the negative weight at each distinct score is scattered from the cells, its
-    running sum read back at the positive cells — (chunk × cells) temporaries of at most
+    chunk of replicates, the running sum of the negative cells' weights in score order is read back
+    at the positive cells' scores (``_cells_auroc``) — (cells × chunk) temporaries of at most
     ``chunk_elements`` doubles (32 MiB by default), whatever the number of replicates.
 
     All weights are integers and every sum is a (half-)integer below 2⁵³, so the sums are exact and the
@@ -295,14 +373,26 @@ def group_headline(stats: GroupStats, counts: Tensor, *, chunk_elements: int = _
     return _combine(rates, aurocs)
 
 
+def bootstrap_count_chunks(num_groups: int, samples: int, seed: int, *, rows: int | None = None) -> Iterator[Tensor]:
+    """The rows of ``bootstrap_counts`` in consecutive chunks of at most ``rows`` replicates (default:
+    as many as fit ``_CHUNK_ELEMENTS`` doubles), drawn one after the other from the one seeded
+    generator — so their concatenation *is* ``bootstrap_counts(num_groups, samples, seed)``, while
+    only one chunk is held at a time."""
+    gen = torch.Generator().manual_seed(seed)
+    step = rows if rows is not None else max(1, _CHUNK_ELEMENTS // max(num_groups, 1))
+    for lo in range(0, samples, step):
+        n = min(step, samples - lo)
+        draws = torch.randint(num_groups, (n, num_groups), generator=gen)
+        one = torch.ones((), dtype=torch.float64).expand(n, num_groups)
+        yield torch.zeros(n, num_groups, dtype=torch.float64).scatter_add_(1, draws, one)
+
+
 def bootstrap_counts(num_groups: int, samples: int, seed: int) -> Tensor:
     """``(samples, num_groups)`` float64: how often each group is drawn in each replicate, every
     replicate drawing ``num_groups`` groups with replacement (seeded; drawn on the CPU, so that a seed
     gives the same replicates on every device)."""
-    gen = torch.Generator().manual_seed(seed)
-    draws = torch.randint(num_groups, (samples, num_groups), generator=gen)
-    one = torch.ones((), dtype=torch.float64).expand(samples, num_groups)
-    return torch.zeros(samples, num_groups, dtype=torch.float64).scatter_add_(1, draws, one)
+    return torch.cat([*bootstrap_count_chunks(num_groups, samples, seed, rows=max(samples, 1))]) if samples > 0 else (
+        torch.zeros(0, num_groups, dtype=torch.float64))
 
 
 def bootstrap_intervals(
@@ -315,24 +405,69 @@ def bootstrap_intervals(
     chunk_elements: int = _CHUNK_ELEMENTS,
 ) -> dict[str, tuple[float, float]]:
     """Percentile intervals of the headline metrics over ``samples`` bootstrap resamples of the groups
-    (each replicate draws ``num_groups`` groups with replacement; seeded).
+    (each replicate draws ``num_groups`` groups with replacement; seeded): ``stats_intervals`` of
+    ``group_sums(u, num_groups)``."""
+    return stats_intervals(group_sums(u, num_groups), samples=samples, seed=seed, level=level,
+                           chunk_elements=chunk_elements)
 
-    Replicates are evaluated from per-group sufficient statistics (``group_sums``,
-    ``group_headline``), never as a (samples × units) matrix. Memory: the (samples × groups) draw
-    counts (8 bytes each: 100 MB for 1,000 × 12,500 groups), the per-unit statistics (O(U)) and
-    the AUROC's chunk temporaries (``chunk_elements`` doubles each) — 100k trajectories with 1,000
-    replicates fit in well under 2 GiB (``benchmarks/RESULTS.md``). Time O(samples × units).
+
+def stats_intervals(
+    stats: GroupStats,
+    *,
+    samples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    chunk_elements: int = _CHUNK_ELEMENTS,
+) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of the headline metrics over ``samples`` bootstrap resamples of the groups
+    of ``stats`` (``many_intervals`` of one)."""
+    return many_intervals([stats], samples=samples, seed=seed, level=level, chunk_elements=chunk_elements)[0]
+
+
+def many_intervals(
+    stats: Sequence[GroupStats],
+    *,
+    samples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    chunk_elements: int = _CHUNK_ELEMENTS,
+) -> list[dict[str, tuple[float, float]]]:
+    """``stats_intervals`` of several statistics of the same groups (recipes, unit subsets) under the
+    same replicates, each chunk of replicates drawn once for all of them.
+
+    Replicates are evaluated from per-group sufficient statistics (``group_headline``), never as a
+    (samples × units) matrix, and drawn in chunks of replicates (``bootstrap_count_chunks``): memory
+    is the per-unit statistics (O(U)) plus (replicates-in-a-chunk × groups) and the AUROC's
+    temporaries, ``chunk_elements`` doubles each — whatever the number of replicates or groups.
+    Time O(samples × units).
     """
-    if samples <= 0:
-        return {k: (float("nan"), float("nan")) for k in HEADLINE}
-    counts = bootstrap_counts(num_groups, samples, seed).to(u.group.device)
-    values = group_headline(group_sums(u, num_groups), counts, chunk_elements=chunk_elements)
+    if samples <= 0 or not stats:
+        return [{k: (float("nan"), float("nan")) for k in HEADLINE} for _ in stats]
+    groups = stats[0].num_groups
+    if any(s.num_groups != groups for s in stats):
+        raise ValueError("many_intervals needs statistics of the same groups")
+    rows = max(1, chunk_elements // max(groups, 1))
+    values: list[list[dict[str, Tensor]]] = [[] for _ in stats]
+    for counts in bootstrap_count_chunks(groups, samples, seed, rows=rows):
+        for s, out in zip(stats, values, strict=True):
+            out.append(group_headline(s, counts.to(s.rate_sums.device), chunk_elements=chunk_elements))
     lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
-    out = {}
-    for k, v in values.items():
-        v = v[~torch.isnan(v)]
-        out[k] = (float(torch.quantile(v, lo)), float(torch.quantile(v, hi))) if v.numel() else (float("nan"),) * 2
-    return out
+    result = []
+    for parts in values:
+        intervals = {}
+        for k in parts[0]:
+            v = torch.cat([p[k] for p in parts])
+            v = v[~torch.isnan(v)]
+            intervals[k] = (float(torch.quantile(v, lo)), float(torch.quantile(v, hi))) if v.numel() else (
+                float("nan"), float("nan"))
+        result.append(intervals)
+    return result
+
+
+def point_metrics(stats: GroupStats) -> dict[str, float]:
+    """The headline metrics of every unit once (all group weights 1)."""
+    ones = torch.ones(1, stats.num_groups, dtype=torch.float64, device=stats.rate_sums.device)
+    return {k: float(v[0]) for k, v in group_headline(stats, ones).items()}
 
 
 def blame_rate(rollouts: Rollouts, credit: Credit, *, success_threshold: float = 1.0) -> dict[str, Any]:
@@ -360,59 +495,119 @@ def balanced_sign_accuracy(
     return float(headline(u, w)["bsa_failed" if failed_only else "bsa_all"][0])
 
 
+_LABELS = (("+1", 1), ("0", 0), ("-1", -1))
+_OUTCOMES = ("failure", "success")
+
+
+def mean_credit_sums(u: Units) -> Tensor:
+    """``[3, 2, 2]`` float64: per label (+1 / 0 / −1) × outcome (failure / success), the number of
+    credited units and the sum of their credit — what ``mean_credit_table`` needs, and it adds up
+    across chunks of a stream."""
+    ok = ~torch.isnan(u.credit)
+    credit = torch.nan_to_num(u.credit).double()
+    out = torch.zeros(3, 2, 2, dtype=torch.float64)
+    for i, (_, value) in enumerate(_LABELS):
+        for j, mask in enumerate((u.failed, ~u.failed)):
+            pick = (u.label == value) & mask & ok
+            out[i, j, 0] = pick.sum()
+            out[i, j, 1] = credit[pick].sum()
+    return out
+
+
+def mean_credit_from(sums: Tensor) -> dict[str, dict[str, dict[str, float | int]]]:
+    """``mean_credit_table`` from ``mean_credit_sums`` (of one batch, or summed over chunks)."""
+    table: dict[str, dict[str, dict[str, float | int]]] = {}
+    for i, (name, _) in enumerate(_LABELS):
+        table[name] = {}
+        for j, outcome in enumerate(_OUTCOMES):
+            n, total = int(sums[i, j, 0]), float(sums[i, j, 1])
+            table[name][outcome] = {"n": n, "mean": total / n if n else float("nan")}
+    return table
+
+
 def mean_credit_table(u: Units) -> dict[str, dict[str, dict[str, float | int]]]:
     """Mean credit and count of units by label (+1 / 0 / −1) × outcome (failure / success)."""
-    table: dict[str, dict[str, dict[str, float | int]]] = {}
-    ok = ~torch.isnan(u.credit)
-    for name, value in (("+1", 1), ("0", 0), ("-1", -1)):
-        row = {}
-        for outcome, mask in (("failure", u.failed), ("success", ~u.failed)):
-            pick = (u.label == value) & mask & ok
-            n = int(pick.sum())
-            row[outcome] = {"n": n, "mean": float(u.credit[pick].double().mean()) if n else float("nan")}
-        table[name] = row
-    return table
+    return mean_credit_from(mean_credit_sums(u))
+
+
+def density_sums(rollouts: Rollouts, credit: Credit) -> Tensor:
+    """``[6]`` float64 counts behind ``signal_density``: steps with non-zero credit, steps, response
+    tokens with non-zero credit, response tokens (both −1 without token spans), groups whose outcomes
+    are all equal, groups."""
+    r = rollouts
+    lo, hi = segments.segment_min_max(r.outcome, r.group, r.num_groups)
+    tokens_nonzero, tokens = -1.0, -1.0
+    if r.response_mask is not None:
+        values = credit.to_tokens(r)[r.response_mask]
+        tokens_nonzero, tokens = float((values != 0).sum()), float(values.numel())
+    return torch.tensor(
+        [float((credit.per_step(r) != 0).sum()), float(r.num_steps), tokens_nonzero, tokens,
+         float((lo == hi).sum()), float(r.num_groups)],
+        dtype=torch.float64,
+    )
+
+
+def density_from(sums: Tensor) -> dict[str, float | None]:
+    """``signal_density`` from ``density_sums`` (of one batch, or summed over chunks)."""
+    nz, steps, tnz, tokens, flat, groups = (float(x) for x in sums)
+
+    def share(a: float, b: float) -> float | None:
+        return a / b if b > 0 else None
+
+    return {
+        "steps_nonzero": share(nz, steps),
+        "tokens_nonzero": share(tnz, tokens) if tokens >= 0 else None,
+        "zero_variance_groups": share(flat, groups),
+    }
 
 
 def signal_density(rollouts: Rollouts, credit: Credit) -> dict[str, float | None]:
     """Share of steps (and of response tokens, when the batch has them) with non-zero credit, and the
     share of groups whose outcomes are all equal (GRPO gives them no signal)."""
-    r = rollouts
-    steps = credit.per_step(r)
-    lo, hi = segments.segment_min_max(r.outcome, r.group, r.num_groups)
-    out: dict[str, float | None] = {
-        "steps_nonzero": float((steps != 0).double().mean()) if r.num_steps else None,
-        "tokens_nonzero": None,
-        "zero_variance_groups": float((lo == hi).double().mean()) if r.num_groups else None,
-    }
-    if r.response_mask is not None:
-        tokens = credit.to_tokens(r)[r.response_mask]
-        out["tokens_nonzero"] = float((tokens != 0).double().mean()) if tokens.numel() else None
-    return out
+    return density_from(density_sums(rollouts, credit))
 
 
 DEFAULT_BUCKETS = (1, 6, 11, 21, 51)
 
 
+def _bucket_names(buckets: tuple[int, ...]) -> list[str]:
+    ends: list[int | None] = [*buckets[1:], None]
+    return [f"{lo}–{hi - 1}" if hi is not None else f"{lo}+" for lo, hi in zip(buckets, ends, strict=True)]
+
+
+def length_skew_sums(rollouts: Rollouts, credit: Credit, buckets: tuple[int, ...] = DEFAULT_BUCKETS) -> Tensor:
+    """``[len(buckets), 2]`` float64 behind ``length_skew``: per step-count bucket, the trajectories in
+    it and the |credit| they carry (summed over their steps)."""
+    r = rollouts
+    mass = segments.segment_sum(credit.per_step(r).abs().double(), r.step_traj, r.num_trajectories)
+    n = r.steps_per_trajectory
+    bounds = torch.tensor(buckets[1:], dtype=n.dtype, device=n.device)
+    bucket = torch.bucketize(n, bounds, right=True)  # trajectories below buckets[0] steps fall in none
+    keep = n >= buckets[0]
+    out = torch.zeros(len(buckets), 2, dtype=torch.float64)
+    out[:, 0].index_add_(0, bucket[keep].cpu(), torch.ones(int(keep.sum()), dtype=torch.float64))
+    out[:, 1].index_add_(0, bucket[keep].cpu(), mass[keep].cpu())
+    return out
+
+
+def length_skew_from(
+    sums: Tensor, trajectories: int, buckets: tuple[int, ...] = DEFAULT_BUCKETS
+) -> list[dict[str, Any]]:
+    """``length_skew`` from ``length_skew_sums`` (of one batch, or summed over chunks) and the number of
+    trajectories (a trajectory without steps carries no credit, so the buckets hold all of it)."""
+    total_mass = float(sums[:, 1].sum())
+    return [
+        {
+            "steps": name,
+            "trajectories": int(sums[i, 0]),
+            "trajectory_share": float(sums[i, 0]) / trajectories if trajectories else 0.0,
+            "credit_share": float(sums[i, 1]) / total_mass if total_mass > 0 else 0.0,
+        }
+        for i, name in enumerate(_bucket_names(buckets))
+    ]
+
+
 def length_skew(rollouts: Rollouts, credit: Credit, buckets: tuple[int, ...] = DEFAULT_BUCKETS) -> list[dict[str, Any]]:
     """Share of the total |credit| (summed over steps) carried by trajectories in each step-count
     bucket, next to their share of trajectories — the "more turns, more weight" bias."""
-    r = rollouts
-    mass = segments.segment_sum(credit.per_step(r).abs().double(), r.step_traj, r.num_trajectories)
-    total = float(mass.sum())
-    n = r.steps_per_trajectory
-    edges = [*buckets, None]
-    rows = []
-    for lo, hi in itertools.pairwise(edges):
-        assert lo is not None
-        pick = (n >= lo) & (n < hi) if hi is not None else n >= lo
-        name = f"{lo}–{hi - 1}" if hi is not None else f"{lo}+"
-        rows.append(
-            {
-                "steps": name,
-                "trajectories": int(pick.sum()),
-                "trajectory_share": float(pick.double().mean()) if r.num_trajectories else 0.0,
-                "credit_share": float(mass[pick].sum() / total) if total > 0 else 0.0,
-            }
-        )
-    return rows
+    return length_skew_from(length_skew_sums(rollouts, credit, buckets), rollouts.num_trajectories, buckets)

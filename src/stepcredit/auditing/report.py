@@ -117,7 +117,7 @@ def _metric_table(audit: Audit) -> str:
         dens = a.density
         cells.append(f"<td class='num'>{_pct(dens['steps_nonzero'])}</td>")
         cells.append(f"<td class='num'>{_pct(dens['tokens_nonzero'])}</td>")
-        cells.append(f"<td class='num'>{a.kept.numel()}</td>")
+        cells.append(f"<td class='num'>{a.num_kept}</td>")
         rows.append(f"<tr><th title='{html.escape(a.description)}'>{html.escape(a.name)}</th>{''.join(cells)}</tr>")
     return (
         "<table class='metrics'><tr><th>recipe</th>"
@@ -291,6 +291,11 @@ def _sample_note(audit: Audit, shown: int) -> str:
         f"trajectory with credit &lt; 0), then the other failed trajectories with correct {unit}s, the other "
         "failed ones, successes."
     )
+    if audit.chunks > 1:
+        what += (
+            f" The log was audited in {audit.chunks} chunks: these sections and the credit plot show its first "
+            f"chunk ({total} of {audit.trajectories} trajectories); every table covers all of them."
+        )
     if left == 0:
         return f"All {total} trajectories shown. {what}"
     return (
@@ -309,14 +314,13 @@ def render_html(
     """The report page: summary tables and plots over every unit; step-by-step sections for at most
     ``max_trajectories`` trajectories (``trajectory_sample``: worst blamed first), with the count of
     those left out."""
-    r = audit.rollouts
     sample, blamed = trajectory_sample(audit, max_trajectories)
     index, pages = _trajectories(audit, sample, blamed)
-    failed = int((r.outcome < audit.success_threshold).sum())
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>{html.escape(title)}</title><style>{CSS}</style></head><body id="top">
 <h1>{html.escape(title)}</h1>
-<p class="muted">{html.escape(source)} · {r.num_trajectories} trajectories ({failed} failed) in {r.num_groups} groups ·
+<p class="muted">{html.escape(source)} · {audit.trajectories} trajectories ({audit.failed} failed)
+in {audit.groups} groups ·
 audited unit: labelled {audit.unit}s · {len(audit.recipes)} recipes · 95% intervals from {audit.bootstrap}
 bootstrap resamples of the groups · computed in {audit.seconds:.1f} s</p>
 <h2>Does the credit land?</h2>

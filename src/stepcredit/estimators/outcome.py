@@ -26,7 +26,7 @@ def token_weights(rollouts: Rollouts, weighting: Weighting) -> Tensor | None:
         raise ValueError("weighting='tokens' needs token columns; use 'trajectories' for logs without tokens")
     if rollouts.response_mask is None or weighting == "trajectories":
         return None
-    return rollouts.response_mask.sum(1)
+    return rollouts.tokens_per_trajectory  # = response_mask.sum(1), from the step spans
 
 
 @register("credit")

@@ -93,7 +93,10 @@ def call_keys(rollouts: Rollouts, identity: CallIdentity = "arguments") -> tuple
         return keys, k
     if identity != "effect":
         raise ValueError(f"identity must be 'arguments' or 'effect', got {identity!r}")
-    values = pa.array([_value_multiset(a) for a in r.texts.call_arguments.to_pylist()], pa.large_string())
+    distinct = pc.dictionary_encode(r.texts.call_arguments)  # each distinct argument text read once
+    values = pa.array([_value_multiset(a) for a in distinct.dictionary.to_pylist()], pa.large_string()).take(
+        distinct.indices
+    )
     effect = pc.binary_join_element_wise(r.texts.call_name, values, r.texts.call_result, sep)
     other, k_other = segments.unique_pairs(group, _codes(effect, r.device), a_size=r.num_groups)
     return segments.connected_components(keys, k, other, k_other)

@@ -156,12 +156,9 @@ class RowBatch:
             raise RolloutError("the rows carry no token columns (response_mask)", field="response_mask")
         on = self.rollouts if rollouts is None else rollouts
         if self.step_of is None:  # rows are trajectories: the recipe's own broadcast
-            tokens = credit.to_tokens(on)
             if kept is None:
-                return tokens
-            out = torch.zeros(mask.shape, dtype=tokens.dtype, device=mask.device)
-            out[kept] = tokens
-            return out
+                return credit.to_tokens(on)
+            return credit.embed(rows, kept).to_tokens(rows)  # on all rows: the dropped ones get 0
         assert self.call_of is not None
         if credit.step is None and credit.call is None:  # one value per trajectory: the broadcast floor
             value = torch.zeros(self.rollouts.num_trajectories, dtype=credit.trajectory.dtype, device=mask.device)

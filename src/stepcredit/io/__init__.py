@@ -21,7 +21,17 @@ from stepcredit.io._chat import (
 )
 from stepcredit.io._credit_file import credit_records, read_credit_jsonl, write_credit_jsonl
 from stepcredit.io._labels import REFERENCES_FORMAT, check_references, label_calls, read_references
-from stepcredit.io._parquet import from_arrow, read_parquet, to_arrow, write_parquet
+from stepcredit.io._parquet import ROW_GROUP_SIZE, from_arrow, read_parquet, to_arrow, write_parquet
+from stepcredit.io._stream import (
+    ChunkPlan,
+    ParquetCreditWriter,
+    credit_table,
+    dataset_files,
+    iter_group_chunks,
+    plan_group_chunks,
+    read_chunk,
+    write_credit_parquet,
+)
 from stepcredit.io._tau2 import TAU2_FIELDS, is_tau2, parse_tau2
 from stepcredit.io._tensors import from_trainer_tensors
 from stepcredit.rollouts import Rollouts, StatePolicy, TrajectoryRecord, build
@@ -33,21 +43,29 @@ LOG_SUFFIXES = (".json", ".jsonl", ".parquet")
 __all__ = [
     "FORMATS",
     "REFERENCES_FORMAT",
+    "ROW_GROUP_SIZE",
     "TAU2_FIELDS",
     "ChatFields",
+    "ChunkPlan",
     "Format",
+    "ParquetCreditWriter",
     "atomic_write",
     "check_output",
     "check_references",
     "credit_records",
+    "credit_table",
+    "dataset_files",
     "from_arrow",
     "from_trainer_tensors",
+    "iter_group_chunks",
     "label_calls",
     "load",
     "load_records",
     "log_files",
     "parse_record",
     "parse_tau2",
+    "plan_group_chunks",
+    "read_chunk",
     "read_credit_jsonl",
     "read_parquet",
     "read_references",
@@ -55,6 +73,7 @@ __all__ = [
     "to_chat_records",
     "write_chat_jsonl",
     "write_credit_jsonl",
+    "write_credit_parquet",
     "write_parquet",
 ]
 

@@ -73,9 +73,22 @@ def to_arrow(rollouts: Rollouts) -> pa.Table:
     return table.replace_schema_metadata(meta)
 
 
+ROW_GROUP_SIZE = 8192
+"""Trajectories per Parquet row group that ``write_parquet`` writes: the unit a reader of a row range
+decodes (``read_chunk``), so no larger than the usual streaming chunk."""
+
+
 def write_parquet(rollouts: Rollouts, path: str | Path) -> None:
+    """The batch as one Parquet file, each group's trajectories together — groups in the order of their
+    ids (of first appearance, for loaded batches), trajectories within a group in batch order — so the
+    file streams in chunks of whole groups (``iter_group_chunks``); a batch whose groups are already
+    contiguous keeps its order.
+    Written atomically, in row groups of ``ROW_GROUP_SIZE``."""
+    r = rollouts
+    if r.num_trajectories > 1 and not bool((r.group[1:] >= r.group[:-1]).all()):
+        r = r.select(torch.argsort(r.group, stable=True))
     with atomic_write(path, "wb") as f:
-        pq.write_table(to_arrow(rollouts), f)
+        pq.write_table(to_arrow(r), f, row_group_size=ROW_GROUP_SIZE)
 
 
 def _flat(col: pa.ChunkedArray | pa.Array, name: str, source: str) -> tuple[np.ndarray, pa.Array]:

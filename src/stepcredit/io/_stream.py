@@ -46,10 +46,13 @@ from stepcredit.rollouts import Rollouts, StepKind
 __all__ = [
     "CREDIT_SCHEMA",
     "DEFAULT_BATCH_SIZE",
+    "ChunkPlan",
     "ParquetCreditWriter",
     "credit_table",
     "dataset_files",
     "iter_group_chunks",
+    "plan_group_chunks",
+    "read_chunk",
     "write_credit_parquet",
 ]
 
@@ -165,10 +168,10 @@ def _runs(batch: pa.RecordBatch, file: _File) -> tuple[np.ndarray, list[bytes]]:
     return starts, raw.take(pa.array(starts)).to_pylist()
 
 
-def _batches(file: _File, batch_size: int) -> Iterator[pa.RecordBatch]:
+def _batches(file: _File, batch_size: int, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
     try:
         with pq.ParquetFile(file.path) as pf:
-            yield from pf.iter_batches(batch_size=batch_size)
+            yield from pf.iter_batches(batch_size=batch_size, columns=columns)
     except (pa.ArrowException, OSError, UnicodeError) as exc:
         raise _cannot_read(exc, file.source) from None
 
@@ -245,26 +248,38 @@ def iter_group_chunks(
             different columns across files, interleaved groups, or a malformed row (the last two when
             the chunk holding them is reached).
     """
+    return _stream(_files(source, chunk_groups, batch_size, cls), chunk_groups, cls, batch_size)
+
+
+def _files(source: str | Path, chunk_groups: int, batch_size: int, cls: type[Rollouts]) -> list[_File]:
+    """The dataset's files, opened and checked (see ``iter_group_chunks``)."""
     for what, value in (("chunk_groups", chunk_groups), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"iter_group_chunks needs a positive integer {what}, got {value!r}")
+            raise ValueError(f"streaming needs a positive integer {what}, got {value!r}")
     files = [_open(p, cls) for p in dataset_files(source)]
     for f in files[1:]:
         _check_same_schema(files[0], f)
     if not any(f.rows for f in files):
         what = "this file has" if len(files) == 1 else f"the {len(files)} Parquet files here have"
         raise RolloutError(f"no trajectories: {what} no rows", source=str(source))
-    return _stream(files, chunk_groups, cls, batch_size)
+    return files
 
 
-def _stream(files: list[_File], chunk_groups: int, cls: type[Rollouts], batch_size: int) -> Iterator[Rollouts]:
+Piece = tuple[int, int, pa.RecordBatch]  # (file, the batch's first row in that file, rows)
+
+
+def _walk(
+    files: list[_File], chunk_groups: int, batch_size: int, columns: list[str] | None = None
+) -> Iterator[list[Piece]]:
+    """The dataset's rows in group-aligned chunks of pieces (one pass, record batch by record batch;
+    ``columns`` limits what is read — the planner reads the group names only)."""
     finished: set[bytes] = set()  # groups whose rows ended: seeing one again means interleaving
     current: bytes | None = None  # the group of the last row read
-    pending: list[tuple[int, pa.RecordBatch]] = []  # (file, rows) of the chunk being gathered
+    pending: list[Piece] = []  # the pieces of the chunk being gathered
     started = 0  # groups with rows in pending
     for i, file in enumerate(files):
         row = 0
-        for batch in _batches(file, batch_size):
+        for batch in _batches(file, batch_size, columns):
             if batch.num_rows == 0:
                 continue
             starts, names = _runs(batch, file)
@@ -291,13 +306,87 @@ def _stream(files: list[_File], chunk_groups: int, cls: type[Rollouts], batch_si
             done = 0
             for cut in cuts:
                 if cut > done:
-                    pending.append((i, batch.slice(done, cut - done)))
-                yield _chunk(files, pending, cls)
+                    pending.append((i, row + done, batch.slice(done, cut - done)))
+                yield pending
                 pending, done = [], cut
-            pending.append((i, batch.slice(done)))
+            pending.append((i, row + done, batch.slice(done)))
             row += batch.num_rows
     if pending:
-        yield _chunk(files, pending, cls)
+        yield pending
+
+
+def _stream(files: list[_File], chunk_groups: int, cls: type[Rollouts], batch_size: int) -> Iterator[Rollouts]:
+    for pieces in _walk(files, chunk_groups, batch_size):
+        yield _chunk(files, [(i, b) for i, _, b in pieces], cls)
+
+
+# ------------------------------------------------------------------------------------------ planning
+@dataclass(frozen=True)
+class ChunkPlan:
+    """Where one group-aligned chunk's rows are: ``spans`` of (file, first row, end row) in dataset
+    order, so that a worker reads the chunk on its own (``read_chunk``). Plain data: it pickles."""
+
+    index: int  # the chunk's position in the dataset (0, 1, …)
+    spans: tuple[tuple[str, int, int], ...]
+    rows: int  # trajectories in the chunk
+
+
+def plan_group_chunks(
+    source: str | Path,
+    chunk_groups: int,
+    *,
+    cls: type[Rollouts] = Rollouts,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> list[ChunkPlan]:
+    """The chunks ``iter_group_chunks(source, chunk_groups)`` would yield, as row spans, from one pass
+    over the ``group`` column only (the files' schemas are checked as there; rows are validated when a
+    chunk is read). For engines that read chunks in other processes: ``read_chunk(plan)`` equals the
+    chunk ``iter_group_chunks`` yields at ``plan.index``."""
+    files = _files(source, chunk_groups, batch_size, cls)
+    plans = []
+    for k, pieces in enumerate(_walk(files, chunk_groups, batch_size, columns=["group"])):
+        spans: list[tuple[str, int, int]] = []
+        for i, start, batch in pieces:
+            path = str(files[i].path)
+            if spans and spans[-1][0] == path and spans[-1][2] == start:
+                spans[-1] = (path, spans[-1][1], start + batch.num_rows)
+            else:
+                spans.append((path, start, start + batch.num_rows))
+        plans.append(ChunkPlan(k, tuple(spans), sum(b.num_rows for _, _, b in pieces)))
+    return plans
+
+
+def read_chunk(plan: ChunkPlan, *, cls: type[Rollouts] = Rollouts, batch_size: int = DEFAULT_BATCH_SIZE) -> Rollouts:
+    """The chunk of ``plan`` (``plan_group_chunks``), validated as ``iter_group_chunks`` validates it.
+    Reads the row groups its spans overlap: datasets written in row groups no larger than a chunk
+    (``write_parquet`` writes ``ROW_GROUP_SIZE``) read little more than the chunk."""
+    paths = list(dict.fromkeys(path for path, _, _ in plan.spans))
+    files = [_open(Path(p), cls) for p in paths]
+    pieces: list[tuple[int, pa.RecordBatch]] = []
+    for path, start, stop in plan.spans:
+        i = paths.index(path)
+        try:
+            with pq.ParquetFile(files[i].path) as pf:
+                sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
+                bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+                groups = [g for g in range(len(sizes)) if bounds[g] < stop and bounds[g + 1] > start]
+                at = int(bounds[groups[0]]) if groups else start
+                for batch in pf.iter_batches(batch_size=batch_size, row_groups=groups):
+                    lo, hi = max(start, at), min(stop, at + batch.num_rows)
+                    if hi > lo:
+                        pieces.append((i, batch.slice(lo - at, hi - lo)))
+                    at += batch.num_rows
+                    if at >= stop:
+                        break
+        except (pa.ArrowException, OSError, UnicodeError) as exc:
+            raise _cannot_read(exc, files[i].source) from None
+    if sum(b.num_rows for _, b in pieces) != plan.rows:
+        raise RolloutError(
+            f"chunk {plan.index} should hold {plan.rows} rows but {sum(b.num_rows for _, b in pieces)} were read: "
+            "the files changed since the chunks were planned",
+            source=", ".join(paths),
+        )
+    return _chunk(files, pieces, cls)
 
 
 def _text(raw: bytes | None) -> str:
@@ -438,9 +527,14 @@ class ParquetCreditWriter:
 
     def write(self, rollouts: Rollouts, credit: Credit) -> None:
         """Append the credit of one batch (its trajectories, in order)."""
+        self.write_table(credit_table(rollouts, credit, self.recipe))
+
+    def write_table(self, table: pa.Table) -> None:
+        """Append a table of ``CREDIT_SCHEMA`` (``credit_table``, e.g. made by another process)."""
         if self._writer is None:
             raise ValueError(f"the credit writer for {str(self.path)!r} is closed")
-        table = credit_table(rollouts, credit, self.recipe)
+        if not table.schema.equals(CREDIT_SCHEMA):
+            raise ValueError(f"expected a table of the credit schema, got columns {table.schema.names}")
         self._writer.write_table(table)
         self.rows += table.num_rows
 

@@ -6,13 +6,22 @@ group is the prompt's uid. Tool calls inside a step can be located by start / en
 (e.g. the ids of ``<tool_call>`` and ``</tool_call>``). Per-step rewards, decision-point keys (or the
 anchor observations they are hashed from) and rollout-tree ids can be passed in as the trainer holds
 them. Everything is vectorized over the batch.
+
+This is the path a trainer pays on every batch, so it reads each ``(N, T)`` input once: on the CPU,
+blocks of rows go through numpy (the mask, its runs and the tool-call markers in one pass per block,
+on ``torch.get_num_threads()`` threads), uid strings are numbered by hashing, and the batch is built
+with ``Rollouts.trusted``: its step spans are the mask's runs, so the ``O(N·T)`` comparison of the two
+is skipped while every other check runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -24,11 +33,23 @@ from stepcredit.rollouts import Rollouts, StepKind, Texts, text_keys
 
 def dense_groups(index: Sequence[object] | np.ndarray | Tensor) -> tuple[Tensor, list[str]]:
     """Dense group ids ``0..G-1`` in order of first appearance, and each group's name."""
+    group, names = _dense_groups(index)
+    return group, names.to_pylist() if isinstance(names, pa.Array) else names
+
+
+def _dense_groups(index: Sequence[object] | np.ndarray | Tensor) -> tuple[Tensor, pa.Array | list[str]]:
+    """``dense_groups`` with the names as an Arrow array where they come from the hashed fast path."""
     if isinstance(index, Tensor):
         index = index.cpu().numpy()
     arr = np.asarray(index)
     if arr.ndim != 1:
         raise RolloutError(f"expected a 1-D group index, got shape {arr.shape}", field="index")
+    fast = _string_codes(arr)
+    return fast if fast is not None else _sorted_groups(arr)
+
+
+def _sorted_groups(arr: np.ndarray) -> tuple[Tensor, list[str]]:
+    """Group ids by sorting (any element type; objects compared as their text)."""
     if arr.dtype == object:
         arr = arr.astype(str)
     uniq, first, inverse = np.unique(arr, return_index=True, return_inverse=True)
@@ -36,6 +57,37 @@ def dense_groups(index: Sequence[object] | np.ndarray | Tensor) -> tuple[Tensor,
     rank = np.empty_like(order)
     rank[order] = np.arange(order.size)
     return torch.as_tensor(rank[inverse], dtype=torch.int64), [str(u) for u in uniq[order]]
+
+
+def _string_codes(arr: np.ndarray) -> tuple[Tensor, pa.Array] | None:
+    """Group ids and names of an index of Python strings (verl's uid object array) by hashing
+    (Arrow's dictionary encoding numbers values in order of first appearance), or ``None`` where the
+    sorting path must decide: other element types (numbers, ``None``, bytes, str subclasses are
+    turned into text by ``astype(str)`` there), strings holding NUL (``astype(str)`` drops trailing
+    ones) or that Arrow cannot encode (lone surrogates)."""
+    if arr.size == 0 or arr.dtype.kind not in "OU":
+        return None
+    if arr.dtype == object and set(map(type, arr.tolist())) != {str}:
+        return None
+    try:
+        strings = pa.array(arr, type=pa.large_string())
+    except (pa.ArrowException, TypeError, ValueError, UnicodeError):
+        return None
+    if strings.null_count or b"\x00" in _text_bytes(strings):
+        return None
+    encoded = strings.dictionary_encode()
+    codes = torch.from_numpy(encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64))
+    return codes, encoded.dictionary
+
+
+def _text_bytes(strings: pa.LargeStringArray) -> bytes:
+    """The UTF-8 bytes of all of a (fresh, unsliced) string array's values, back to back."""
+    _, offsets, data = strings.buffers()
+    if data is None or offsets is None:
+        return b""
+    end = int(np.frombuffer(offsets, dtype=np.int64, count=len(strings) + 1)[-1])
+    text: bytes = data.slice(0, end).to_pybytes()
+    return text
 
 
 def _pattern_starts(tokens: Tensor, pattern: Sequence[int]) -> Tensor:
@@ -49,6 +101,138 @@ def _pattern_starts(tokens: Tensor, pattern: Sequence[int]) -> Tensor:
     pat = torch.as_tensor(list(pattern), dtype=tokens.dtype, device=tokens.device)
     hit[:, : t - length + 1] = (windows == pat).all(-1)
     return hit
+
+
+class _Scan(NamedTuple):
+    """What one pass over the trainer's ``(N, T)`` tensors finds: the boolean mask, each run of ones
+    (row, start, exclusive end; row-major) and where each tool-call pattern starts on a mask token
+    (row, column; row-major)."""
+
+    mask: Tensor
+    rows: Tensor
+    starts: Tensor
+    ends: Tensor
+    hits: list[tuple[Tensor, Tensor]]
+
+
+_CHUNK_BYTES = 1 << 22  # input bytes per block of rows: a block and its temporaries stay in the caches
+
+
+def _scan(response_mask: Tensor, responses: Tensor | None, patterns: Sequence[Sequence[int]]) -> _Scan:
+    """The mask, its runs and the pattern starts: blocks of rows through numpy on the CPU
+    (``_scan_numpy``), else torch's whole-batch kernels (``_scan_torch``); both give the same."""
+    n, t = response_mask.shape
+    if response_mask.device.type == "cpu" and (responses is None or responses.device.type == "cpu") and n and t:
+        try:
+            source = response_mask.detach().numpy()
+            tokens = None if responses is None else responses.detach().numpy()
+        except (TypeError, RuntimeError):  # a dtype numpy lacks (bfloat16), a conjugate / sparse tensor
+            pass
+        else:
+            # the patterns in the tokens' dtype, as the torch kernels compare them
+            pats = [] if responses is None else [torch.tensor(list(p), dtype=responses.dtype).numpy() for p in patterns]
+            return _scan_numpy(source, tokens, pats)
+    return _scan_torch(response_mask, responses, patterns)
+
+
+def _scan_torch(response_mask: Tensor, responses: Tensor | None, patterns: Sequence[Sequence[int]]) -> _Scan:
+    mask = response_mask != 0
+    edges = torch.diff(F.pad(mask.to(torch.int8), (1, 1)), dim=1)
+    # row-major, so each row alternates run start (+1) and run end (−1)
+    edge_rows, edge_cols = torch.nonzero(edges, as_tuple=True)
+    hits = []
+    for pattern in patterns:
+        assert responses is not None
+        found = torch.nonzero(_pattern_starts(responses, pattern) & mask)
+        hits.append((found[:, 0], found[:, 1]))
+    return _Scan(mask, edge_rows[0::2], edge_cols[0::2], edge_cols[1::2], hits)
+
+
+def _scan_numpy(source: np.ndarray, tokens: np.ndarray | None, patterns: list[np.ndarray]) -> _Scan:
+    """Blocks of rows small enough for their temporaries to stay in cache, shared among
+    ``torch.get_num_threads()`` threads (numpy releases the GIL). Per block: the mask (``!= 0``,
+    written into the result), its edges (a neighbour compare into a row-padded scratch, so a run
+    ending at ``T`` gets its edge at column ``T`` of its own row) and each pattern's starts on mask
+    tokens. The set bytes are found word by word: per block its non-zero 8-byte words (``_set_words``),
+    at the end the bytes set in them (``_set_bytes``)."""
+    n, t = source.shape
+    mask = torch.empty((n, t), dtype=torch.bool)
+    out = mask.numpy()
+    width = (t + 8) // 8 * 8  # > t and whole 8-byte words: a row's edge at t stays in the row
+    row_bytes = t * max(source.itemsize, 1 if tokens is None else tokens.itemsize, 1)
+    block = max(1, _CHUNK_BYTES // row_bytes)  # rows whose input (mask or token ids) fills the chunk
+    firsts = list(range(0, n, block))
+    share = -(-len(firsts) // max(1, min(torch.get_num_threads(), len(firsts))))  # blocks per thread
+    spans = [(firsts[k], firsts[k + share] if k + share < len(firsts) else n) for k in range(0, len(firsts), share)]
+
+    def work(lo: int, hi: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        # torch's allocator, as for the mask and every other buffer (numpy's would ask the kernel
+        # for huge pages: fewer page faults, but stalls for compaction when memory is fragmented)
+        scratch = torch.zeros((block, width), dtype=torch.bool).numpy()  # columns past t stay False
+        hit_scratch = {
+            len(p): torch.zeros((block, width), dtype=torch.bool).numpy() for p in patterns if 0 < len(p) <= t
+        }
+        found: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(1 + len(patterns))]
+        for a in range(lo, hi, block):
+            e = min(a + block, hi)
+            m, d = out[a:e], scratch[: e - a]
+            np.not_equal(source[a:e], 0, out=m)
+            d[:, 0] = m[:, 0]
+            np.not_equal(m[:, 1:], m[:, :-1], out=d[:, 1:t])
+            d[:, t] = m[:, t - 1]
+            found[0].append(_set_words(d, a * width // 8))
+            for k, pat in enumerate(patterns):
+                length = len(pat)
+                if length == 0 or length > t:
+                    continue
+                assert tokens is not None
+                span = t - length + 1
+                h = hit_scratch[length][: e - a]  # its columns from span on stay False
+                hit = h[:, :span]
+                np.equal(tokens[a:e, :span], pat[0], out=hit)
+                for j in range(1, length):
+                    hit &= tokens[a:e, j : j + span] == pat[j]
+                found[1 + k].append(_set_words(h, a * width // 8))
+        return [_concat_words(f) for f in found]
+
+    if len(spans) == 1:
+        results = [work(*spans[0])]
+    else:  # this thread takes the first share
+        with ThreadPoolExecutor(len(spans) - 1) as pool:
+            others = [pool.submit(work, *span) for span in spans[1:]]
+            results = [work(*spans[0])] + [f.result() for f in others]
+    merged = [_set_bytes(*_concat_words([r[k] for r in results])) for k in range(1 + len(patterns))]
+    rows, cols = np.divmod(merged[0], width)
+    hits = []
+    flat_mask = out.reshape(-1)
+    for pos in merged[1:]:
+        hit_rows, hit_cols = np.divmod(pos, width)
+        on = flat_mask[hit_rows * t + hit_cols]  # patterns count where they start on a mask token
+        hits.append((torch.from_numpy(hit_rows[on]), torch.from_numpy(hit_cols[on])))
+    # each row's edges alternate run start and run end
+    starts, ends = torch.from_numpy(cols[0::2].copy()), torch.from_numpy(cols[1::2].copy())
+    return _Scan(mask, torch.from_numpy(rows[0::2].copy()), starts, ends, hits)
+
+
+def _set_words(d: np.ndarray, first: int) -> tuple[np.ndarray, np.ndarray]:
+    """The non-zero 8-byte words of a C-contiguous bool array (size a multiple of 8) and their
+    positions, counted from word ``first``."""
+    words = d.reshape(-1).view(np.uint64)
+    nz = np.flatnonzero(words != 0)  # a bool pass first: numpy's nonzero is fastest on bools
+    return nz + first, words[nz]
+
+
+def _concat_words(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    if not parts:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _set_bytes(positions: np.ndarray, words: np.ndarray) -> np.ndarray:
+    """Flat byte positions (int64, increasing) of the set bytes of ``words`` at word ``positions``."""
+    f = np.flatnonzero(words.view(bool))  # bytes 0 / 1: numpy's nonzero is fastest on bools
+    found: np.ndarray = positions[f >> 3] * 8 + (f & 7)
+    return found
 
 
 def from_trainer_tensors(
@@ -98,37 +282,37 @@ def from_trainer_tensors(
     n = response_mask.shape[0]
     if (outcome is None) == (token_level_rewards is None):
         raise RolloutError("give exactly one of outcome and token_level_rewards", field="outcome")
-    if token_level_rewards is not None:
-        if token_level_rewards.shape != response_mask.shape:
-            raise RolloutError(
-                f"expected shape {tuple(response_mask.shape)}, got {tuple(token_level_rewards.shape)}",
-                field="token_level_rewards",
-            )
-        outcome = token_level_rewards.sum(-1)
-    assert outcome is not None
-    group, names = dense_groups(index)
+    if token_level_rewards is not None and token_level_rewards.shape != response_mask.shape:
+        raise RolloutError(
+            f"expected shape {tuple(response_mask.shape)}, got {tuple(token_level_rewards.shape)}",
+            field="token_level_rewards",
+        )
+    group, names = _dense_groups(index)
     if group.numel() != n:
         raise RolloutError(f"expected {n} group entries (one per row), got {group.numel()}", field="index")
     device = response_mask.device
     group = group.to(device)
-    mask = response_mask != 0
-    edges = torch.diff(F.pad(mask.to(torch.int8), (1, 1)), dim=1)
-    # row-major, so each row alternates run start (+1) and run end (−1)
-    edge_rows, edge_cols = torch.nonzero(edges, as_tuple=True)
-    rows, starts, ends = edge_rows[0::2], edge_cols[0::2], edge_cols[1::2]
+    if (tool_call_start is None) != (tool_call_end is None):
+        raise RolloutError("give both tool_call_start and tool_call_end patterns", field="tool_call_start")
+    calls = tool_call_start is not None and tool_call_end is not None
+    if calls and (responses is None or responses.shape != response_mask.shape):
+        raise RolloutError("tool-call patterns need responses (N, T) token ids", field="responses")
+    patterns = [tool_call_start, tool_call_end] if tool_call_start is not None and tool_call_end is not None else []
+    scan = _scan(response_mask, responses if calls else None, patterns)
+    if token_level_rewards is not None:  # after the scan: the mask read last is the likelier to be cached
+        outcome = token_level_rewards.sum(-1)
+    assert outcome is not None
+    mask, rows, starts, ends = scan.mask, scan.rows, scan.starts, scan.ends
     s = rows.numel()
     zero = torch.zeros(1, dtype=torch.int64, device=device)
     step_offsets = torch.cat([zero, torch.cumsum(torch.bincount(rows, minlength=n), 0)])
     call_offsets = torch.zeros(s + 1, dtype=torch.int64, device=device)
     call_start = call_end = None
     kind = torch.full((s,), int(StepKind.REASON), dtype=torch.int8, device=device)
-    if (tool_call_start is None) != (tool_call_end is None):
-        raise RolloutError("give both tool_call_start and tool_call_end patterns", field="tool_call_start")
     if tool_call_start is not None and tool_call_end is not None:
-        if responses is None or responses.shape != response_mask.shape:
-            raise RolloutError("tool-call patterns need responses (N, T) token ids", field="responses")
         call_step, call_start, call_end = _find_calls(
-            responses, mask, rows, starts, ends, tool_call_start, tool_call_end, ids
+            scan.hits[0], scan.hits[1], response_mask.shape[1], rows, starts, ends, tool_call_start, tool_call_end,
+            ids,
         )
         counts = torch.bincount(call_step, minlength=s)
         call_offsets = torch.cat([zero, torch.cumsum(counts, 0)])
@@ -142,7 +326,9 @@ def from_trainer_tensors(
     reward = None if step_rewards is None else _step_rewards(step_rewards, mask, rows, starts, ends, ids)
     keys = _step_states(state, anchor_observations, group, rows)
     tree_ids = None if tree is None else _tree_ids(tree, n).to(device)
-    return Rollouts(
+    # the step spans are the mask's runs, so they cover exactly its ones: no O(N·T) re-check
+    return Rollouts.trusted(
+        {"token_cover"},
         group=group,
         outcome=outcome.to(torch.float32),
         step_offsets=step_offsets,
@@ -266,8 +452,9 @@ def _tree_ids(tree: Sequence[object] | np.ndarray | Tensor, n: int) -> Tensor:
 
 
 def _find_calls(
-    responses: Tensor,
-    mask: Tensor,
+    opens: tuple[Tensor, Tensor],
+    closes: tuple[Tensor, Tensor],
+    t: int,
     step_rows: Tensor,
     step_starts: Tensor,
     step_ends: Tensor,
@@ -275,26 +462,27 @@ def _find_calls(
     close_ids: Sequence[int],
     ids: Sequence[str] | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    t = responses.shape[1]
+    """Pair each open pattern (``(rows, columns)`` where it starts on a mask token, row-major) with the
+    first close pattern after it; ``(step of each call, call start, call end)``."""
 
     def who(row: int) -> str:
         return ids[row] if ids is not None else str(row)
 
-    opens = torch.nonzero(_pattern_starts(responses, open_ids) & mask)
-    closes = torch.nonzero(_pattern_starts(responses, close_ids) & mask)
-    flat_open = opens[:, 0] * t + opens[:, 1]
-    flat_close = closes[:, 0] * t + closes[:, 1]
+    open_rows, open_cols = opens
+    close_rows, close_cols = closes
+    flat_open = open_rows * t + open_cols
+    flat_close = close_rows * t + close_cols
     # each call closes at the first close pattern after its open pattern
     pos = torch.searchsorted(flat_close, flat_open + len(open_ids))
     missing = pos >= flat_close.numel()
     pos_c = pos.clamp_max(max(flat_close.numel() - 1, 0))
     if flat_close.numel():
-        missing |= closes[pos_c, 0] != opens[:, 0]
+        missing |= close_rows[pos_c] != open_rows
     if bool(missing.any()):
         i = int(torch.nonzero(missing)[0, 0])
         raise RolloutError(
-            f"tool call opened at token {int(opens[i, 1])} is never closed",
-            trajectory=who(int(opens[i, 0])),
+            f"tool call opened at token {int(open_cols[i])} is never closed",
+            trajectory=who(int(open_rows[i])),
             field="responses",
         )
     if pos.numel() != torch.unique(pos).numel() or pos.numel() != flat_close.numel():
@@ -302,13 +490,13 @@ def _find_calls(
         dup.index_add_(0, pos, -torch.ones_like(pos))
         k = int(torch.nonzero(dup != 0)[0, 0])
         raise RolloutError(
-            f"tool-call close pattern at token {int(closes[k, 1])} does not close exactly one call "
+            f"tool-call close pattern at token {int(close_cols[k])} does not close exactly one call "
             "(nested or unopened call)",
-            trajectory=who(int(closes[k, 0])),
+            trajectory=who(int(close_rows[k])),
             field="responses",
         )
-    call_start = opens[:, 1]
-    call_end = closes[pos, 1] + len(close_ids)
+    call_start = open_cols
+    call_end = close_cols[pos] + len(close_ids)
     flat_step = step_rows * t + step_starts
     call_step = torch.searchsorted(flat_step, flat_open, right=True) - 1
     outside = call_end > step_ends[call_step]
@@ -317,7 +505,7 @@ def _find_calls(
         raise RolloutError(
             f"tool call [{int(call_start[i])}, {int(call_end[i])}) runs past the end of its step "
             f"({int(step_ends[call_step[i]])}): calls must open and close inside one generated turn",
-            trajectory=who(int(opens[i, 0])),
+            trajectory=who(int(open_rows[i])),
             field="responses",
         )
     return call_step, call_start, call_end

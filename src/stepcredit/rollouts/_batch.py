@@ -25,10 +25,11 @@ A ``Rollouts`` is validated once, at construction; nothing downstream re-checks.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, fields, replace
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -69,6 +70,11 @@ __all__ = [
 ]
 
 
+Vouch = Literal["token_cover", "values"]
+"""What a constructor of ``Rollouts.trusted`` guarantees by construction (see there)."""
+_VOUCHED: ContextVar[frozenset[str]] = ContextVar("stepcredit_vouched", default=frozenset())
+
+
 def _full(level: Level, value: float | int, dtype: torch.dtype) -> Any:
     return lambda r: torch.full((r.size(level),), value, dtype=dtype, device=r.device)
 
@@ -88,6 +94,10 @@ class Rollouts:
     step's calls (−1, unknown, without calls), ``state`` all distinct (no two steps share a decision
     point), no tool calls. Token columns are optional but come together: ``response_mask (N, T)`` with
     ``step_token_start/end``.
+
+    Every batch is validated at construction. Constructors that make columns in a way that guarantees
+    some checks (the step spans *are* the mask's runs; rows copied from a validated batch) construct
+    through ``Rollouts.trusted``, which skips exactly those and runs every other one.
     """
 
     # trajectory level [N]
@@ -169,7 +179,34 @@ class Rollouts:
     texts: Texts = None  # type: ignore[assignment]  # filled with blank texts when not given
 
     # ------------------------------------------------------------------ construction + validation
+    @classmethod
+    def trusted(cls, vouch: Collection[Vouch], /, **columns: Any) -> Rollouts:
+        """Construct ``cls(**columns)`` without the checks that the caller's construction makes true:
+
+        * ``"token_cover"``: the step token spans cover exactly the ``response_mask``'s ones (the
+          spans were made from the mask's runs, or both were copied together from a validated
+          batch) — skips the ``O(N·T)`` comparison of coverage and mask;
+        * ``"values"``: every column holds values that passed its declared ``Check`` (copied from a
+          validated batch) — skips those value checks.
+
+        Everything else is still checked: shapes at every level, offsets, unique ids, dense groups,
+        the spans' bounds and order, calls inside their steps, kinds and ``tool_ok`` against the calls.
+        A wrong vouch gives a batch that breaks the promise of validation: only vouch for what holds
+        by construction.
+        """
+        unknown = set(vouch) - {"token_cover", "values"}
+        if unknown:
+            raise ValueError(f"unknown vouch {sorted(unknown)}; expected 'token_cover' and/or 'values'")
+        token = _VOUCHED.set(frozenset(vouch))
+        try:
+            return cls(**columns)
+        finally:
+            _VOUCHED.reset(token)
+
     def __post_init__(self) -> None:
+        vouched = _VOUCHED.get()
+        if vouched:  # only the construction ``trusted`` started, not one nested in it
+            _VOUCHED.set(frozenset())
         for name, col in self.columns().items():
             value = getattr(self, name)
             if value is None:
@@ -184,10 +221,14 @@ class Rollouts:
             if value is not None and value.device != device:
                 self._put(name, value.to(device))
         validate_structure(self)
+        defaulted = set()
         for name, col in sorted(self.columns().items(), key=lambda item: item[1].derived):  # derived ones last
             if getattr(self, name) is None and col.default is not None:
                 self._put(name, col.default(self))
-        validate_values(self)
+                defaulted.add(name)
+        validate_values(
+            self, checks="values" not in vouched, token_cover="token_cover" not in vouched, defaulted=defaulted
+        )
 
     def _put(self, name: str, value: object) -> None:
         object.__setattr__(self, name, value)  # frozen dataclass: only construction sets columns
@@ -281,6 +322,15 @@ class Rollouts:
         shape = (self.response_mask.shape[0], self.response_mask.shape[1])
         return segments.span_index_map(self.step_token_start, self.step_token_end, self.step_traj, shape)
 
+    @cached_property
+    def tokens_per_trajectory(self) -> Tensor:
+        """``[N]`` int64: each trajectory's model tokens, ``response_mask.sum(1)`` — counted from the step
+        spans, which cover exactly the mask's ones (validated), instead of a pass over ``(N, T)``."""
+        if self.response_mask is None or self.step_token_start is None or self.step_token_end is None:
+            raise RolloutError("this batch has no token columns (response_mask, step spans)", field="response_mask")
+        lengths = self.step_token_end - self.step_token_start
+        return segments.segment_sum(lengths, self.step_traj, self.num_trajectories)
+
     def expand(self, trajectories: Tensor) -> tuple[Tensor, Tensor]:
         """The steps and the calls of ``trajectories`` (in that order): ``(steps [S'], calls [C'])``."""
         steps = segments.ranges(self.step_offsets[trajectories], self.steps_per_trajectory[trajectories])
@@ -314,7 +364,8 @@ class Rollouts:
                 out[name] = rank[inverse]
             else:
                 out[name] = value[rows[col.level]]
-        return type(self)(**out, texts=self.texts.take(rows))
+        # rows of this validated batch: their values and token spans stay valid (ids may repeat: checked)
+        return type(self).trusted({"token_cover", "values"}, **out, texts=self.texts.take(rows))
 
     def _counts(self, offsets_column: str) -> Tensor:
         off: Tensor = getattr(self, offsets_column)

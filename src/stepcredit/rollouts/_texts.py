@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 from torch import Tensor
 
@@ -35,6 +36,17 @@ def _strings(values: Sequence[str] | pa.Array | pa.ChunkedArray) -> pa.Array:
     if not pa.types.is_large_string(arr.type):
         arr = arr.cast(pa.large_string())
     return arr
+
+
+def _numbered(n: int) -> pa.Array:
+    """``"0", "1", …, str(n - 1)`` (Arrow's integer-to-text cast: the same digits as ``str``)."""
+    return pa.array(np.arange(n, dtype=np.int64)).cast(pa.large_string())
+
+
+def _blank(n: int) -> pa.Array:
+    """``n`` empty strings, made from their offsets alone."""
+    offsets = pa.py_buffer(np.zeros(n + 1, dtype=np.int64))
+    return pa.Array.from_buffers(pa.large_string(), n, [None, offsets, pa.py_buffer(b"")])
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,8 +81,9 @@ class Texts:
         for name, col in TEXT_COLUMNS.items():
             given = columns.get(name)
             if given is None:
-                given = [str(i) for i in range(numbered[name])] if name in numbered else [""] * sizes[col.level]
-            out[name] = _strings(given)
+                out[name] = _numbered(numbered[name]) if name in numbered else _blank(sizes[col.level])
+            else:
+                out[name] = _strings(given)
         return cls(**out)
 
     def take(self, rows: Mapping[str, Tensor]) -> Texts:

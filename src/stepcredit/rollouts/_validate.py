@@ -6,6 +6,7 @@ mask). Every error names the trajectory (id and group) and the field.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 import pyarrow.compute as pc
@@ -145,11 +146,15 @@ def validate_structure(r: Rollouts) -> None:
         raise RolloutError("call token spans need the step token columns", field="call_token_start")
 
 
-def validate_values(r: Rollouts) -> None:
-    """The declared value checks of every column, then what columns must agree on."""
+def validate_values(
+    r: Rollouts, *, checks: bool = True, token_cover: bool = True, defaulted: Collection[str] = ()
+) -> None:
+    """The declared value checks of every column (``checks``), then what columns must agree on;
+    ``token_cover``: also that the step spans cover exactly the mask's ones (``O(N·T)``).
+    ``defaulted``: columns just filled with their defaults, valid by construction (not checked)."""
     for name, col in r.columns().items():
         value = getattr(r, name)
-        if value is None or col.check is None:
+        if not checks or value is None or col.check is None or name in defaulted:
             continue
         failed = col.check.first_bad(value)
         if failed is not None:
@@ -168,7 +173,7 @@ def validate_values(r: Rollouts) -> None:
             "kind",
             f"step {_step_in_traj(r, i)} has tool calls but kind {StepKind(int(r.kind[i])).name}; expected TOOL_CALL",
         )
-    derived = tool_ok_from_calls(r.call_ok, r.call_step, s)
+    derived = r.tool_ok if "tool_ok" in defaulted else tool_ok_from_calls(r.call_ok, r.call_step, s)
     bad = has_calls & (r.tool_ok != derived)
     if bool(bad.any()):
         i = _first(bad)
@@ -181,14 +186,14 @@ def validate_values(r: Rollouts) -> None:
             "succeeded, else -1)",
         )
     if r.response_mask is not None:
-        _validate_tokens(r)
+        _validate_tokens(r, token_cover)
 
 
 def _step_in_traj(r: Rollouts, step: int) -> int:
     return step - int(r.step_offsets[int(r.step_traj[step])])
 
 
-def _validate_tokens(r: Rollouts) -> None:
+def _validate_tokens(r: Rollouts, token_cover: bool = True) -> None:
     mask, start, end = r.response_mask, r.step_token_start, r.step_token_end
     assert mask is not None and start is not None and end is not None
     n, t = mask.shape
@@ -212,12 +217,13 @@ def _validate_tokens(r: Rollouts) -> None:
             f"step {_step_in_traj(r, i)}: span starts at {int(start[i])}, before the previous step ends "
             f"({int(end[i - 1])}); spans must be ordered and not overlap",
         )
-    covered = segments.span_coverage(start, end, r.step_traj, (n, t))
-    disagree = covered != mask
-    if bool(disagree.any()):
-        row, col = (int(x) for x in torch.nonzero(disagree)[0])
-        what = "is 1 outside every step span" if bool(mask[row, col]) else "is 0 inside a step span"
-        raise _fail(r, row, "response_mask", f"token {col} {what}")
+    if token_cover:
+        covered = segments.span_coverage(start, end, r.step_traj, (n, t))
+        disagree = covered != mask
+        if bool(disagree.any()):
+            row, col = (int(x) for x in torch.nonzero(disagree)[0])
+            what = "is 1 outside every step span" if bool(mask[row, col]) else "is 0 inside a step span"
+            raise _fail(r, row, "response_mask", f"token {col} {what}")
     if r.call_token_start is not None:
         cs, ce = r.call_token_start, r.call_token_end
         assert ce is not None

@@ -1,0 +1,302 @@
+"""What a trainer pays per batch, from its tensors to the ``(B, T)`` advantage, as a multiple of the floor.
+
+Run: ``.venv/bin/python benchmarks/bench_trainer_path.py`` (B=8192, T=4096; ~3 minutes on 2 cores with
+the memory column, ``--no-peak`` to skip it; ``--json PATH`` also writes the rows as JSON; ``--size B T``
+another size).
+
+Two verl-layout batches, group size 8, ``index`` an object array of uuid strings, float32
+``response_mask`` and ``token_level_rewards`` (the 0/1 outcome on the last valid token):
+
+* **single-turn**: as ``bench_grpo.py``: one run of ``response_mask == 1`` per row, random lengths in [1, T];
+* **multi-turn**: 5–10 model turns per row separated by tool outputs (``response_mask == 0``) over a
+  random response length in [T/2, T]; every turn but the last ends in a tool call
+  ``<tool_call> body </tool_call>`` (one-token markers, one of 64 bodies), found through
+  ``responses`` + ``tool_call_start/end``; per-step decision-point ``state`` keys revisited within a
+  group (turn index × 3 choices, GiGPO's anchor states) and sparse per-step rewards.
+
+Methods, all timed in this one process (``median_ms``: median of 15 after a warm-up; every repeat does
+the full work on the same inputs: nothing is cached between repeats, and the derived indices a
+prebuilt ``Rollouts`` caches — ``step_traj``, decision points, … — are dropped before each one),
+torch on 2 threads:
+
+* ``floor``: ``scores[:, None] * mask`` with ``scores`` the per-row outcome summed beforehand — one read
+  of the float mask, one write of the output; every ratio is to this, measured on the same batch;
+* ``trainer path: grpo``: ``from_trainer_tensors(mask, index, token_level_rewards=...)`` (steps from
+  mask runs, groups from uids, validation; what verl's registered ``stepcredit_grpo`` passes) +
+  ``Recipe.builtin("grpo").run`` + ``to_tokens`` (target ≤ 2× floor);
+* ``build``: that ``from_trainer_tensors`` alone, and on the multi-turn batch also with its tool calls
+  (``responses`` + markers), ``state`` keys and step rewards (no target; reported for the full recipe);
+* ``<estimator> + to_tokens``: every trajectory-level credit component (one value per trajectory) on
+  a ``Rollouts`` built once from the batch (target ≤ 1.5×);
+* ``full recipe``: ``binary_gate`` + ``resample_on_correct`` (keep 4 of 8) + ``gigpo`` + ``toolpo``,
+  then the full ``(B, T)`` layout with dropped rows zeroed, through the verl integration's path
+  (``RowBatch.token_advantages``), on a prebuilt ``Rollouts`` (its calls' ``call_ok`` set, 80% ok) —
+  target ≤ 3× — and again including ``from_trainer_tensors`` (whose calls are of unknown outcome).
+
+Peak memory: each method runs again in a fresh subprocess; the figure is the peak resident memory
+above what the inputs (and a prebuilt ``Rollouts``) already held (``VmHWM`` reset through
+``/proc/self/clear_refs``), as in ``bench_grpo.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from timing import median_ms  # benchmarks/timing.py
+
+B, T = 8192, 4096
+GROUP = 8
+OPEN, CLOSE = 5, 6  # one-token tool-call markers
+REPEATS = 15
+TRAJECTORY_LEVEL: list[tuple[str, dict[str, Any]]] = [
+    ("grpo", {}),
+    ("grpo", {"norm": "mean"}),  # dr_grpo
+    ("grpo", {"norm": "none"}),
+    ("grpo", {"singleton": "zero"}),
+    ("rloo", {}),
+    ("reinforce_pp_baseline", {}),
+    ("ms_grpo", {}),
+    ("brier", {}),
+    ("tree_grpo", {}),
+    ("treepo", {}),
+]
+FULL_RECIPE = {
+    "name": "gate_roc_gigpo_toolpo",
+    "selection": [{"binary_gate": {}}, {"resample_on_correct": {"keep": 4, "min_negatives": 2, "min_positives": 2}}],
+    "credit": [{"gigpo": {"step_weight": 1.0, "mode": "mean_norm", "gamma": 0.95}}, {"toolpo": {}}],
+}
+
+
+def _uids(b: int, rng: np.random.Generator) -> np.ndarray:
+    uids = np.array([str(uuid.UUID(int=int(rng.integers(2**62)))) for _ in range(b // GROUP)], dtype=object)
+    return np.repeat(uids, GROUP)
+
+
+def single_turn(b: int, t: int, seed: int = 0) -> dict[str, Any]:
+    """``bench_grpo.py``'s batch."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, t + 1, (b,), generator=g)
+    mask = (torch.arange(t)[None, :] < lengths[:, None]).float()
+    rewards = torch.zeros(b, t)
+    rewards[torch.arange(b), lengths - 1] = (torch.rand(b, generator=g) < 0.5).float()
+    return {"mask": mask, "rewards": rewards, "index": _uids(b, np.random.default_rng(seed))}
+
+
+def multi_turn(b: int, t: int, seed: int = 0) -> dict[str, Any]:
+    """Rows of 5–10 model turns separated by tool outputs; calls at the end of every turn but the last."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(10, 200, size=(b, t)).astype(np.int64)
+    mask = np.zeros((b, t), dtype=np.float32)
+    rewards = np.zeros((b, t), dtype=np.float32)
+    bodies = rng.integers(10, 200, size=(64, 12))
+    states: list[int] = []
+    for i in range(b):  # building the synthetic input, not timed
+        turns = int(rng.integers(5, 11))
+        length = int(rng.integers(t // 2, t + 1))
+        share = length / turns
+        pos = 0
+        for k in range(turns):
+            gen = max(16, int(share * 0.75 * rng.uniform(0.5, 1.5)))
+            if pos + gen > t:
+                break
+            mask[i, pos : pos + gen] = 1
+            states.append(3 * k + int(rng.integers(3)))
+            if k < turns - 1:
+                call = pos + gen - 14
+                ids[i, call], ids[i, call + 1 : call + 13], ids[i, call + 13] = OPEN, bodies[rng.integers(64)], CLOSE
+            pos += gen + max(4, int(share * 0.25 * rng.uniform(0.5, 1.5)))  # the tool output
+            if pos >= t:
+                break
+        last = int(np.nonzero(mask[i])[0][-1])
+        rewards[i, last] = float(rng.random() < 0.5)
+    s = len(states)
+    step_rewards = np.where(rng.random(s) < 0.1, 0.1, 0.0).astype(np.float32)
+    return {
+        "mask": torch.from_numpy(mask),
+        "rewards": torch.from_numpy(rewards),
+        "index": _uids(b, rng),
+        "responses": torch.from_numpy(ids),
+        "state": torch.tensor(states, dtype=torch.int64),
+        "step_rewards": torch.from_numpy(step_rewards),
+    }
+
+
+def build(batch: dict[str, Any], *, calls: bool = True) -> Any:
+    """``from_trainer_tensors`` of the batch; with ``calls`` (multi-turn) also its tool calls, states
+    and step rewards."""
+    from stepcredit.io import from_trainer_tensors
+
+    if "responses" not in batch or not calls:
+        return from_trainer_tensors(batch["mask"], batch["index"], token_level_rewards=batch["rewards"])
+    return from_trainer_tensors(
+        batch["mask"],
+        batch["index"],
+        token_level_rewards=batch["rewards"],
+        responses=batch["responses"],
+        tool_call_start=[OPEN],
+        tool_call_end=[CLOSE],
+        state=batch["state"],
+        step_rewards=batch["step_rewards"],
+    )
+
+
+def with_call_outcomes(rollouts: Any, seed: int = 0) -> Any:
+    """The batch with 80% of its calls run ok and the rest errored (so ToolPO's action part varies)."""
+    g = torch.Generator().manual_seed(seed)
+    ok = (torch.rand(rollouts.num_calls, generator=g) < 0.8).to(torch.int8)
+    return replace(rollouts, call_ok=ok, tool_ok=None)
+
+
+def forget(rollouts: Any) -> Any:
+    """The batch without the derived indices it caches (``step_traj``, decision points, …), so a
+    repeat on a prebuilt batch computes them as a trainer's fresh batch would."""
+    for name, value in vars(type(rollouts)).items():
+        if isinstance(value, functools.cached_property):
+            rollouts.__dict__.pop(name, None)
+    return rollouts
+
+
+def full_recipe_tokens(recipe: Any, rollouts: Any) -> torch.Tensor:
+    """The recipe's credit on the full ``(B, T)`` layout, rows a selection dropped zeroed, as the verl
+    integration returns it."""
+    from stepcredit.integrations._rows import RowBatch
+
+    batch = RowBatch.from_rows(rollouts)
+    result = recipe.run(batch.rollouts)
+    return batch.token_advantages(result.credit, result.kept, result.rollouts)
+
+
+def methods(kind: str, batch: dict[str, Any]) -> dict[str, tuple[Callable[[], object], float | None]]:
+    """name → (call, target × floor) for one batch; the prebuilt rollouts are made here, untimed."""
+    from stepcredit.recipe import Recipe
+    from stepcredit.registry import get
+
+    mask, index = batch["mask"], batch["index"]
+    scores = batch["rewards"].sum(-1)
+    grpo_recipe = Recipe.builtin("grpo")
+    rollouts = build(batch)
+    out: dict[str, tuple[Callable[[], object], float | None]] = {}
+    out["floor"] = (lambda: scores[:, None] * mask, None)
+
+    def trainer_path() -> object:
+        res = grpo_recipe.run(build(batch, calls=False))
+        return res.credit.to_tokens(res.rollouts)
+
+    out["trainer path: grpo (build + recipe + to_tokens)"] = (trainer_path, 2.0)
+    out["build (from_trainer_tensors)"] = (lambda: build(batch, calls=False), None)
+    if kind == "multi-turn":
+        out["build with tool calls, states, step rewards"] = (lambda: build(batch), None)
+    for name, params in TRAJECTORY_LEVEL:
+        fn = get("credit", name).fn
+        label = name + (f" {params}" if params else "") + " + to_tokens"
+
+        def run(fn: Callable[..., Any] = fn, params: dict[str, Any] = params) -> object:
+            r = forget(rollouts)
+            return fn(r, **params).to_tokens(r)
+
+        out[label] = (run, 1.5)
+    if kind == "multi-turn":
+        recipe = Recipe.from_dict(FULL_RECIPE)
+        prebuilt = with_call_outcomes(rollouts)
+        out["full recipe: binary_gate + roc + gigpo + toolpo → (B, T)"] = (
+            lambda: full_recipe_tokens(recipe, forget(prebuilt)),
+            3.0,
+        )
+        out["full recipe incl. from_trainer_tensors"] = (lambda: full_recipe_tokens(recipe, build(batch)), 3.0)
+    del index
+    return out
+
+
+def make(kind: str, b: int, t: int) -> dict[str, Any]:
+    return single_turn(b, t) if kind == "single-turn" else multi_turn(b, t)
+
+
+def _status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def peak_one(kind: str, name: str, b: int, t: int) -> None:
+    """Subprocess body: print the peak extra resident memory of one call of ``name``."""
+    torch.set_num_threads(2)
+    fn, _ = methods(kind, make(kind, b, t))[name]
+    before = _status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    out = fn()
+    peak = _status("VmHWM")
+    del out
+    print(json.dumps({"peak_extra": max(peak - before, 0)}))
+
+
+def peak_mib(kind: str, name: str, b: int, t: int) -> float:
+    out = subprocess.run(
+        [sys.executable, __file__, "--peak", kind, name, str(b), str(t)], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_extra"] / 2**20
+
+
+def main(argv: list[str]) -> None:
+    torch.set_num_threads(2)
+    b, t = B, T
+    if "--size" in argv:
+        k = argv.index("--size")
+        b, t = int(argv[k + 1]), int(argv[k + 2])
+    peaks = "--no-peak" not in argv
+    json_path = argv[argv.index("--json") + 1] if "--json" in argv else None
+    rows: list[dict[str, Any]] = []
+    for kind in ("single-turn", "multi-turn"):
+        batch = make(kind, b, t)
+        found = methods(kind, batch)
+        floor = None
+        for name, (fn, target) in found.items():
+            ms = median_ms(fn, REPEATS)
+            floor = ms if name == "floor" else floor
+            assert floor is not None
+            mib = peak_mib(kind, name, b, t) if peaks else None
+            ratio = ms / floor
+            rows.append({"batch": kind, "B": b, "T": t, "method": name, "ms": ms, "x_floor": ratio,
+                         "target": target, "met": None if target is None else ratio <= target, "peak_extra_mib": mib})
+            shown = "" if mib is None else f"  peak +{mib:7.1f} MiB"
+            print(f"{kind:11s} {name:60s} {ms:9.2f} ms  {ratio:5.2f}× floor{shown}", file=sys.stderr)
+        del batch, found
+    mt = make("multi-turn", b, t)
+    r = build(mt)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; B={b}, T={t}, "
+        f"group {GROUP}; multi-turn batch: {r.num_steps} steps ({r.num_steps / r.num_trajectories:.1f} per row), "
+        f"{r.num_calls} tool calls"
+    )
+    print()
+    print("| batch | method | median ms | × floor | target | met? | peak extra MiB |")
+    print("|---|---|---:|---:|---:|---|---:|")
+    for row in rows:
+        target = "" if row["target"] is None else f"≤ {row['target']:g}×"
+        met = "" if row["met"] is None else ("yes" if row["met"] else "**no**")
+        mib = "" if row["peak_extra_mib"] is None else f"{row['peak_extra_mib']:.0f}"
+        cells = [row["batch"], row["method"], f"{row['ms']:.2f}", f"{row['x_floor']:.2f}", target, met, mib]
+        print("| " + " | ".join(cells) + " |")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == "--peak":
+        peak_one(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+    else:
+        main(sys.argv[1:])
