@@ -15,8 +15,9 @@ memory during the first ``audit(rollouts, recipes, bootstrap=1000)`` / the first
 batch and lazy imports included, which is what has to fit in a memory limit. Times are the median of
 three further calls (the shared 2-core machine makes single runs noisy).
 
-Implementations of the bootstrap: ``groups`` is ``metrics.bootstrap_intervals`` (per-group sufficient
-statistics); ``dense`` swaps in the original (samples × units) evaluation kept in
+Implementations of the bootstrap: ``groups`` is ``audit`` (per-group sufficient statistics);
+``dense`` (``dense_audit``) computes each recipe's credit the same way and then the original
+(samples × units) evaluation kept in
 ``tests/audit/oracles.py``, run only at sizes where its predicted peak stays far below the machine's
 memory. Where both run on the same batch the script checks that their intervals agree.
 """
@@ -32,8 +33,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
+
+from timing import memory_bytes, reset_peak  # benchmarks/timing.py
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -54,16 +58,7 @@ SIZES = [
 
 def _status(key: str) -> float:
     """``key`` of /proc/self/status in MiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) / 1024
-    raise KeyError(key)
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    return memory_bytes(key) / 2**20
 
 
 def _median_s(fn: Callable[[], object]) -> float:
@@ -76,17 +71,33 @@ def _median_s(fn: Callable[[], object]) -> float:
     return statistics.median(times)
 
 
+def dense_audit(r, names: list[str], *, bootstrap: int, seed: int) -> SimpleNamespace:
+    """The audit's bootstrap as it was first written: per recipe, the credit's units and the original
+    (samples × units) evaluation (``tests/audit/oracles.py``) on all units and on each breakdown
+    subset — what ``audit`` computes from per-group statistics instead."""
+    from tests.audit.oracles import dense_bootstrap_intervals
+
+    from stepcredit.auditing import metrics as M
+    from stepcredit.auditing.run import recipe_part
+    from stepcredit.recipe import Recipe
+
+    audits = []
+    for name in names:
+        _, credited = recipe_part(r, Recipe.load(name), subsets=False)
+        u = M.units(r, credited.call_credit if r.call_label is not None else credited.step_credit)
+        intervals = dense_bootstrap_intervals(u, r.num_groups, samples=bootstrap, seed=seed)
+        for mask in M.unit_subsets(r, u).values():
+            dense_bootstrap_intervals(u.subset(mask), r.num_groups, samples=bootstrap, seed=seed)
+        audits.append(SimpleNamespace(name=name, intervals=intervals))
+    return SimpleNamespace(recipes=audits)
+
+
 def one(path: str, impl: str, recipes: str, report: bool) -> None:
     """Subprocess body: audit (and report) one batch, print the figures as JSON."""
-    from stepcredit.auditing import metrics
     from stepcredit.auditing.report import write_report
     from stepcredit.auditing.run import DEFAULT_RECIPES, audit
     from stepcredit.io import read_parquet
 
-    if impl == "dense":
-        from tests.audit.oracles import dense_bootstrap_intervals
-
-        metrics.bootstrap_intervals = dense_bootstrap_intervals
     r = read_parquet(path)
     out: dict[str, object] = {
         "trajectories": r.num_trajectories,
@@ -96,14 +107,15 @@ def one(path: str, impl: str, recipes: str, report: bool) -> None:
         "threads": torch.get_num_threads(),
     }
     names = list(DEFAULT_RECIPES) if recipes == DEFAULT else recipes.split(",")
-    _reset_peak()
-    result = audit(r, names, bootstrap=BOOTSTRAP, seed=0)  # the first call: its peak is a CLI run's
+    run = audit if impl == "groups" else dense_audit
+    reset_peak()
+    result = run(r, names, bootstrap=BOOTSTRAP, seed=0)  # the first call: its peak is a CLI run's
     out["audit_peak_mib"] = _status("VmHWM")
     out["intervals"] = {a.name: a.intervals for a in result.recipes}
-    out["audit_s"] = _median_s(lambda: audit(r, names, bootstrap=BOOTSTRAP, seed=0))
+    out["audit_s"] = _median_s(lambda: run(r, names, bootstrap=BOOTSTRAP, seed=0))
     if report:
         with tempfile.TemporaryDirectory() as tmp:
-            _reset_peak()
+            reset_peak()
             page = write_report(result, Path(tmp) / "report.html")
             out["report_peak_mib"] = _status("VmHWM")
             out["report_bytes"] = page.stat().st_size

@@ -62,6 +62,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from timing import peak_extra_bytes  # benchmarks/timing.py
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SIZES = [(1024, 1024), (1024, 4096), (8192, 1024), (8192, 4096)]
@@ -336,27 +338,13 @@ def interleaved_ms(fns: dict[str, Callable[[], object]], rounds: int) -> dict[st
 
 
 # ------------------------------------------------------------------------------------- peak memory
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
 def peak_one(name: str, b: int, t: int) -> None:
     """Subprocess body: print the peak extra resident memory of one call of ``name``."""
     torch.set_num_threads(2)
     method(name, make_batch(64, 256, seed=1))()  # lazy imports and first-call set-up, off the books
     batch = make_batch(b, t)
     fn = method(name, batch)
-    before = _status("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    out = fn()
-    peak = _status("VmHWM")
-    del out
-    print(json.dumps({"peak_extra": max(peak - before, 0)}))
+    print(json.dumps({"peak_extra": peak_extra_bytes(fn)}))
 
 
 def peak_mib(name: str, b: int, t: int, tries: int = 2) -> float:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from timing import median_ms  # benchmarks/timing.py
+from timing import median_ms, peak_extra_bytes  # benchmarks/timing.py
 
 SIZES = [(1024, 1024), (1024, 4096), (8192, 1024), (8192, 4096)]
 GROUP = 8
@@ -72,26 +72,12 @@ def method(name: str, rewards: torch.Tensor, mask: torch.Tensor, index: np.ndarr
     return lambda: grpo(rollouts).to_tokens(rollouts)
 
 
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
 def peak_one(name: str, b: int, t: int) -> None:
     """Subprocess body: print the peak extra resident memory of one call of ``name``."""
     torch.set_num_threads(2)
     rewards, mask, index = make_batch(b, t)
     fn = method(name, rewards, mask, index)
-    before = _status("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    out = fn()
-    peak = _status("VmHWM")
-    del out
-    print(json.dumps({"peak_extra": max(peak - before, 0)}))
+    print(json.dumps({"peak_extra": peak_extra_bytes(fn)}))
 
 
 def peak_mib(name: str, b: int, t: int) -> float:

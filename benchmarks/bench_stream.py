@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from timing import memory_bytes  # benchmarks/timing.py
+
 BASE = 10_000
 BASES = 8
 SIZES = [100_000, 250_000, 500_000, 1_000_000]
@@ -79,14 +81,6 @@ def dataset(size: int, root: Path) -> Path:
     return folder
 
 
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
 def one(stage: str, folder: str, engine: str) -> None:
     """Subprocess body: run one stage, print its time and the process's peak memory as JSON."""
     import torch
@@ -117,7 +111,7 @@ def one(stage: str, folder: str, engine: str) -> None:
         import ray
 
         ray.shutdown()
-    print(json.dumps({"seconds": seconds, "cpu": cpu, "peak": _status("VmHWM"), **extra}))
+    print(json.dumps({"seconds": seconds, "cpu": cpu, "peak": memory_bytes("VmHWM"), **extra}))
 
 
 def measure(stage: str, folder: Path, engine: str = "local") -> dict:

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from timing import median_ms  # benchmarks/timing.py
+from timing import median_ms, peak_extra_bytes  # benchmarks/timing.py
 
 B, T = 8192, 4096
 GROUP = 8
@@ -222,25 +222,11 @@ def make(kind: str, b: int, t: int) -> dict[str, Any]:
     return single_turn(b, t) if kind == "single-turn" else multi_turn(b, t)
 
 
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
 def peak_one(kind: str, name: str, b: int, t: int) -> None:
     """Subprocess body: print the peak extra resident memory of one call of ``name``."""
     torch.set_num_threads(2)
     fn, _ = methods(kind, make(kind, b, t))[name]
-    before = _status("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    out = fn()
-    peak = _status("VmHWM")
-    del out
-    print(json.dumps({"peak_extra": max(peak - before, 0)}))
+    print(json.dumps({"peak_extra": peak_extra_bytes(fn)}))
 
 
 def peak_mib(kind: str, name: str, b: int, t: int) -> float:

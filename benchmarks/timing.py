@@ -16,3 +16,29 @@ def median_ms(fn: Callable[[], object], repeats: int = 7) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return 1000 * statistics.median(times)
+
+
+def memory_bytes(key: str) -> int:
+    """A memory figure of this process from ``/proc/self/status`` in bytes: ``VmRSS`` (resident now),
+    ``VmHWM`` (the peak since start or since ``reset_peak``)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def reset_peak() -> None:
+    """Reset ``VmHWM`` to the current resident memory (Linux: ``/proc/self/clear_refs``)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_extra_bytes(fn: Callable[[], object]) -> int:
+    """The peak resident memory of one call of ``fn`` above what the process held before it."""
+    before = memory_bytes("VmRSS")
+    reset_peak()
+    out = fn()
+    peak = memory_bytes("VmHWM")
+    del out
+    return max(peak - before, 0)
