@@ -269,3 +269,19 @@ def test_readme_streaming_example_runs(tau2_dir, tmp_path, monkeypatch):
     got = names["report"]
     assert got.chunks == 4 and json.dumps([a.intervals for a in got.recipes]) == json.dumps(  # type: ignore[attr-defined]
         [a.intervals for a in want.recipes])
+
+
+def test_ray_engine_without_ray_data_says_what_to_install(dataset, tmp_path, monkeypatch):
+    import sys
+
+    from typer.testing import CliRunner
+
+    from stepcredit.cli import app
+    from stepcredit.integrations.ray_data import import_ray_data
+
+    monkeypatch.setitem(sys.modules, "ray.data", None)  # as without the ray[data] extra
+    with pytest.raises(ImportError, match=r"pip install 'stepcredit\[ray\]'"):
+        import_ray_data()
+    res = CliRunner().invoke(app, ["audit", str(dataset), "--chunk-groups", "4", "--engine", "ray", "-o",
+                                   str(tmp_path / "r.html")])
+    assert res.exit_code == 2 and "stepcredit[ray]" in " ".join(res.output.split())

@@ -272,6 +272,13 @@ def _streaming(log: Log, chunk_groups: int, engine: str, ray_address: str | None
         _exit(RolloutError(
             "--chunk-groups streams a Parquet file or a folder of them: convert the log first "
             "(stepcredit convert LOG -o log.parquet)", source=str(log.path)))
+    if engine == "ray":
+        from stepcredit.integrations.ray_data import import_ray_data
+
+        try:
+            import_ray_data()
+        except ImportError as exc:  # not bad input, but the same one-line exit
+            _exit(ValueError(str(exc)))
     return RayOptions(address=ray_address, num_cpus=ray_cpus)
 
 
