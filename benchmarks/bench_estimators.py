@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from timing import peak_extra_bytes  # benchmarks/timing.py
+from timing import peak_extra_bytes, reference  # benchmarks/timing.py
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -141,7 +141,9 @@ class Batch:
     chain: Any = None  # Rollouts
     trees: Any = None  # Rollouts
 
-    def build(self) -> Any:
+    def build(self, *, trees: bool = False) -> Any:
+        """``from_trainer_tensors`` of the batch: chains (per-step states), or with ``trees`` the tree
+        ids and the tree nodes as states."""
         from stepcredit.io import from_trainer_tensors
 
         return from_trainer_tensors(
@@ -152,7 +154,8 @@ class Batch:
             tool_call_start=[OPEN],
             tool_call_end=[CLOSE],
             step_rewards=self.step_rewards,
-            state=self.state,
+            state=self.node if trees else self.state,
+            tree=self.tree if trees else None,
         )
 
 
@@ -215,7 +218,6 @@ def make_batch(b: int, t: int, seed: int = 0) -> Batch:
         np.arange(b) // LEAVES,
     )
     from stepcredit.integrations import name_calls
-    from stepcredit.io import from_trainer_tensors
 
     chain = name_calls(batch.build(), batch.responses, "tokens")
     c = chain.num_calls
@@ -228,17 +230,7 @@ def make_batch(b: int, t: int, seed: int = 0) -> Batch:
         "prm": torch.from_numpy(rng.random(s).astype(np.float32)),
     }
     batch.chain = replace(chain, **extra)
-    trees = from_trainer_tensors(
-        batch.mask,
-        batch.index,
-        token_level_rewards=batch.rewards,
-        responses=batch.responses,
-        tool_call_start=[OPEN],
-        tool_call_end=[CLOSE],
-        step_rewards=batch.step_rewards,
-        state=batch.node,
-        tree=batch.tree,
-    )
+    trees = batch.build(trees=True)
     batch.trees = replace(name_calls(trees, batch.responses, "tokens"), **extra)
     return batch
 
@@ -262,19 +254,8 @@ def fresh(r: Any) -> Any:
 # ------------------------------------------------------------------------------------------ methods
 def method(name: str, batch: Batch) -> Callable[[], object]:
     """A zero-argument callable that runs ``name`` once on ``batch``."""
-    if name == "floor":
-        scores = batch.rewards.sum(-1)
-        mask = batch.mask
-        return lambda: scores[:, None] * mask
-    if name.startswith("verl"):
-        from verl.trainer.ppo import core_algos
-
-        fn = (
-            core_algos.compute_grpo_outcome_advantage
-            if name == "verl loop"
-            else core_algos.compute_grpo_vectorized_outcome_advantage
-        )
-        return lambda: fn(batch.rewards, batch.mask, batch.index)
+    if name == "floor" or name.startswith("verl"):
+        return reference(name, batch.rewards, batch.mask, batch.index)
     if name == "build":
         return batch.build
     if name == "full recipe":

@@ -31,7 +31,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from timing import median_ms, peak_extra_bytes  # benchmarks/timing.py
+from timing import median_ms, peak_extra_bytes, reference  # benchmarks/timing.py
 
 SIZES = [(1024, 1024), (1024, 4096), (8192, 1024), (8192, 4096)]
 GROUP = 8
@@ -51,18 +51,8 @@ def make_batch(b: int, t: int, seed: int = 0):
 
 
 def method(name: str, rewards: torch.Tensor, mask: torch.Tensor, index: np.ndarray) -> Callable[[], object]:
-    if name == "floor":
-        scores = rewards.sum(-1)
-        return lambda: scores[:, None] * mask
-    if name.startswith("verl"):
-        from verl.trainer.ppo import core_algos
-
-        fn = (
-            core_algos.compute_grpo_outcome_advantage
-            if name == "verl loop"
-            else core_algos.compute_grpo_vectorized_outcome_advantage
-        )
-        return lambda: fn(rewards, mask, index)
+    if name == "floor" or name.startswith("verl"):
+        return reference(name, rewards, mask, index)
     from stepcredit.estimators import grpo
     from stepcredit.io import from_trainer_tensors
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 
 def median_ms(fn: Callable[[], object], repeats: int = 7) -> float:
@@ -42,3 +43,21 @@ def peak_extra_bytes(fn: Callable[[], object]) -> int:
     peak = memory_bytes("VmHWM")
     del out
     return max(peak - before, 0)
+
+
+def reference(name: str, rewards: Any, mask: Any, index: Any) -> Callable[[], object]:
+    """The references every GRPO-shaped benchmark compares with, on a verl batch (token-level rewards
+    ``(B, T)``, float mask, uid ``index``): ``"floor"``, ``scores[:, None] * mask`` with the scores
+    summed beforehand (one read of the mask, one write of the output); ``"verl loop"`` and
+    ``"verl vectorized"``, verl 0.9.1's ``compute_grpo_outcome_advantage`` and
+    ``compute_grpo_vectorized_outcome_advantage`` (they sum the rewards themselves)."""
+    if name == "floor":
+        scores = rewards.sum(-1)
+        return lambda: scores[:, None] * mask
+    from verl.trainer.ppo import core_algos
+
+    fn = {
+        "verl loop": core_algos.compute_grpo_outcome_advantage,
+        "verl vectorized": core_algos.compute_grpo_vectorized_outcome_advantage,
+    }[name]
+    return lambda: fn(rewards, mask, index)
