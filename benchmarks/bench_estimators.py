@@ -49,10 +49,8 @@ import functools
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -62,7 +60,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from timing import peak_extra_bytes, reference  # benchmarks/timing.py
+from timing import interleaved_ms, peak_extra_bytes, reference  # benchmarks/timing.py
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -300,22 +298,6 @@ def checks(batch: Batch) -> dict[str, float]:
     for key, diff in out.items():
         assert diff < 1e-4, (key, diff)
     return out
-
-
-def interleaved_ms(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median wall ms of every callable over ``rounds`` rounds, each round calling every callable once
-    in turn, after one warm-up call each (``timing.median_ms`` in round-robin: a burst of load from
-    another process on this shared machine lands on one round of every method, not on every repeat
-    of one, so the ratios to the floor hold up)."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: 1000 * statistics.median(ts) for name, ts in times.items()}
 
 
 # ------------------------------------------------------------------------------------- peak memory

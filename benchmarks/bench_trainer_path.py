@@ -14,16 +14,22 @@ Two verl-layout batches, group size 8, ``index`` an object array of uuid strings
   ``responses`` + ``tool_call_start/end``; per-step decision-point ``state`` keys revisited within a
   group (turn index × 3 choices, GiGPO's anchor states) and sparse per-step rewards.
 
-Methods, all timed in this one process (``median_ms``: median of 15 after a warm-up; every repeat does
-the full work on the same inputs: nothing is cached between repeats, and the derived indices a
-prebuilt ``Rollouts`` caches — ``step_traj``, decision points, … — are dropped before each one),
-torch on 2 threads:
+Methods, all timed in this one process (``interleaved_ms``: 15 rounds after a warm-up, each round
+calling every method once in turn, the median per method — a burst of load lands on one round of every
+method rather than on every repeat of one; every repeat does the full work on the same inputs: nothing
+is cached between repeats but the mask buffer named below, and the derived indices a prebuilt
+``Rollouts`` caches — ``step_traj``, decision points, … — are dropped before each one), torch on 2
+threads:
 
 * ``floor``: ``scores[:, None] * mask`` with ``scores`` the per-row outcome summed beforehand — one read
   of the float mask, one write of the output; every ratio is to this, measured on the same batch;
 * ``trainer path: grpo``: ``from_trainer_tensors(mask, index, token_level_rewards=...)`` (steps from
   mask runs, groups from uids, validation; what verl's registered ``stepcredit_grpo`` passes) +
   ``Recipe.builtin("grpo").run`` + ``to_tokens`` (target ≤ 2× floor);
+  ``from_trainer_tensors`` writes its bool mask into a buffer recycled from the previous batch once
+  that batch is gone (``stepcredit.io._buffers``), as in a training loop; the next row,
+* ``trainer path, first batch``: the same with the pool emptied before each call, pays the mask's page
+  faults as a run's first batch does (no target);
 * ``build``: that ``from_trainer_tensors`` alone, and on the multi-turn batch also with its tool calls
   (``responses`` + markers), ``state`` keys and step rewards (no target; reported for the full recipe);
 * ``<estimator> + to_tokens``: every trajectory-level credit component (one value per trajectory) on
@@ -53,7 +59,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from timing import median_ms, peak_extra_bytes  # benchmarks/timing.py
+from timing import interleaved_ms, peak_extra_bytes  # benchmarks/timing.py
 
 B, T = 8192, 4096
 GROUP = 8
@@ -179,6 +185,7 @@ def full_recipe_tokens(recipe: Any, rollouts: Any) -> torch.Tensor:
 
 def methods(kind: str, batch: dict[str, Any]) -> dict[str, tuple[Callable[[], object], float | None]]:
     """name → (call, target × floor) for one batch; the prebuilt rollouts are made here, untimed."""
+    from stepcredit.io import _buffers
     from stepcredit.recipe import Recipe
     from stepcredit.registry import get
 
@@ -194,6 +201,12 @@ def methods(kind: str, batch: dict[str, Any]) -> dict[str, tuple[Callable[[], ob
         return res.credit.to_tokens(res.rollouts)
 
     out["trainer path: grpo (build + recipe + to_tokens)"] = (trainer_path, 2.0)
+
+    def cold_path() -> object:
+        _buffers.clear()
+        return trainer_path()
+
+    out["trainer path, first batch (no recycled mask buffer)"] = (cold_path, None)
     out["build (from_trainer_tensors)"] = (lambda: build(batch, calls=False), None)
     if kind == "multi-turn":
         out["build with tool calls, states, step rewards"] = (lambda: build(batch), None)
@@ -248,11 +261,10 @@ def main(argv: list[str]) -> None:
     for kind in ("single-turn", "multi-turn"):
         batch = make(kind, b, t)
         found = methods(kind, batch)
-        floor = None
-        for name, (fn, target) in found.items():
-            ms = median_ms(fn, REPEATS)
-            floor = ms if name == "floor" else floor
-            assert floor is not None
+        timed = interleaved_ms({name: fn for name, (fn, _) in found.items()}, REPEATS)
+        floor = timed["floor"]
+        for name, (_, target) in found.items():
+            ms = timed[name]
             mib = peak_mib(kind, name, b, t) if peaks else None
             ratio = ms / floor
             rows.append({"batch": kind, "B": b, "T": t, "method": name, "ms": ms, "x_floor": ratio,

@@ -19,6 +19,22 @@ def median_ms(fn: Callable[[], object], repeats: int = 7) -> float:
     return 1000 * statistics.median(times)
 
 
+def interleaved_ms(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median wall ms of every callable over ``rounds`` rounds, each round calling every callable once
+    in turn, after one warm-up call each (``median_ms`` in round-robin: a burst of load from
+    another process on this shared machine lands on one round of every method, not on every repeat
+    of one, so the ratios to the floor hold up)."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: 1000 * statistics.median(ts) for name, ts in times.items()}
+
+
 def memory_bytes(key: str) -> int:
     """A memory figure of this process from ``/proc/self/status`` in bytes: ``VmRSS`` (resident now),
     ``VmHWM`` (the peak since start or since ``reset_peak``)."""

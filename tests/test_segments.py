@@ -270,3 +270,36 @@ def test_connected_components_by_hand() -> None:
 def test_group_wins() -> None:
     wins, size = segments.group_wins(torch.tensor([True, False, False, True, True]), torch.tensor([0, 0, 1, 2, 2]), 4)
     assert wins.tolist() == [1, 0, 2, 0] and size.tolist() == [2, 1, 2, 0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("block", [1, 64, 1 << 20])
+def test_rows_under_mask_is_torch_where_bit_for_bit(dtype, threads, block, monkeypatch):
+    monkeypatch.setattr(segments, "_ROW_BLOCK_BYTES", block)  # one row per block up to all in one
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    g = torch.Generator().manual_seed(7)
+    mask = torch.rand(37, 53, generator=g) < 0.6
+    mask[0] = False
+    mask[1] = True
+    raw = torch.randn(37, generator=g) * 1e3
+    raw[:6] = torch.tensor([float("nan"), -0.0, float("inf"), -float("inf"), 0.0, -1.0])
+    values = raw.to(dtype) if dtype.is_floating_point else raw.nan_to_num(0, 0, 0).to(dtype)
+    want = torch.where(mask, values[:, None], torch.zeros((), dtype=dtype))
+    got = segments.rows_under_mask(values, mask)
+    assert got.dtype == dtype and got.shape == mask.shape
+    assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))  # bits: NaN, -0.0 included
+    strided = torch.randn(74, generator=g)[::2]  # a non-contiguous column of values
+    assert torch.equal(segments.rows_under_mask(strided, mask), torch.where(mask, strided[:, None], 0.0))
+
+
+def test_rows_under_mask_edge_cases():
+    for shape in [(0, 5), (4, 0), (0, 0)]:
+        got = segments.rows_under_mask(torch.ones(shape[0]), torch.ones(shape, dtype=torch.bool))
+        assert got.shape == shape and got.dtype == torch.float32
+    values = torch.tensor([1.5, -2.0], requires_grad=True)  # torch.where keeps the graph
+    mask = torch.tensor([[True, False], [False, True]])
+    out = segments.rows_under_mask(values, mask)
+    out.sum().backward()
+    assert torch.equal(values.grad, torch.tensor([1.0, 1.0]))
+    assert torch.equal(out.detach(), torch.tensor([[1.5, 0.0], [0.0, -2.0]]))

@@ -110,9 +110,8 @@ class Credit:
         mask = rollouts.response_mask
         if mask is None:
             raise ValueError("to_tokens needs token columns (response_mask and step spans) in the rollouts")
-        zero = torch.zeros((), dtype=self.trajectory.dtype, device=mask.device)
         if self.step is None and self.call is None:  # one broadcast: the memory floor
-            return torch.where(mask, self.trajectory[:, None], zero)
+            return segments.rows_under_mask(self.trajectory, mask)
         start, end = rollouts.step_token_start, rollouts.step_token_end
         assert start is not None and end is not None  # token columns come together
         shape = (mask.shape[0], mask.shape[1])

@@ -7,8 +7,10 @@ decision point) each row belongs to, or on CSR offsets. All functions are vector
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -316,6 +318,54 @@ def broadcast_to_tokens(values: Tensor, index_map: Tensor) -> Tensor:
 
 
 _SAME_WIDTH_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+_ROW_BLOCK_BYTES = 1 << 20  # output bytes per block of rows in ``rows_under_mask``
+
+
+def rows_under_mask(values: Tensor, mask: Tensor) -> Tensor:
+    """``torch.where(mask, values[:, None], 0)``: ``(B, T)`` with ``values[i]`` on row ``i``'s mask
+    tokens and exactly 0 elsewhere, bit for bit.
+
+    On the CPU, blocks of rows of the output (small enough to stay in cache) are zeroed and then
+    take the values under the mask (numpy's ``copyto(where=)``), shared among
+    ``torch.get_num_threads()`` threads: on a fresh output this costs about what writing it costs, a
+    tenth less than torch's ``where`` of a bool mask. Elsewhere, or for a dtype numpy lacks,
+    ``torch.where``.
+    """
+    zero = torch.zeros((), dtype=values.dtype, device=mask.device)
+    b, t = mask.shape
+    cpu = mask.device.type == "cpu" and values.device.type == "cpu" and mask.dtype == torch.bool
+    if not cpu or not b or not t or values.requires_grad:
+        return torch.where(mask, values[:, None], zero)
+    try:
+        src = values.detach().numpy()
+        keep = mask.numpy()
+    except (TypeError, RuntimeError):  # bfloat16, a conjugate / sparse tensor
+        return torch.where(mask, values[:, None], zero)
+    out = torch.empty((b, t), dtype=values.dtype)
+    dst = out.numpy()
+    block = max(1, _ROW_BLOCK_BYTES // (t * dst.itemsize))
+    firsts = list(range(0, b, block))
+    parts = max(1, min(torch.get_num_threads(), len(firsts)))
+    share = -(-len(firsts) // parts)
+    bounds = [(firsts[k], firsts[k + share] if k + share < len(firsts) else b) for k in range(0, len(firsts), share)]
+
+    def work(lo: int, hi: int) -> None:
+        for a in range(lo, hi, block):
+            e = min(a + block, hi)
+            dst[a:e].fill(0)
+            np.copyto(dst[a:e], src[a:e, None], where=keep[a:e])
+
+    if len(bounds) == 1:
+        work(*bounds[0])
+    else:  # this thread takes the first share
+        with ThreadPoolExecutor(len(bounds) - 1) as pool:
+            others = [pool.submit(work, *span) for span in bounds[1:]]
+            work(*bounds[0])
+            for f in others:
+                f.result()
+    return out
 
 
 def spans_to_tokens(

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from stepcredit import RolloutError
-from stepcredit.io import _tensors, from_trainer_tensors
+from stepcredit.io import _buffers, _tensors, from_trainer_tensors
 from stepcredit.io._tensors import _scan_numpy, _scan_torch, _sorted_groups, _string_codes, dense_groups
 from stepcredit.rollouts import Rollouts
 
@@ -178,3 +178,42 @@ def test_default_ids_and_names_are_text():
     assert r.texts.ids.to_pylist() == ["0", "1", "2"]
     assert r.texts.group_names.to_pylist() == ["u1", "u0"]
     assert r.texts.action.to_pylist() == ["", "", ""]
+
+
+def test_recycled_mask_buffer_is_never_shared_while_alive_and_fully_rewritten():
+    """The scan's mask buffer goes back to the pool only when every view of it is gone; a recycled
+    buffer holding the previous batch's bytes gives exactly the torch kernels' mask."""
+    _buffers.clear()
+    first, _ = _random_batch(40, 101, seed=1)
+    kept = _tensors._scan(first, None, []).mask
+    view = kept[3:9]  # a view alone keeps the buffer
+    del kept
+    a, b = _tensors._scan(first, None, []).mask, _tensors._scan(first, None, []).mask
+    assert a.data_ptr() != b.data_ptr() and view.data_ptr() not in (a.data_ptr(), b.data_ptr())
+    want_view = first[3:9] != 0
+    assert torch.equal(view, want_view)
+    used = {a.data_ptr(), b.data_ptr()}
+    del a, b
+    for seed in range(2, 6):  # the pool now holds the two buffers: each scan reuses one
+        mask, _ = _random_batch(40, 101, seed=seed)
+        if seed % 2:
+            mask = torch.ones_like(mask)  # every byte of the old mask changes
+        got = _tensors._scan(mask, None, [])
+        assert got.mask.data_ptr() in used
+        _same_scan(got, _scan_torch(mask, None, []))
+        assert torch.equal(view, want_view)  # the live view was never handed out again
+        del got
+    smaller, _ = _random_batch(20, 101, seed=9)  # a buffer up to twice the size serves a smaller batch
+    got = _tensors._scan(smaller, None, [])
+    assert got.mask.data_ptr() in used and got.mask.shape == (20, 101)
+    _same_scan(got, _scan_torch(smaller, None, []))
+    _buffers.clear()
+
+
+def test_mask_pool_keeps_at_most_keep_buffers():
+    _buffers.clear()
+    masks = [_tensors._scan(torch.ones(8, 16), None, []).mask for _ in range(_buffers.KEEP + 3)]
+    del masks
+    assert len(_buffers._free_masks) == _buffers.KEEP
+    _buffers.clear()
+    assert not _buffers._free_masks and not _buffers._free_scratch

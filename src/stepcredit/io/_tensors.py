@@ -28,6 +28,7 @@ from torch import Tensor
 
 from stepcredit import segments
 from stepcredit.errors import RolloutError
+from stepcredit.io import _buffers
 from stepcredit.rollouts import Rollouts, StepKind, Texts, text_keys
 
 
@@ -153,46 +154,48 @@ def _scan_numpy(source: np.ndarray, tokens: np.ndarray | None, patterns: list[np
     ``torch.get_num_threads()`` threads (numpy releases the GIL). Per block: the mask (``!= 0``,
     written into the result), its edges (a neighbour compare into a row-padded scratch, so a run
     ending at ``T`` gets its edge at column ``T`` of its own row) and each pattern's starts on mask
-    tokens. The set bytes are found word by word: per block its non-zero 8-byte words (``_set_words``),
-    at the end the bytes set in them (``_set_bytes``)."""
+    tokens. The set bytes are found word by word: per block its non-zero 8-byte words
+    (``_set_words``), at the end the bytes set in them (``_set_bytes``). The mask's buffer and the
+    scratch blocks are recycled (``_buffers``)."""
     n, t = source.shape
-    mask = torch.empty((n, t), dtype=torch.bool)
-    out = mask.numpy()
+    out = _buffers.mask_buffer(n, t)  # every byte written below
+    mask = torch.from_numpy(out)
     width = (t + 8) // 8 * 8  # > t and whole 8-byte words: a row's edge at t stays in the row
     row_bytes = t * max(source.itemsize, 1 if tokens is None else tokens.itemsize, 1)
     block = max(1, _CHUNK_BYTES // row_bytes)  # rows whose input (mask or token ids) fills the chunk
     firsts = list(range(0, n, block))
     share = -(-len(firsts) // max(1, min(torch.get_num_threads(), len(firsts))))  # blocks per thread
     spans = [(firsts[k], firsts[k + share] if k + share < len(firsts) else n) for k in range(0, len(firsts), share)]
+    lengths = sorted({len(p) for p in patterns if 0 < len(p) <= t})
 
     def work(lo: int, hi: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        # torch's allocator, as for the mask and every other buffer (numpy's would ask the kernel
-        # for huge pages: fewer page faults, but stalls for compaction when memory is fragmented)
-        scratch = torch.zeros((block, width), dtype=torch.bool).numpy()  # columns past t stay False
-        hit_scratch = {
-            len(p): torch.zeros((block, width), dtype=torch.bool).numpy() for p in patterns if 0 < len(p) <= t
-        }
+        scratch = _buffers.take_scratch(block, width)  # columns past t stay False
+        hit_scratch = {length: _buffers.take_scratch(block, width) for length in lengths}
         found: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(1 + len(patterns))]
-        for a in range(lo, hi, block):
-            e = min(a + block, hi)
-            m, d = out[a:e], scratch[: e - a]
-            np.not_equal(source[a:e], 0, out=m)
-            d[:, 0] = m[:, 0]
-            np.not_equal(m[:, 1:], m[:, :-1], out=d[:, 1:t])
-            d[:, t] = m[:, t - 1]
-            found[0].append(_set_words(d, a * width // 8))
-            for k, pat in enumerate(patterns):
-                length = len(pat)
-                if length == 0 or length > t:
-                    continue
-                assert tokens is not None
-                span = t - length + 1
-                h = hit_scratch[length][: e - a]  # its columns from span on stay False
-                hit = h[:, :span]
-                np.equal(tokens[a:e, :span], pat[0], out=hit)
-                for j in range(1, length):
-                    hit &= tokens[a:e, j : j + span] == pat[j]
-                found[1 + k].append(_set_words(h, a * width // 8))
+        try:
+            for a in range(lo, hi, block):
+                e = min(a + block, hi)
+                m, d = out[a:e], scratch[: e - a]
+                np.not_equal(source[a:e], 0, out=m)
+                d[:, 0] = m[:, 0]
+                np.not_equal(m[:, 1:], m[:, :-1], out=d[:, 1:t])
+                d[:, t] = m[:, t - 1]
+                found[0].append(_set_words(d, a * width // 8))
+                for k, pat in enumerate(patterns):
+                    length = len(pat)
+                    if length == 0 or length > t:
+                        continue
+                    assert tokens is not None
+                    span = t - length + 1
+                    h = hit_scratch[length][: e - a]  # its columns from span on stay False
+                    hit = h[:, :span]
+                    np.equal(tokens[a:e, :span], pat[0], out=hit)
+                    for j in range(1, length):
+                        hit &= tokens[a:e, j : j + span] == pat[j]
+                    found[1 + k].append(_set_words(h, a * width // 8))
+        finally:
+            for used in (scratch, *hit_scratch.values()):
+                _buffers.give_scratch(used)
         return [_concat_words(f) for f in found]
 
     if len(spans) == 1:
