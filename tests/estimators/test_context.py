@@ -3,11 +3,20 @@ repeated mistake only the context gives away."""
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from stepcredit import CallRecord, StepRecord, TrajectoryRecord, build
 from stepcredit.estimators import call_evidence
-from stepcredit.estimators._context import _call_features, context_features, fit_logistic
+from stepcredit.estimators._context import (
+    _WORD,
+    _call_features,
+    _Question,
+    call_sources,
+    context_features,
+    fit_logistic,
+)
 
 
 def test_features_by_hand():
@@ -101,3 +110,80 @@ def test_context_features_follow_the_calls():
     flat, offsets = context_features(r)
     assert offsets.numel() == r.num_calls and int(offsets[0]) == 0
     assert bool((torch.diff(offsets) > 0).all()) and int(flat.max()) < 1 << 16
+
+
+ORDERS = '{"user":"u1","orders":[{"id":"o1","date":"2024-01-05","status":"cancelled"},' \
+    '{"id":"o2","date":"2024-03-01","status":"delivered"},{"id":"o3","date":"2024-02-11","status":"pending"}]}'
+
+
+def _record_feats(arguments, prompt, result, name="get_order"):
+    prompt, result = prompt.casefold(), result.casefold()
+    question = _Question(frozenset(_WORD.findall(prompt)), len(prompt))
+    return set(_call_features(name, arguments, False, prompt + "\n" + result, 24, question, [json.loads(result)]))
+
+
+def test_record_features_by_hand():
+    prompt = "What did Ann pay for her most recent delivered order?"
+    latest = _record_feats('{"order_id": "o2"}', prompt, ORDERS)
+    # the picked record holds the latest date; its status is a word of the question
+    assert {"K|get_order|order_id|date|max", "KQ|get_order|order_id|date|max|recent",
+            "S|get_order|order_id|status|delivered", "SQ|get_order|order_id|status"} <= latest
+    oldest = _record_feats('{"order_id": "o1"}', prompt, ORDERS)
+    assert {"K|get_order|order_id|date|min", "S|get_order|order_id|status|cancelled"} <= oldest
+    assert "SQ|get_order|order_id|status" not in oldest
+    middle = _record_feats('{"order_id": "o3"}', prompt, ORDERS)
+    assert "K|get_order|order_id|date|mid" in middle
+    # a single record: its text and boolean fields, no ranks; ``credit_card`` is two words
+    reservation = '{"res":"R7","cabin":"basic_economy","insured":false,"booked":"2024-06-24 09:00"}'
+    single = _record_feats('{"reservation_id": "R7"}', "Cancel R9 and pay by credit card", reservation, "cancel")
+    assert {"S|cancel|reservation_id|cabin|basic_economy", "S|cancel|reservation_id|insured|false"} <= single
+    assert not any(f.startswith(("K|", "KQ|", "SQ|")) for f in single)
+    paid = _record_feats('{"payment_id": "cc_1"}', "pay with my credit card",
+                         '{"pay":[{"id":"cc_1","kind":"credit_card"},{"id":"gc_2","kind":"gift_card"}]}', "book")
+    assert "SQ|book|payment_id|kind" in paid
+    # a value the question names still has the record it was last read in (the reservation to cancel);
+    # a value read only in the prompt has none; equal dates rank nothing
+    assert "S|get_order|order_id|status|delivered" in _record_feats('{"order_id": "o2"}', "order o2?", ORDERS)
+    assert not any(f.startswith(("S|", "K|")) for f in _record_feats('{"order_id": "o9"}', "order o9?", ORDERS))
+    ties = ORDERS.replace("2024-01-05", "2024-03-01").replace("2024-02-11", "2024-03-01")
+    assert not any(f.startswith("K|") for f in _record_feats('{"order_id": "o2"}', prompt, ties))
+
+
+def test_call_sources_by_hand():
+    calls = [
+        ("find_user", '{"name":"Ann"}', '{"id":"u1","city":"Oslo"}'),
+        ("list_orders", '{"user_id":"u1"}', '{"orders":[{"id":"o1"},{"id":"o2"}],"user":"u1"}'),
+        ("get_order", '{"order_id":"o2"}', '{"id":"o2","items":[{"p":"p5","qty":2}]}'),
+        ("get_product", '{"product_id":"p5","city":"oslo"}', '{"id":"p5"}'),
+        ("get_order", '{"order_id":"o9"}', "error"),  # read nowhere
+    ]
+    r = build([_run("a", "g", 0.0, "Ann's orders, please", calls)], states="distinct")
+    call, source = call_sources(r)
+    # "Ann" is in the prompt; u1 is read last in list_orders' result; p5 in get_order's; "oslo" in
+    # find_user's (case-insensitive)
+    assert list(zip(call.tolist(), source.tolist(), strict=True)) == [(1, 0), (2, 1), (3, 0), (3, 2)]
+
+
+def test_data_flow_leaves_calls_built_on_a_deviant_call_out_of_training(monkeypatch):
+    """Mixed tasks: a failed run reads the wrong user, then that user's orders (built on a call no
+    successful run made); with ``data_flow`` the classifier never trains on the second read."""
+    from stepcredit.estimators import evidence
+
+    runs = []
+    for t in range(3):
+        good = [("find_user", '{"name":"Ann"}', f'{{"id":"u{t}"}}'), ("list_orders", f'{{"user_id":"u{t}"}}', "[]")]
+        bad = [("find_user", '{"name":"Anne"}', f'{{"id":"w{t}"}}'), ("list_orders", f'{{"user_id":"w{t}"}}', "[]")]
+        runs += [_run(f"t{t}s", f"t{t}", 1.0, "Ann's orders", good), _run(f"t{t}f", f"t{t}", 0.0, "Ann's orders", bad)]
+    runs += [_run(f"xf{i}", "x", 0.0, "Bo's orders", [("find_user", '{"name":"Bo"}', '{"id":"b"}')]) for i in range(2)]
+    r = build(runs, states="distinct")
+    seen = []
+    real = evidence.fit_logistic
+    monkeypatch.setattr(evidence, "fit_logistic",
+                        lambda f, o, train, y: seen.append(train.clone()) or real(f, o, train, y))
+    call_evidence(r)
+    call_evidence(r, data_flow=False)
+    names, args = r.texts.call_name.to_pylist(), r.texts.call_arguments.to_pylist()
+    downstream = torch.tensor(["w" in a for a in args]) & torch.tensor([n == "list_orders" for n in names])
+    assert int(downstream.sum()) == 3
+    assert not bool(seen[0][downstream].any()) and bool(seen[1][downstream].all())
+    assert torch.equal(seen[0], seen[1] & ~downstream)

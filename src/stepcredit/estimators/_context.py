@@ -7,7 +7,13 @@ prompt reads ``(6 + 14)``; ``get_order`` of an id listed next to ``"status": "ca
 features say, per call, its tool and for each argument value (by parameter): unseen, or the tokens
 right before and after its last whole occurrence in the prompt, earlier tool results and observations
 (and a bag of the tokens around it), plus the tokens between two argument values that appear close
-together. They are hashed into ``dims`` buckets (CRC32, the same on every machine).
+together. A value read in a tool result that lists records (JSON objects) adds the fields of the
+record it was picked from: each short text field's value and whether it is a word of the question
+(``"status": "delivered"`` when the question asks for delivered orders), and for each number or ISO
+date whether the record holds the list's maximum, minimum or neither, alone and with each word of the
+question (the *most recent* order). They are hashed into ``dims`` buckets (CRC32, the same on every
+machine). ``call_sources`` gives the data flow between calls (which earlier result a value was read
+from).
 """
 
 from __future__ import annotations
@@ -17,17 +23,21 @@ import json
 import math
 import re
 import zlib
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from stepcredit.rollouts import TOOL_ERROR, Rollouts
-from stepcredit.rollouts._texts import argument_leaves, seen_before_steps
+from stepcredit.rollouts._texts import MAX_ARGUMENT_DEPTH, argument_leaves, seen_before_steps
 
-__all__ = ["context_features", "fit_logistic"]
+__all__ = ["call_sources", "context_features", "fit_logistic"]
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_SHORT = 24  # the longest text field value taken as a category
+_WORD = re.compile(r"[^\W\d_]{3,}")  # a word of the question: 3+ letters (``credit_card``: two words)
 
 
 def _last(value: Any, text: str) -> tuple[int, int] | None:
@@ -46,8 +56,18 @@ def _last(value: Any, text: str) -> tuple[int, int] | None:
     return match.span() if match is not None else None
 
 
-def _call_features(name: str, arguments: str, errored: bool, text: str, window: int) -> list[str]:
-    """A call's feature strings (see the module docstring)."""
+def _call_features(
+    name: str,
+    arguments: str,
+    errored: bool,
+    text: str,
+    window: int,
+    question: _Question | None = None,
+    results: Sequence[Any] = (),
+) -> list[str]:
+    """A call's feature strings (see the module docstring). ``question``: the prompt's words and length,
+    and ``results``: the parsed JSON tool results read before the call, latest first (both for the
+    record features of values read in a tool result)."""
     out = [f"T|{name}"] + ([f"E|{name}"] if errored else [])
     try:
         parsed = json.loads(arguments)
@@ -70,11 +90,101 @@ def _call_features(name: str, arguments: str, errored: bool, text: str, window: 
         if right:
             out.append(f"R|{name}|{path}|{right[0]}")
         out.extend(f"B|{name}|{path}|{w}" for w in left + right)
+        if question is not None and span[0] >= question.length:  # last read in a tool result
+            out.extend(_record_features(name, path, leaf, results, question.words))
     spots.sort()
     for (_, a_end), (b_start, _) in itertools.pairwise(spots):
         if 0 <= b_start - a_end <= window:
             out.extend(f"M|{name}|{w}" for w in _TOKEN.findall(text[a_end:b_start]))
     return out
+
+
+class _Question(NamedTuple):
+    words: frozenset[str]  # the prompt's words (casefolded, ``_WORD``)
+    length: int  # the casefolded prompt's length: where the tool results start in the seen text
+
+
+def _records(value: Any, depth: int = 0) -> Iterator[list[dict[str, Any]]]:
+    """Every record (JSON object) of a parsed tool result, alone, and every list of two or more
+    records, a list before the records in it."""
+    if depth > MAX_ARGUMENT_DEPTH:
+        return
+    if isinstance(value, dict):
+        yield [value]
+        for v in value.values():
+            yield from _records(v, depth + 1)
+    elif isinstance(value, list):
+        rows = [v for v in value if isinstance(v, dict)]
+        if len(rows) >= 2:
+            yield rows
+        for v in value:
+            yield from _records(v, depth + 1)
+
+
+def _sortable(value: Any) -> tuple[int, Any] | None:
+    """A record field that can be ranked: a finite number, or an ISO date (time) as text."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return (0, float(value)) if math.isfinite(value) else None
+    if isinstance(value, str) and _DATE.match(value):
+        return (1, value)
+    return None
+
+
+def _same_value(leaf: Any, value: Any) -> bool:
+    if isinstance(leaf, str):
+        return isinstance(value, str) and value == leaf.casefold()
+    return not isinstance(value, bool) and isinstance(value, int | float) and value == leaf
+
+
+def _record_features(name: str, path: str, leaf: Any, results: Sequence[Any], words: frozenset[str]) -> list[str]:
+    """Where the value was picked from a list of records (the latest tool result holding one whose
+    field equals it), per other field of the picked record: a rankable field (number, ISO date) says
+    whether the record holds the list's maximum, minimum or neither — alone and with each word of the
+    question (the most *recent* order, the *cheapest* flight); a short text field says its value, and
+    whether that value is a word of the question (the order listed as *delivered* when the question
+    asks for delivered orders)."""
+    if isinstance(leaf, bool) or not isinstance(leaf, str | int | float):
+        return []
+    for parsed in results:
+        for rows in _records(parsed):
+            for row in rows:
+                own = next((k for k, v in row.items() if _same_value(leaf, v)), None)
+                if own is None:
+                    continue
+                out: list[str] = []
+                for field, value in row.items():
+                    if field == own:
+                        continue
+                    key = _sortable(value)
+                    if isinstance(value, bool):
+                        value = json.dumps(value)
+                    if key is None:
+                        if isinstance(value, str) and 0 < len(value) <= _SHORT:
+                            out.append(f"S|{name}|{path}|{field}|{value}")
+                            if all(w in words for w in _WORD.findall(value)):
+                                out.append(f"SQ|{name}|{path}|{field}")
+                        continue
+                    column = [_sortable(other.get(field)) for other in rows]
+                    if any(c is None or c[0] != key[0] for c in column):
+                        continue
+                    keys = [c for c in column if c is not None]
+                    high, low = max(keys), min(keys)
+                    if high == low:
+                        continue
+                    rank = "max" if key == high else "min" if key == low else "mid"
+                    out.append(f"K|{name}|{path}|{field}|{rank}")
+                    out.extend(f"KQ|{name}|{path}|{field}|{rank}|{w}" for w in sorted(words))
+                return out
+    return []
+
+
+def _parsed(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
 
 
 def context_features(rollouts: Rollouts, *, window: int = 48, dims: int = 1 << 16) -> tuple[Tensor, Tensor]:
@@ -86,14 +196,66 @@ def context_features(rollouts: Rollouts, *, window: int = 48, dims: int = 1 << 1
     names = r.texts.call_name.to_pylist()
     arguments = r.texts.call_arguments.to_pylist()
     errored = (r.call_ok == TOOL_ERROR).tolist()
+    prompts = [p.casefold() for p in r.texts.prompt.to_pylist()]
+    questions = [
+        _Question(frozenset(_WORD.findall(p)), len(p)) for p in prompts
+    ]
+    parsed = [_parsed(x.casefold()) for x in r.texts.call_result.to_pylist()]
+    first_call = r.call_offsets[r.step_offsets[:-1]].tolist()  # each trajectory's first call
+    traj_of_step = r.step_traj.tolist()
+    first_of_step = r.call_offsets[:-1].tolist()
     flat: list[int] = []
     offsets: list[int] = []
     for c, s in enumerate(r.call_step.tolist()):
         offsets.append(len(flat))
-        feats = _call_features(names[c], arguments[c], errored[c], seen[s], window)
+        i = traj_of_step[s]
+        results = [x for x in reversed(parsed[first_call[i] : first_of_step[s]]) if x is not None]
+        feats = _call_features(names[c], arguments[c], errored[c], seen[s], window, questions[i], results)
         flat.extend(zlib.crc32(f.encode()) % dims for f in feats)
     return (torch.tensor(flat, dtype=torch.int64, device=r.device),
             torch.tensor(offsets, dtype=torch.int64, device=r.device))
+
+
+def call_sources(rollouts: Rollouts) -> tuple[Tensor, Tensor]:
+    """The data flow between calls: ``(call, source)`` pairs (int64 ``[P]`` each) where an argument
+    value of ``call`` appears in the result of an earlier ``source`` call of the same trajectory — for
+    each value the latest such call (the value was read there) — and not in the prompt (a value the
+    question gives was read there, whatever result repeats it). Values matched as in the context
+    features: strings as case-insensitive substrings, numbers as whole numbers."""
+    r = rollouts
+    assert r.texts is not None
+    arguments = r.texts.call_arguments.to_pylist()
+    results = [x.casefold() for x in r.texts.call_result.to_pylist()]
+    prompts = [p.casefold() for p in r.texts.prompt.to_pylist()]
+    first_call = r.call_offsets[r.step_offsets[:-1]].tolist()
+    traj_of_step = r.step_traj.tolist()
+    first_of_step = r.call_offsets[:-1].tolist()
+    calls: list[int] = []
+    sources: list[int] = []
+    for c, s in enumerate(r.call_step.tolist()):
+        lo, hi = first_call[traj_of_step[s]], first_of_step[s]
+        if lo == hi:
+            continue
+        try:
+            parsed = json.loads(arguments[c])
+        except (ValueError, RecursionError):
+            continue
+        found: set[int] = set()
+        for _, leaf in argument_leaves(parsed):
+            if leaf is None or isinstance(leaf, bool) or leaf == "":
+                continue
+            if not (isinstance(leaf, str | int) or (isinstance(leaf, float) and math.isfinite(leaf))):
+                continue
+            if _last(leaf, prompts[traj_of_step[s]]) is not None:  # the question gave it
+                continue
+            source = next((k for k in range(hi - 1, lo - 1, -1) if _last(leaf, results[k]) is not None), None)
+            if source is not None:
+                found.add(source)
+        for source in sorted(found):
+            calls.append(c)
+            sources.append(source)
+    return (torch.tensor(calls, dtype=torch.int64, device=r.device),
+            torch.tensor(sources, dtype=torch.int64, device=r.device))
 
 
 def fit_logistic(

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from stepcredit import segments
 from stepcredit.credit import Credit
-from stepcredit.estimators._context import context_features, fit_logistic
+from stepcredit.estimators._context import call_sources, context_features, fit_logistic
 from stepcredit.estimators.tool import CallIdentity, call_keys
 from stepcredit.registry import Count, NonNegative, register
 from stepcredit.rollouts import TOOL_ERROR, TOOL_UNKNOWN, Rollouts
@@ -96,6 +96,7 @@ def call_evidence(
     tool_errors: bool = True,
     failure_witnesses: bool = True,
     context: bool = True,
+    data_flow: bool = True,
     iterations: Count = 50,
     prior_strength: NonNegative = 2.0,
     success_threshold: float = 1.0,
@@ -132,10 +133,18 @@ def call_evidence(
     success witnesses, grounding and tool errors are replaced by a logistic classifier's logit:
 
         context     features of where each argument value last appeared in what the agent had read
-                    (tokens around it, between two values; unseen; the tool's error), see
+                    (tokens around it, between two values; unseen; the tool's error) and, for a value
+                    picked from a list of records in a tool result, the picked record's other fields
+                    (a text field's value and whether the question uses it; whether a number or date
+                    is the list's maximum or minimum, alone and with each word of the question), see
                     ``_context``; trained on the mixed tasks' subjects with target "a successful run
                     made this call", so it learns from the batch which contexts wrong calls come from
-                    (``mul`` on two numbers written ``6 + 14``; an order id listed as cancelled)
+                    (``mul`` on two numbers written ``6 + 14``; an order id listed as cancelled; not
+                    the latest date when the question says "most recent"). With ``data_flow``, a
+                    training call that read an argument value from the result of a call no successful
+                    run made is left out: it could not be made by a success whatever its merit (the
+                    products of a wrong order), and it looks like the correct calls downstream of
+                    correct ones
 
     plus the failure witnesses. Then, per subject,
 
@@ -174,8 +183,10 @@ def call_evidence(
        mistake, they say "made by more failed runs → wrong", while in an all-fail task the shared prefix
        is made by all). The context classifier is what separates such calls; it assumes the batch's
        mixed tasks show the same kinds of mistakes in the same kinds of context (the same task family)
-       and it reads only text near the values — a mistake that needs arithmetic or a comparison to see
-       (a flight over budget, an order that is not the most recent) stays hard. With no mixed task
+       and it reads text near the values and the fields of the record a value was picked from — a
+       mistake that needs arithmetic or a comparison with a number of the question (a flight over
+       budget, a bag over the allowance) stays hard, as does one visible only through another argument
+       (the price of the *cabin* the call names). With no mixed task
        in the batch there is nothing to train it on and the counting clues are used throughout.
        ``stepcredit audit --breakdown`` shows the figures per group type.
     5. Grounding compares text: an argument the agent computed correctly (a sum, a date offset) is
@@ -183,7 +194,10 @@ def call_evidence(
        numbers, strings as case-insensitive substrings.
     6. The classifier (features hashed into 2^16 buckets, L2 1e-3, L-BFGS in float64 to the optimum)
        is deterministic and refitted on every batch: in training its cost is part of the estimator's
-       (about 1 s for 512 trajectories on 2 CPU cores, against 0.05–0.1 s without ``context``).
+       (about 1–2 s for 512 trajectories on 2 CPU cores, against 0.05–0.1 s without ``context``).
+    8. ``data_flow`` finds where a value was read as the latest earlier call of the trajectory whose
+       result holds it (the same text match as grounding); a value that occurs in several results is
+       attributed to the latest.
     7. ``center="group"`` makes the call credit of a task sum to zero over its calls, so it is an
        advantage (no push toward making more calls); with "none" every credited call is raised by the
        task's average belief. Without tool calls (and the default baseline) this is ``grpo`` with ``norm``.
@@ -196,7 +210,7 @@ def call_evidence(
     if r.num_calls == 0:
         return Credit(adv)
     fit = _fit(r, identity, grounding, tool_errors, failure_witnesses, int(iterations), prior_strength,
-               success_threshold, context)
+               success_threshold, context, data_flow)
     call_traj = r.call_traj
     value = torch.tanh(fit.logit / 2)[fit.pair_of_call].to(r.outcome.dtype)  # per call occurrence
     if center == "group":
@@ -227,7 +241,7 @@ def evidence_rates(
     if rollouts.num_calls == 0:
         return dict(_PRIOR)
     fit = _fit(rollouts, identity, grounding, tool_errors, True, iterations, prior_strength, success_threshold,
-               context=False)
+               context=False, data_flow=False)
     return {name: float(v) for name, v in fit.rates.items()}
 
 
@@ -252,6 +266,7 @@ def _fit(
     prior_strength: float,
     success_threshold: float,
     context: bool,
+    data_flow: bool,
 ) -> _Fit:
     """The subjects' clues, the EM fit of the rates on the mixed tasks, and every subject's posterior
     (with ``context``, the classifier's in the tasks without a success)."""
@@ -330,7 +345,13 @@ def _fit(
         is_first = torch.zeros(r.num_calls, dtype=torch.bool, device=r.device)
         is_first[first] = True
         made_by_success = (has_s[keys] > 0).to(f64)
-        scores = fit_logistic(flat, offsets, is_first & contrast[r.group[r.call_traj]], made_by_success)
+        train = is_first & contrast[r.group[r.call_traj]]
+        if data_flow:  # a call that read its values from a call no successful run made cannot be one
+            call, source = call_sources(r)
+            downstream = torch.zeros(r.num_calls, dtype=torch.bool, device=r.device)
+            downstream[call[made_by_success[source] == 0]] = True
+            train = train & ~downstream
+        scores = fit_logistic(flat, offsets, train, made_by_success)
         witnesses = loglik(rate["cf"], rate["wf"], w_has_f, w_lacks_f) if failure_witnesses else 0.0
         logit = torch.where(no_success, scores[first].to(f64) + witnesses, logit)
     return _Fit(logit, pair_of_call, contrast, rate)
