@@ -75,10 +75,9 @@ def _call_features(
         return [*out, f"X|{name}"]
     spots: list[tuple[int, int]] = []
     for path, leaf in argument_leaves(parsed):
-        if leaf is None or isinstance(leaf, bool) or leaf == "":
+        if _blank(leaf):
             continue
-        readable = isinstance(leaf, str | int) or (isinstance(leaf, float) and math.isfinite(leaf))
-        span = _last(leaf, text) if readable else None
+        span = _last(leaf, text) if _searchable(leaf) else None
         if span is None:
             out.append(f"U|{name}|{path}")
             continue
@@ -97,6 +96,24 @@ def _call_features(
         if 0 <= b_start - a_end <= window:
             out.extend(f"M|{name}|{w}" for w in _TOKEN.findall(text[a_end:b_start]))
     return out
+
+
+def _blank(leaf: Any) -> bool:
+    """An argument leaf that says nothing about where it came from: ``None``, a boolean, ``""``."""
+    return leaf is None or isinstance(leaf, bool) or leaf == ""
+
+
+def _searchable(leaf: Any) -> bool:
+    """An argument leaf the text can be searched for: a string, an integer, a finite float."""
+    return isinstance(leaf, str | int) or (isinstance(leaf, float) and math.isfinite(leaf))
+
+
+def _earlier_calls(r: Rollouts) -> list[tuple[int, int]]:
+    """Per call, the range ``[lo, hi)`` of the calls of its trajectory made before its step."""
+    first_call = r.call_offsets[r.step_offsets[:-1]].tolist()  # each trajectory's first call
+    traj_of_step = r.step_traj.tolist()
+    first_of_step = r.call_offsets[:-1].tolist()
+    return [(first_call[traj_of_step[s]], first_of_step[s]) for s in r.call_step.tolist()]
 
 
 class _Question(NamedTuple):
@@ -139,12 +156,12 @@ def _same_value(leaf: Any, value: Any) -> bool:
 
 
 def _record_features(name: str, path: str, leaf: Any, results: Sequence[Any], words: frozenset[str]) -> list[str]:
-    """Where the value was picked from a list of records (the latest tool result holding one whose
-    field equals it), per other field of the picked record: a rankable field (number, ISO date) says
-    whether the record holds the list's maximum, minimum or neither — alone and with each word of the
-    question (the most *recent* order, the *cheapest* flight); a short text field says its value, and
-    whether that value is a word of the question (the order listed as *delivered* when the question
-    asks for delivered orders)."""
+    """Where the value was picked from a record (in the latest tool result holding a record, alone or in
+    a list of records, with a field equal to it), per other field of the picked record: a rankable
+    field (number, ISO date) says whether the record holds the list's maximum, minimum or neither —
+    alone and with each word of the question (the most *recent* order, the *cheapest* flight); a short
+    text field says its value, and whether that value is a word of the question (the order listed as
+    *delivered* when the question asks for delivered orders)."""
     if isinstance(leaf, bool) or not isinstance(leaf, str | int | float):
         return []
     for parsed in results:
@@ -196,20 +213,15 @@ def context_features(rollouts: Rollouts, *, window: int = 48, dims: int = 1 << 1
     names = r.texts.call_name.to_pylist()
     arguments = r.texts.call_arguments.to_pylist()
     errored = (r.call_ok == TOOL_ERROR).tolist()
-    prompts = [p.casefold() for p in r.texts.prompt.to_pylist()]
-    questions = [
-        _Question(frozenset(_WORD.findall(p)), len(p)) for p in prompts
-    ]
+    questions = [_Question(frozenset(_WORD.findall(p)), len(p)) for p in map(str.casefold, r.texts.prompt.to_pylist())]
     parsed = [_parsed(x.casefold()) for x in r.texts.call_result.to_pylist()]
-    first_call = r.call_offsets[r.step_offsets[:-1]].tolist()  # each trajectory's first call
-    traj_of_step = r.step_traj.tolist()
-    first_of_step = r.call_offsets[:-1].tolist()
+    earlier = _earlier_calls(r)
     flat: list[int] = []
     offsets: list[int] = []
-    for c, s in enumerate(r.call_step.tolist()):
+    for c, (s, i) in enumerate(zip(r.call_step.tolist(), r.call_traj.tolist(), strict=True)):
         offsets.append(len(flat))
-        i = traj_of_step[s]
-        results = [x for x in reversed(parsed[first_call[i] : first_of_step[s]]) if x is not None]
+        lo, hi = earlier[c]
+        results = [x for x in reversed(parsed[lo:hi]) if x is not None]
         feats = _call_features(names[c], arguments[c], errored[c], seen[s], window, questions[i], results)
         flat.extend(zlib.crc32(f.encode()) % dims for f in feats)
     return (torch.tensor(flat, dtype=torch.int64, device=r.device),
@@ -227,13 +239,9 @@ def call_sources(rollouts: Rollouts) -> tuple[Tensor, Tensor]:
     arguments = r.texts.call_arguments.to_pylist()
     results = [x.casefold() for x in r.texts.call_result.to_pylist()]
     prompts = [p.casefold() for p in r.texts.prompt.to_pylist()]
-    first_call = r.call_offsets[r.step_offsets[:-1]].tolist()
-    traj_of_step = r.step_traj.tolist()
-    first_of_step = r.call_offsets[:-1].tolist()
     calls: list[int] = []
     sources: list[int] = []
-    for c, s in enumerate(r.call_step.tolist()):
-        lo, hi = first_call[traj_of_step[s]], first_of_step[s]
+    for c, ((lo, hi), i) in enumerate(zip(_earlier_calls(r), r.call_traj.tolist(), strict=True)):
         if lo == hi:
             continue
         try:
@@ -242,12 +250,8 @@ def call_sources(rollouts: Rollouts) -> tuple[Tensor, Tensor]:
             continue
         found: set[int] = set()
         for _, leaf in argument_leaves(parsed):
-            if leaf is None or isinstance(leaf, bool) or leaf == "":
-                continue
-            if not (isinstance(leaf, str | int) or (isinstance(leaf, float) and math.isfinite(leaf))):
-                continue
-            if _last(leaf, prompts[traj_of_step[s]]) is not None:  # the question gave it
-                continue
+            if _blank(leaf) or not _searchable(leaf) or _last(leaf, prompts[i]) is not None:
+                continue  # nothing to trace, or the question gave it
             source = next((k for k in range(hi - 1, lo - 1, -1) if _last(leaf, results[k]) is not None), None)
             if source is not None:
                 found.add(source)

@@ -134,7 +134,7 @@ def call_evidence(
 
         context     features of where each argument value last appeared in what the agent had read
                     (tokens around it, between two values; unseen; the tool's error) and, for a value
-                    picked from a list of records in a tool result, the picked record's other fields
+                    picked from a record of a tool result (alone or in a list), its other fields
                     (a text field's value and whether the question uses it; whether a number or date
                     is the list's maximum or minimum, alone and with each word of the question), see
                     ``_context``; trained on the mixed tasks' subjects with target "a successful run
