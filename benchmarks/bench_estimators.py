@@ -22,7 +22,8 @@ None of that preparation is timed; ``build`` times the ``from_trainer_tensors`` 
 Methods, each timed in this one process: one warm-up call each, then 7 rounds, each round calling every
 method once in turn (so a burst of load from other processes hits one round of every method, not
 all the repeats of one); the median per method. Every stepcredit call starts cold (the batch's
-cached indices are dropped first, as on a freshly built batch):
+cached indices are dropped first, as on a freshly built batch); ``build`` writes its bool mask into
+the buffer its previous call left (``stepcredit.io._buffers``), as in a training loop:
 
 * ``floor``: ``scores[:, None] * mask`` (float32 mask, scores summed beforehand) — one read of the
   mask, one write of the (B, T) output;
@@ -45,13 +46,11 @@ resident memory above what the batch already held (``VmHWM`` reset through ``/pr
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -60,7 +59,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from timing import interleaved_ms, peak_extra_bytes, reference  # benchmarks/timing.py
+from timing import FULL_RECIPE, interleaved_ms, peak_extra_bytes, reference, uid_index, uncached
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -95,24 +94,13 @@ COMPONENTS: dict[str, tuple[str, dict[str, Any]]] = {
     "action_anchor": ("chain", {"prior_strength": 1.0, "leave_one_out": True}),
     "call_consensus": ("chain", {}),
     "call_evidence": ("chain", {}),
-    "tree_grpo": ("tree", {"prefix": "duplicate"}),
+    "tree_grpo": ("tree", {"prefix": "sum"}),
     "treerl": ("tree", {}),
     "treepo": ("tree", {}),
 }
 SKIPPED = {
     "oracle": "reads ground-truth step labels (the label column), which a training batch does not have: "
     "the audit's upper bound, not a method",
-}
-RECIPE = {
-    "name": "full recipe",
-    "selection": [
-        {"binary_gate": {}},
-        {"resample_on_correct": {"keep": 6, "min_negatives": 2, "min_positives": 2, "seed": 0}},
-    ],
-    "credit": [
-        {"gigpo": {"step_weight": 1.0, "mode": "mean_norm", "gamma": 0.95}},
-        {"toolpo": {"correct": "tool_ok", "norm": "mean"}},
-    ],
 }
 REFERENCES = ["floor", "verl loop", "verl vectorized"]
 ORACLE = ["gigpo oracle (loop, steps)", "gigpo (steps)"]
@@ -166,7 +154,6 @@ def make_batch(b: int, t: int, seed: int = 0) -> Batch:
     bodies = rng.integers(10, 200, size=(64, BODY))
     states: list[int] = []
     nodes: list[int] = []
-    turns_of = np.zeros(b, dtype=np.int64)
     chain_nodes: list[int] = []
     next_node = 0
     for i in range(b):  # building the synthetic input, not timed
@@ -188,7 +175,6 @@ def make_batch(b: int, t: int, seed: int = 0) -> Batch:
             pos += length + int(rng.integers(8, 32))
         else:
             k = turns
-        turns_of[i] = k
         # tree nodes: leaf 0 of a tree is the chain, leaf j branches off it after `shared` turns
         if i % LEAVES == 0:
             chain_nodes = list(range(next_node, next_node + k))
@@ -202,14 +188,13 @@ def make_batch(b: int, t: int, seed: int = 0) -> Batch:
         last = int(np.flatnonzero(mask[i])[-1])
         rewards[i, last] = float(rng.random() < 0.5)
     s = len(states)
-    uids = np.array([str(uuid.UUID(int=int(rng.integers(2**62)))) for _ in range(b // GROUP)], dtype=object)
     batch = Batch(
         b,
         t,
         torch.from_numpy(mask),
         torch.from_numpy(rewards),
         torch.from_numpy(responses),
-        np.repeat(uids, GROUP),
+        uid_index(b, GROUP, rng),
         torch.from_numpy(np.where(rng.random(s) < 0.05, -0.5, 0.0).astype(np.float32)),
         torch.tensor(states, dtype=torch.int64),
         torch.tensor(nodes, dtype=torch.int64),
@@ -233,22 +218,6 @@ def make_batch(b: int, t: int, seed: int = 0) -> Batch:
     return batch
 
 
-_CACHED = None
-
-
-def fresh(r: Any) -> Any:
-    """Drop every cached index of ``r`` (step → trajectory maps, decision points, token map), so a
-    timed call pays for them as the first call on a freshly built batch does."""
-    global _CACHED
-    if _CACHED is None:
-        from stepcredit import Rollouts
-
-        _CACHED = [k for k, v in vars(Rollouts).items() if isinstance(v, functools.cached_property)]
-    for key in _CACHED:
-        r.__dict__.pop(key, None)
-    return r
-
-
 # ------------------------------------------------------------------------------------------ methods
 def method(name: str, batch: Batch) -> Callable[[], object]:
     """A zero-argument callable that runs ``name`` once on ``batch``."""
@@ -259,10 +228,10 @@ def method(name: str, batch: Batch) -> Callable[[], object]:
     if name == "full recipe":
         from stepcredit.recipe import Recipe
 
-        recipe = Recipe.from_dict(RECIPE)
+        recipe = Recipe.from_dict(FULL_RECIPE)
 
         def run_recipe() -> object:
-            res = recipe.run(fresh(batch.chain))
+            res = recipe.run(uncached(batch.chain))
             return res.credit.to_tokens(res.rollouts)
 
         return run_recipe
@@ -274,13 +243,13 @@ def method(name: str, batch: Batch) -> Callable[[], object]:
     if name == ORACLE[1]:
         from stepcredit.estimators import gigpo
 
-        return lambda: gigpo(fresh(batch.chain)).per_step(batch.chain)
+        return lambda: gigpo(uncached(batch.chain)).per_step(batch.chain)
     from stepcredit.registry import REGISTRY
 
     fn = REGISTRY["credit"][name].fn
     which, params = COMPONENTS[name]
     r = batch.chain if which == "chain" else batch.trees
-    return lambda: fn(fresh(r), **params).to_tokens(r)
+    return lambda: fn(uncached(r), **params).to_tokens(r)
 
 
 def checks(batch: Batch) -> dict[str, float]:

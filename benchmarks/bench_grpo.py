@@ -25,13 +25,12 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from timing import median_ms, peak_extra_bytes, reference  # benchmarks/timing.py
+from timing import median_ms, peak_extra_bytes, reference, single_turn_batch  # benchmarks/timing.py
 
 SIZES = [(1024, 1024), (1024, 4096), (8192, 1024), (8192, 4096)]
 GROUP = 8
@@ -39,15 +38,7 @@ METHODS = ["floor", "verl loop", "verl vectorized", "stepcredit", "stepcredit bu
 
 
 def make_batch(b: int, t: int, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, t + 1, (b,), generator=g)
-    mask = (torch.arange(t)[None, :] < lengths[:, None]).float()
-    rewards = torch.zeros(b, t)
-    rewards[torch.arange(b), lengths - 1] = (torch.rand(b, generator=g) < 0.5).float()
-    rng = np.random.default_rng(seed)
-    uids = np.array([str(uuid.UUID(int=int(rng.integers(2**62)))) for _ in range(b // GROUP)], dtype=object)
-    index = np.repeat(uids, GROUP)
-    return rewards, mask, index
+    return single_turn_batch(b, t, seed, GROUP)
 
 
 def method(name: str, rewards: torch.Tensor, mask: torch.Tensor, index: np.ndarray) -> Callable[[], object]:

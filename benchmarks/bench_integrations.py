@@ -18,13 +18,12 @@ process (median after a warm-up), each from the raw tensors to the ``(B, T)`` ad
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from timing import median_ms  # benchmarks/timing.py
+from timing import median_ms, uid_index  # benchmarks/timing.py
 
 SIZES = [(1024, 1024), (1024, 4096), (4096, 2048)]
 GROUP = 8
@@ -49,8 +48,7 @@ def make_batch(b: int, t: int, seed: int = 0) -> dict[str, object]:
             pos += length + int(rng.integers(8, 32))  # the tool output
         last = int(np.nonzero(mask[i])[0][-1])
         scores[i, last] = float(rng.random() < 0.5)
-    uids = np.array([str(uuid.UUID(int=int(rng.integers(2**62)))) for _ in range(b // GROUP)], dtype=object)
-    index = np.repeat(uids, GROUP)
+    index = uid_index(b, GROUP, rng)
     keys, s = [], 0
     for i in range(b):  # every fourth session split over two rows
         if i % 4 == 1:

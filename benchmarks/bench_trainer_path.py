@@ -34,8 +34,8 @@ threads:
   (``responses`` + markers), ``state`` keys and step rewards (no target; reported for the full recipe);
 * ``<estimator> + to_tokens``: every trajectory-level credit component (one value per trajectory) on
   a ``Rollouts`` built once from the batch (target ≤ 1.5×);
-* ``full recipe``: ``binary_gate`` + ``resample_on_correct`` (keep 4 of 8) + ``gigpo`` + ``toolpo``,
-  then the full ``(B, T)`` layout with dropped rows zeroed, through the verl integration's path
+* ``full recipe``: ``timing.FULL_RECIPE`` (``binary_gate`` + ``resample_on_correct`` keep 6 of 8 +
+  ``gigpo`` + ``toolpo``), then the full ``(B, T)`` layout with dropped rows zeroed, through the verl integration's path
   (``RowBatch.token_advantages``), on a prebuilt ``Rollouts`` (its calls' ``call_ok`` set, 80% ok) —
   target ≤ 3× — and again including ``from_trainer_tensors`` (whose calls are of unknown outcome).
 
@@ -46,12 +46,10 @@ above what the inputs (and a prebuilt ``Rollouts``) already held (``VmHWM`` rese
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -59,7 +57,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from timing import interleaved_ms, peak_extra_bytes  # benchmarks/timing.py
+from timing import (
+    FULL_RECIPE,
+    interleaved_ms,
+    peak_extra_bytes,
+    reference,
+    single_turn_batch,
+    uid_index,
+    uncached,
+)
 
 B, T = 8192, 4096
 GROUP = 8
@@ -77,26 +83,12 @@ TRAJECTORY_LEVEL: list[tuple[str, dict[str, Any]]] = [
     ("tree_grpo", {}),
     ("treepo", {}),
 ]
-FULL_RECIPE = {
-    "name": "gate_roc_gigpo_toolpo",
-    "selection": [{"binary_gate": {}}, {"resample_on_correct": {"keep": 4, "min_negatives": 2, "min_positives": 2}}],
-    "credit": [{"gigpo": {"step_weight": 1.0, "mode": "mean_norm", "gamma": 0.95}}, {"toolpo": {}}],
-}
-
-
-def _uids(b: int, rng: np.random.Generator) -> np.ndarray:
-    uids = np.array([str(uuid.UUID(int=int(rng.integers(2**62)))) for _ in range(b // GROUP)], dtype=object)
-    return np.repeat(uids, GROUP)
 
 
 def single_turn(b: int, t: int, seed: int = 0) -> dict[str, Any]:
-    """``bench_grpo.py``'s batch."""
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, t + 1, (b,), generator=g)
-    mask = (torch.arange(t)[None, :] < lengths[:, None]).float()
-    rewards = torch.zeros(b, t)
-    rewards[torch.arange(b), lengths - 1] = (torch.rand(b, generator=g) < 0.5).float()
-    return {"mask": mask, "rewards": rewards, "index": _uids(b, np.random.default_rng(seed))}
+    """``bench_grpo.py``'s batch (``timing.single_turn_batch``)."""
+    rewards, mask, index = single_turn_batch(b, t, seed, GROUP)
+    return {"mask": mask, "rewards": rewards, "index": index}
 
 
 def multi_turn(b: int, t: int, seed: int = 0) -> dict[str, Any]:
@@ -131,7 +123,7 @@ def multi_turn(b: int, t: int, seed: int = 0) -> dict[str, Any]:
     return {
         "mask": torch.from_numpy(mask),
         "rewards": torch.from_numpy(rewards),
-        "index": _uids(b, rng),
+        "index": uid_index(b, GROUP, rng),
         "responses": torch.from_numpy(ids),
         "state": torch.tensor(states, dtype=torch.int64),
         "step_rewards": torch.from_numpy(step_rewards),
@@ -164,15 +156,6 @@ def with_call_outcomes(rollouts: Any, seed: int = 0) -> Any:
     return replace(rollouts, call_ok=ok, tool_ok=None)
 
 
-def forget(rollouts: Any) -> Any:
-    """The batch without the derived indices it caches (``step_traj``, decision points, …), so a
-    repeat on a prebuilt batch computes them as a trainer's fresh batch would."""
-    for name, value in vars(type(rollouts)).items():
-        if isinstance(value, functools.cached_property):
-            rollouts.__dict__.pop(name, None)
-    return rollouts
-
-
 def full_recipe_tokens(recipe: Any, rollouts: Any) -> torch.Tensor:
     """The recipe's credit on the full ``(B, T)`` layout, rows a selection dropped zeroed, as the verl
     integration returns it."""
@@ -189,12 +172,10 @@ def methods(kind: str, batch: dict[str, Any]) -> dict[str, tuple[Callable[[], ob
     from stepcredit.recipe import Recipe
     from stepcredit.registry import get
 
-    mask, index = batch["mask"], batch["index"]
-    scores = batch["rewards"].sum(-1)
     grpo_recipe = Recipe.builtin("grpo")
     rollouts = build(batch)
     out: dict[str, tuple[Callable[[], object], float | None]] = {}
-    out["floor"] = (lambda: scores[:, None] * mask, None)
+    out["floor"] = (reference("floor", batch["rewards"], batch["mask"], batch["index"]), None)
 
     def trainer_path() -> object:
         res = grpo_recipe.run(build(batch, calls=False))
@@ -215,7 +196,7 @@ def methods(kind: str, batch: dict[str, Any]) -> dict[str, tuple[Callable[[], ob
         label = name + (f" {params}" if params else "") + " + to_tokens"
 
         def run(fn: Callable[..., Any] = fn, params: dict[str, Any] = params) -> object:
-            r = forget(rollouts)
+            r = uncached(rollouts)
             return fn(r, **params).to_tokens(r)
 
         out[label] = (run, 1.5)
@@ -223,11 +204,10 @@ def methods(kind: str, batch: dict[str, Any]) -> dict[str, tuple[Callable[[], ob
         recipe = Recipe.from_dict(FULL_RECIPE)
         prebuilt = with_call_outcomes(rollouts)
         out["full recipe: binary_gate + roc + gigpo + toolpo → (B, T)"] = (
-            lambda: full_recipe_tokens(recipe, forget(prebuilt)),
+            lambda: full_recipe_tokens(recipe, uncached(prebuilt)),
             3.0,
         )
         out["full recipe incl. from_trainer_tensors"] = (lambda: full_recipe_tokens(recipe, build(batch)), 3.0)
-    del index
     return out
 
 
@@ -236,9 +216,12 @@ def make(kind: str, b: int, t: int) -> dict[str, Any]:
 
 
 def peak_one(kind: str, name: str, b: int, t: int) -> None:
-    """Subprocess body: print the peak extra resident memory of one call of ``name``."""
+    """Subprocess body: print the peak extra resident memory of one call of ``name``, after one call
+    that loads what is imported lazily and, as in a training loop, leaves the recycled mask buffer
+    (the first-batch row empties the pool itself)."""
     torch.set_num_threads(2)
     fn, _ = methods(kind, make(kind, b, t))[name]
+    fn()
     print(json.dumps({"peak_extra": peak_extra_bytes(fn)}))
 
 
@@ -258,8 +241,14 @@ def main(argv: list[str]) -> None:
     peaks = "--no-peak" not in argv
     json_path = argv[argv.index("--json") + 1] if "--json" in argv else None
     rows: list[dict[str, Any]] = []
+    counts = ""
     for kind in ("single-turn", "multi-turn"):
         batch = make(kind, b, t)
+        if kind == "multi-turn":
+            r = build(batch)
+            counts = (f"multi-turn batch: {r.num_steps} steps ({r.num_steps / r.num_trajectories:.1f} per row), "
+                      f"{r.num_calls} tool calls")
+            del r
         found = methods(kind, batch)
         timed = interleaved_ms({name: fn for name, (fn, _) in found.items()}, REPEATS)
         floor = timed["floor"]
@@ -272,13 +261,8 @@ def main(argv: list[str]) -> None:
             shown = "" if mib is None else f"  peak +{mib:7.1f} MiB"
             print(f"{kind:11s} {name:60s} {ms:9.2f} ms  {ratio:5.2f}× floor{shown}", file=sys.stderr)
         del batch, found
-    mt = make("multi-turn", b, t)
-    r = build(mt)
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; B={b}, T={t}, "
-        f"group {GROUP}; multi-turn batch: {r.num_steps} steps ({r.num_steps / r.num_trajectories:.1f} per row), "
-        f"{r.num_calls} tool calls"
-    )
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; B={b}, T={t}, "
+          f"group {GROUP}; {counts}")
     print()
     print("| batch | method | median ms | × floor | target | met? | peak extra MiB |")
     print("|---|---|---:|---:|---:|---|---:|")

@@ -64,9 +64,9 @@ the records, building the records into `Rollouts` (tensors + validation), `load(
 then writing the batch to Parquet and loading it back. Ratios are to `json.load` measured in the same
 run.
 
-Python's cyclic garbage collector is the swing factor here: its passes over the many fresh (acyclic)
-objects a JSON parse makes are a large share of a load, and they land on whichever stage happens to
-cross a threshold, so the floor and the parse stage vary between runs more than the others. `load`
+Python's cyclic garbage collector is a swing factor here: its passes over the many fresh (acyclic)
+objects a JSON parse makes land on whichever stage happens to cross a threshold, so the floor and the
+parse stage vary between runs more than the others. `load`
 pauses the collector while it parses (everything it makes is freed by reference counting). The
 schema-driven parser and builder read every annotation column through its declaration, which costs
 a little over hand-written ones; Parquet skips the JSON parse and the records entirely.""",
@@ -82,13 +82,12 @@ beforehand (one read of the mask, one write of the output); verl 0.9.1's `comput
 built once from the batch; `stepcredit build` is that one-off `from_trainer_tensors` cost (steps from
 mask runs, groups from uids, validation). Peak = resident memory above the inputs, each method in a
 fresh subprocess. The script checks that stepcredit and verl's loop agree on the largest batch.
-Target: stepcredit within 1.5× the floor at B=8192, T=4096.
 
-At the largest size most of every method's time is the kernel faulting in the fresh output tensor
-(the same broadcast into a preallocated tensor is several times faster). stepcredit broadcasts with
-`torch.where(bool_mask, A[:, None], 0)`, which reads a quarter of the bytes of a float mask but runs
-somewhat slower per element than the float multiply on this CPU. At the small sizes the absolute
-times are dominated by kernel launch and threading overheads.""",
+At the largest sizes much of every method's time is the kernel faulting in the pages of the fresh
+output tensor, which the floor pays too. stepcredit broadcasts through its bool mask
+(`segments.rows_under_mask`: rows of the output zeroed and filled under the mask in cache-sized
+blocks, bit for bit `torch.where(bool_mask, A[:, None], 0)`), reading a quarter of the bytes of a
+float mask. At the small sizes the absolute times are dominated by call and threading overheads.""",
     ),
     Bench(
         "estimators",
@@ -134,12 +133,11 @@ the targets; peak memory per method in a fresh subprocess unless `--no-peak`."""
 choices per step index, small integer ids) and sparse step rewards, against two loop references in
 `tests/estimators/oracles.py`: the test oracle over Python floats, and the same loops in the cost
 structure of verl-agent's `compute_gigpo_outcome_advantage` (per-row torch scalars,
-`torch.mean`/`torch.std` per group; the float oracle is the faster of the two). The tree estimators
+`torch.mean`/`torch.std` per group). The tree estimators
 (`tree_grpo`, `treerl`, `treepo`) on `make_tree_rollouts` batches against their loops. Every stepcredit
-call is timed as a first call on its batch (the cached `(group, state)` index dropped before each
+call is timed as a first call on its batch (every cached index dropped before each
 repeat); the script checks the max |diff| to each reference. The second table puts the other
-step-level estimators on the GiGPO batch as a ratio to `grpo`. Target: GiGPO at least 50× the float
-oracle.
+step-level estimators on the GiGPO batch as a ratio to `grpo`.
 
 When state keys are small non-negative ids (tree nodes, dense observation ids, the states the log
 loaders produce) the `(group, state)` index is a counting pass; arbitrary 64-bit keys need two sorts,
@@ -153,19 +151,17 @@ that reads it and runs `audit(rollouts, recipes, bootstrap=1000, seed=0)`, then 
 default number of trajectory sections). *loaded* = resident memory with torch, stepcredit and the
 batch in; *peak* = the process's highest resident memory (VmHWM, reset through `/proc/self/clear_refs`
 at the start of each stage) during the first call of the stage — the whole process, batch included.
-Times: median of further calls. `groups` is `bootstrap_intervals` from per-group sufficient
-statistics; `dense` is the original (samples × labelled calls) evaluation kept in
-`tests/audit/oracles.py`, swapped in for its rows and run only where its predicted peak stays far
-below the machine's memory (it grows with every labelled call). Where both ran, the script checks
-that their intervals agree. `default` = the `DEFAULT_RECIPES`. Target: the largest audit within
-2 GiB.
+Times: median of further calls. `groups` is `audit` itself (the bootstrap from per-group sufficient
+statistics); `dense` (`dense_audit`) computes each recipe's credit the same way and then the
+original (samples × labelled units) evaluation kept in `tests/audit/oracles.py`, run only where its
+predicted peak stays far below the machine's memory (it grows with every labelled unit). Where both
+ran, the script checks that their intervals agree. `default` = the `DEFAULT_RECIPES`.
 
 The group bootstrap holds the (samples × groups) draw counts, per-group statistics and bounded AUROC
 temporaries. The report keeps every summary and shows step-by-step sections only for the
 worst-blamed trajectories, saying how many were left out, so its size stays bounded. The CLI end to
 end (`stepcredit audit b.parquet --bootstrap 1000 -o report.html --markdown` under
-`/usr/bin/time -v`) is not part of the suite. Times on a shared machine vary with other load; the
-peaks repeat closely.""",
+`/usr/bin/time -v`) is not part of the suite. Times on a shared machine vary with other load.""",
     ),
     Bench(
         "stream",
@@ -177,8 +173,9 @@ to reach each size, written once under `--data` and reused. Each row is a fresh 
 *peak* is the whole process's highest resident memory (VmHWM: Python, torch, stepcredit and
 everything the stream holds): `credit` is `stream_credit(folder, "gigpo", out.parquet)` in chunks of
 groups; `audit` is `stream_audit` of several recipes with bootstrap resamples of all the groups. The
-Ray rows run the same audit with `engine="ray"` on a local cluster started before the clock, and the
-script checks that their figures equal the local engine's.""",
+Ray rows run the same audit with `engine="ray"` on a local cluster started before the clock; their
+peak is the driver's alone (the workers are other processes), and their ratio is to the local
+engine's µs at the same size. The script fails unless their figures equal the local engine's.""",
     ),
     Bench(
         "rollout",
@@ -192,10 +189,10 @@ start (rollouts, credit, PPO update = forward + backward + AdamW; median of a fe
 Trees generate fewer tokens per kept trajectory than chains: a share of the tokens in a tree batch
 repeat a shared prefix, since a branch starts at a random node of the initial path (Tree-GRPO's larger
 savings come from larger trees relative to the depth, which the engine's `trees/expand/iterations/keep`
-reach; this benchmark keeps the trainer's setting). Trees do not save wall time at this scale: the
-expansions run as a second, smaller batch of generation rounds after the initial chains, and with a
-tiny model each round's cost is dominated by per-token overhead rather than batch size. Credit is a
-tiny share of an RL step; generation and the update share the rest.""",
+reach; this benchmark keeps the trainer's setting). Whether trees save wall time shows in the table:
+the expansions run as a second, smaller batch of generation rounds after the initial chains, and with
+a tiny model a round's cost is mostly per-token overhead rather than batch size. The last table
+splits an RL step into generation, credit and the update.""",
     ),
     Bench(
         "integrations",
@@ -208,8 +205,8 @@ validation, broadcast), and the trainer mode (`rows_from_verl`: sessions joined,
 with trajectory-level (`grpo`), step-level (`per_turn`) and call-level (`call_consensus`, calls named
 by token ids or by decoding their JSON) credit.
 
-Reading it: `stepcredit_grpo`'s cost over the floor is mostly building the `Rollouts`; the trainer
-mode adds the session join, the second batch and the metrics, step-level credit the spreading of
+Reading it: `stepcredit_grpo`'s cost over the floor is building the `Rollouts` plus the broadcast;
+the trainer mode adds the session join, the second batch and the metrics, step-level credit the spreading of
 per-step values over the step spans, and call-level credit the call spans, their names and the
 spreading over the call spans.""",
     ),

@@ -1,4 +1,4 @@
-"""The one timing helper every benchmark uses."""
+"""The helpers every benchmark shares: timing, peak memory, the references and the verl batches."""
 
 from __future__ import annotations
 
@@ -6,6 +6,20 @@ import statistics
 import time
 from collections.abc import Callable
 from typing import Any
+
+FULL_RECIPE = {
+    "name": "full recipe",
+    "selection": [
+        {"binary_gate": {}},
+        {"resample_on_correct": {"keep": 6, "min_negatives": 2, "min_positives": 2, "seed": 0}},
+    ],
+    "credit": [
+        {"gigpo": {"step_weight": 1.0, "mode": "mean_norm", "gamma": 0.95}},
+        {"toolpo": {"correct": "tool_ok", "norm": "mean"}},
+    ],
+}
+"""The issue's full recipe, as every benchmark runs it: gate + resample-on-correct (keep 6 of 8) +
+GiGPO + ToolPO."""
 
 
 def median_ms(fn: Callable[[], object], repeats: int = 7) -> float:
@@ -77,3 +91,41 @@ def reference(name: str, rewards: Any, mask: Any, index: Any) -> Callable[[], ob
         "verl vectorized": core_algos.compute_grpo_vectorized_outcome_advantage,
     }[name]
     return lambda: fn(rewards, mask, index)
+
+
+def uid_index(b: int, group: int, rng: Any) -> Any:
+    """verl's ``index``: an object array of uuid strings, one per task, repeated for its ``group``
+    consecutive rows (``b // group`` tasks; ``rng`` a numpy Generator)."""
+    import uuid
+
+    import numpy as np
+
+    uids = np.array([str(uuid.UUID(int=int(rng.integers(2**62)))) for _ in range(b // group)], dtype=object)
+    return np.repeat(uids, group)
+
+
+def single_turn_batch(b: int, t: int, seed: int = 0, group: int = 8) -> tuple[Any, Any, Any]:
+    """A single-turn verl batch ``(token_level_rewards, response_mask, index)``: float32, one run of
+    ``mask == 1`` per row of random length in ``[1, T]``, the 0/1 outcome on its last token."""
+    import numpy as np
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, t + 1, (b,), generator=g)
+    mask = (torch.arange(t)[None, :] < lengths[:, None]).float()
+    rewards = torch.zeros(b, t)
+    rewards[torch.arange(b), lengths - 1] = (torch.rand(b, generator=g) < 0.5).float()
+    return rewards, mask, uid_index(b, group, np.random.default_rng(seed))
+
+
+def uncached(r: Any) -> Any:
+    """``r`` without the derived indices a ``Rollouts`` caches (step → trajectory maps, decision
+    points, …), so a timed call pays for them as the first call on a freshly built batch does."""
+    import functools
+
+    from stepcredit import Rollouts
+
+    for name, value in vars(Rollouts).items():
+        if isinstance(value, functools.cached_property):
+            r.__dict__.pop(name, None)
+    return r

@@ -176,7 +176,8 @@ def test_spans_to_tokens_other_widths_and_fallback():
     rows, starts, ends = torch.tensor([0, 0, 1]), torch.tensor([0, 3, 1]), torch.tensor([2, 5, 5])
     for dtype in (torch.float16, torch.bfloat16, torch.float64, torch.int32):
         values = torch.tensor([1.5, -2.0, 3.25]).to(dtype)
-        want = segments.broadcast_to_tokens(values, segments.span_index_map(starts, ends, rows, (2, 5)))
+        a, b, c = values.tolist()
+        want = torch.tensor([[a, a, 0, b, b], [0, c, c, c, c]]).to(dtype)  # by hand
         got = segments.spans_to_tokens(values, rows, starts, ends, (2, 5))
         assert got.dtype == dtype and torch.equal(got, want)
         inner = (torch.tensor([9.0]).to(dtype), torch.tensor([2]), torch.tensor([2]), torch.tensor([4]))

@@ -5,6 +5,7 @@ import torch
 
 from stepcredit import RolloutError, Rollouts, StepKind
 from stepcredit.rollouts import Texts
+from tests.test_schema import columns_of
 
 
 def small(**overrides):
@@ -203,8 +204,7 @@ def test_select_stays_validated_where_it_can_break():
     with pytest.raises(RolloutError, match="not unique"):
         r.select([0, 0])
     sub = r.select([2, 0])
-    full = Rollouts(**{k: getattr(sub, k) for k in Rollouts.columns() if getattr(sub, k) is not None},
-                    texts=sub.texts)
+    full = Rollouts(**columns_of(sub), texts=sub.texts)  # the ordinary, fully validated construction
     assert full.equals(sub)
 
 
@@ -223,3 +223,22 @@ def test_default_texts_are_numbered_and_blank():
     for name in ("ids", "action", "call_name"):
         getattr(t, name).validate(full=True)
         assert str(getattr(t, name).type) == "large_string"
+
+
+def test_replace_checks_the_token_cover_only_when_it_can_change(monkeypatch):
+    from stepcredit import segments
+
+    r = Rollouts(**_token_columns(), texts=Texts.create(3, 2, 3, 0))
+    calls = []
+    real = segments.span_coverage
+    monkeypatch.setattr(segments, "span_coverage", lambda *a: calls.append(1) or real(*a))
+    shaped = r.replace(outcome=torch.tensor([0.5, 0.0, 1.0]))
+    assert calls == [] and shaped.outcome.tolist() == [0.5, 0.0, 1.0]
+    assert torch.equal(shaped.response_mask, r.response_mask)
+    with pytest.raises(RolloutError, match="finite"):  # every other check still runs
+        r.replace(outcome=torch.tensor([0.5, float("inf"), 1.0]))
+    bad_mask = r.response_mask.clone()
+    bad_mask[0, 4] = True  # outside every step span
+    with pytest.raises(RolloutError, match="outside every step span"):
+        r.replace(response_mask=bad_mask)
+    assert calls  # a new mask is compared with the spans

@@ -193,13 +193,14 @@ def test_split_groups_rejects_bad_counts():
 def test_equals_sees_every_column_and_text():
     r = random_rollouts(11)
     assert r.equals(r.select(torch.arange(r.num_trajectories)))
-    assert not r.equals(Rollouts(**{**_columns_of(r), "reward": r.reward + 1}, texts=r.texts))
+    assert not r.equals(Rollouts(**{**columns_of(r), "reward": r.reward + 1}, texts=r.texts))
     texts = Texts(**{**{k: getattr(r.texts, k) for k in TEXT_COLUMNS}, "action": r.texts.action.take(
         np.roll(np.arange(r.num_steps), 1))})  # fmt: skip
-    assert r.num_steps >= 2 and not r.equals(Rollouts(**_columns_of(r), texts=texts))
+    assert r.num_steps >= 2 and not r.equals(Rollouts(**columns_of(r), texts=texts))
 
 
-def _columns_of(r: Rollouts) -> dict[str, Tensor]:
+def columns_of(r: Rollouts) -> dict[str, Tensor]:
+    """A batch's tensor columns that are set, to rebuild it (``Rollouts(**columns_of(r), texts=...)``)."""
     return {k: getattr(r, k) for k in r.columns() if getattr(r, k) is not None}
 
 
@@ -221,7 +222,7 @@ def test_a_new_column_is_one_declaration(tmp_path):
     assert "difficulty" in WithDifficulty.columns() and "difficulty" not in Rollouts.columns()
     base = random_rollouts(5)
     n = base.num_trajectories
-    r = WithDifficulty(**_columns_of(base), difficulty=list(range(n)), texts=base.texts)
+    r = WithDifficulty(**columns_of(base), difficulty=list(range(n)), texts=base.texts)
     assert r.difficulty.dtype == torch.float32  # coerced to its dtype
     assert r.select([n - 1]).difficulty.tolist() == [n - 1]  # selected with its level
     assert WithDifficulty.concat(r.split_groups(3)).equals(r)  # concat / split
@@ -232,10 +233,10 @@ def test_a_new_column_is_one_declaration(tmp_path):
     assert read_parquet(tmp_path / "d.parquet", cls=WithDifficulty).equals(r)
     assert load(tmp_path / "d.parquet").equals(base)  # plain Rollouts ignore it
     with pytest.raises(RolloutError, match="expected a finite number") as info:  # checked
-        WithDifficulty(**_columns_of(base), difficulty=[float("nan")] * n, texts=base.texts)
+        WithDifficulty(**columns_of(base), difficulty=[float("nan")] * n, texts=base.texts)
     assert info.value.field == "difficulty" and info.value.trajectory == base.trajectory_id(0)
     with pytest.raises(RolloutError, match="one per trajectory"):
-        WithDifficulty(**_columns_of(base), difficulty=[0.0] * (n + 1), texts=base.texts)
+        WithDifficulty(**columns_of(base), difficulty=[0.0] * (n + 1), texts=base.texts)
     recs = [
         DifficultyRecord(id="a", group="g", outcome=1.0, steps=[StepRecord("x")], difficulty=0.7),
         DifficultyRecord(id="b", group="g", outcome=0.0, steps=[StepRecord("y")]),

@@ -17,6 +17,7 @@ from stepcredit.envs.synthetic import make_rollouts
 from stepcredit.io import credit_table, iter_group_chunks, to_arrow, write_credit_parquet, write_parquet
 from stepcredit.recipe import Recipe
 from stepcredit.streaming import AuditWork, CreditWork, map_chunks, stream_audit, stream_credit
+from tests.audit.test_audit_cli import run as cli
 
 # group-local recipes: each trajectory's credit depends on its group only
 RECIPES = ["grpo", "gigpo", "toolpo", "mt_grpo", "call_consensus", "grpo_roc"]
@@ -61,6 +62,16 @@ def test_one_chunk_is_the_in_memory_audit(dataset, whole):
     )
 
 
+def same_to_last_bits(a: dict, b: dict) -> None:
+    """Equal keys; numbers equal to 1e-12 relative, anything else (``None``, text) exactly."""
+    assert a.keys() == b.keys()
+    for key, x in b.items():
+        if isinstance(x, float):
+            assert a[key] == pytest.approx(x, rel=1e-12, nan_ok=True), key
+        else:
+            assert a[key] == x, key
+
+
 @pytest.mark.parametrize("chunk_groups", [1, 3, 16])
 def test_chunks_of_group_local_recipes_give_the_whole_log_audit(dataset, whole, chunk_groups):
     """Headline, intervals, breakdown, counts: integer sums, exact; means and shares: sums in another
@@ -74,9 +85,9 @@ def test_chunks_of_group_local_recipes_give_the_whole_log_audit(dataset, whole, 
         assert json.dumps([a.metrics, a.intervals, a.breakdown, a.num_kept]) == json.dumps(
             [b.metrics, b.intervals, b.breakdown, b.num_kept]
         )
-        assert a.density == pytest.approx(b.density)
+        same_to_last_bits(a.density, b.density)
         for row_a, row_b in zip(a.length_skew, b.length_skew, strict=True):
-            assert row_a == pytest.approx(row_b)
+            same_to_last_bits(row_a, row_b)
         for label in a.mean_credit:
             for outcome in ("failure", "success"):
                 x, y = a.mean_credit[label][outcome], b.mean_credit[label][outcome]
@@ -93,8 +104,8 @@ def test_the_bootstrap_resamples_groups_of_the_whole_log(dataset, whole):
     assert torch.equal(torch.cat(list(M.bootstrap_count_chunks(40, 300, 9, rows=7))), at_once)
     u = M.units(whole, Recipe.builtin("gigpo").run(whole).credit)
     stats = M.group_sums(u, whole.num_groups)
-    small = M.stats_intervals(stats, samples=300, seed=9, chunk_elements=40 * 3)  # 3 replicates per chunk
-    assert json.dumps(small) == json.dumps(M.stats_intervals(stats, samples=300, seed=9))
+    small = M.many_intervals([stats], samples=300, seed=9, chunk_elements=40 * 3)[0]  # 3 replicates per chunk
+    assert json.dumps(small) == json.dumps(M.many_intervals([stats], samples=300, seed=9)[0])
 
 
 def test_unit_stats_concatenate_to_the_whole_batch(whole):
@@ -142,8 +153,10 @@ def test_work_travels_as_plain_data(dataset):
     result = Recipe.builtin("toolpo").run(chunk)
     assert table.equals(credit_table(result.rollouts, result.credit, "toolpo"))
     audit_work = pickle.loads(pickle.dumps(AuditWork([Recipe.builtin("grpo").to_dict()], sample=1)))
-    part, credited = audit_work(0, chunk)
-    assert credited == [] and part.trajectories == chunk.num_trajectories
+    part, first = audit_work(0, chunk)
+    assert first is None and part.trajectories == chunk.num_trajectories  # not the sample chunk
+    _, (sample, credited) = audit_work(1, chunk)
+    assert sample is chunk and len(credited) == 1 and credited[0].kept.numel() == chunk.num_trajectories
 
 
 def test_chunks_disagreeing_on_the_unit_are_refused(tmp_path, log):
@@ -195,14 +208,6 @@ def test_ray_engine_equals_the_local_engine(dataset, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ the CLI
-def cli(*args: str):
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, "-m", "stepcredit.cli", *args], capture_output=True, text=True,
-                          timeout=300)
-
-
 def test_cli_streams_credit_and_audit_of_a_dataset_folder(dataset, whole, tmp_path):
     out = tmp_path / "credit.parquet"
     res = cli("credit", str(dataset), "--chunk-groups", "6", "-r", "gigpo", "-o", str(out))

@@ -282,14 +282,19 @@ def _streaming(log: Log, chunk_groups: int, engine: str, ray_address: str | None
     return RayOptions(address=ray_address, num_cpus=ray_cpus)
 
 
-def _chunk_progress(what: str, total: int) -> Any:
-    """A progress bar over trajectories on stderr (transient) and the callback that advances it."""
+def _streamed(what: str, log: Log, run: Callable[[Callable[[int], None]], T]) -> T:
+    """``run(progress)`` under a transient progress bar over the log's trajectories on stderr
+    (``progress(n)``: n more done); an error is one line and exit 2."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from stepcredit.streaming import dataset_rows
+
+    total = _guard(lambda: dataset_rows(log.path))
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    console=err_console, transient=True)
     job = bar.add_task(what, total=total)
-    return bar, lambda n: bar.advance(job, n)
+    with bar:
+        return _guard(lambda: run(lambda n: bar.advance(job, n)))
 
 
 @app.command()
@@ -314,16 +319,14 @@ def credit(
     log.output(output, (".jsonl", ".parquet"))
     stream = _streaming(log, chunk_groups, engine, ray_address, ray_cpus)
     if stream is not None:
-        from stepcredit.streaming import dataset_rows, stream_credit
+        from stepcredit.streaming import stream_credit
 
         if output.suffix != ".parquet":
             _exit(RolloutError("streamed credit is written as Parquet: name a .parquet output", source=str(output),
                                field="output"))
-        bar, advance = _chunk_progress(f"credit · {rec.name} · {engine}", _guard(lambda: dataset_rows(log.path)))
-        with bar:
-            counts = _guard(lambda: stream_credit(log.path, rec, output, chunk_groups=chunk_groups,
-                                                  engine=engine, ray=stream, progress=advance,  # type: ignore[arg-type]
-                                                  allow_imports=allow_imports))
+        counts = _streamed(f"credit · {rec.name} · {engine}", log, lambda progress: stream_credit(
+            log.path, rec, output, chunk_groups=chunk_groups, engine=engine, ray=stream,  # type: ignore[arg-type]
+            progress=progress, allow_imports=allow_imports))
         share = counts["nonzero_steps"] / counts["steps"] if counts["steps"] else 0.0
         console.print(
             f"{escape(rec.name)}: credited {counts['credited']} of {counts['trajectories']} trajectories in "
@@ -436,20 +439,17 @@ def audit(
     )
     stream = _streaming(log, chunk_groups, engine, ray_address, ray_cpus)
     if stream is not None:
-        from stepcredit.streaming import dataset_rows, stream_audit
+        from stepcredit.streaming import stream_audit
 
         if references is not None:
             _exit(RolloutError("--references labels a whole log as it loads: audit without --chunk-groups, or "
                                "stream a Parquet dataset that carries its labels", field="--references"))
         if labels == "none":
             _exit(no_labels)
-        bar, advance = _chunk_progress(f"audit · {len(loaded)} recipes · {engine}",
-                                       _guard(lambda: dataset_rows(log.path)))
-        with bar:
-            result = _guard(lambda: stream_audit(
-                log.path, loaded, chunk_groups=chunk_groups, engine=engine, bootstrap=bootstrap,  # type: ignore[arg-type]
-                seed=seed, success_threshold=success_threshold, ray=stream, progress=advance,
-                allow_imports=allow_imports))
+        result = _streamed(f"audit · {len(loaded)} recipes · {engine}", log, lambda progress: stream_audit(
+            log.path, loaded, chunk_groups=chunk_groups, engine=engine, bootstrap=bootstrap,  # type: ignore[arg-type]
+            seed=seed, success_threshold=success_threshold, ray=stream, progress=progress,
+            allow_imports=allow_imports))
     else:
         rollouts = log.load(references=references)
         if labels == "none" or (rollouts.call_label is None and rollouts.label is None):

@@ -16,7 +16,7 @@ import inspect
 import math
 import types
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -269,7 +269,7 @@ class Recipe:
             idx, outcome = picked if isinstance(picked, tuple) else (picked, None)
             r, kept = r.select(idx), kept[idx]
             if outcome is not None:  # a gate that re-scores what it keeps (e.g. infeasible rollouts)
-                r = _with_outcome(r, outcome)
+                r = r.replace(outcome=outcome)
         credit: Credit | None = None
         for s in self.credit:
             part = s.component.fn(r, **s.params).check(r, s.name)
@@ -281,13 +281,6 @@ class Recipe:
             idx = s.component.fn(r, credit, **s.params)
             credit, r, kept = credit.select(r, idx), r.select(idx), kept[idx]
         return RecipeResult(r, credit, kept)
-
-
-def _with_outcome(rollouts: Rollouts, outcome: Tensor) -> Rollouts:
-    """``replace(rollouts, outcome=outcome)``, checked as any batch except for the token spans' cover of
-    the mask, which a new outcome leaves as it was."""
-    columns = {f.name: getattr(rollouts, f.name) for f in fields(rollouts) if f.init}
-    return type(rollouts).trusted({"token_cover"}, **{**columns, "outcome": outcome})
 
 
 def builtin_recipes() -> dict[str, str]:

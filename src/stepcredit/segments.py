@@ -7,13 +7,16 @@ decision point) each row belongs to, or on CSR offsets. All functions are vector
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+R = TypeVar("R")
 
 Norm = Literal["std", "mean", "none"]
 CONSTANT_RTOL = 8 * torch.finfo(torch.float32).eps
@@ -318,9 +321,30 @@ def broadcast_to_tokens(values: Tensor, index_map: Tensor) -> Tensor:
 
 
 _SAME_WIDTH_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
 _ROW_BLOCK_BYTES = 1 << 20  # output bytes per block of rows in ``rows_under_mask``
+
+
+def in_row_shares(n: int, block: int, work: Callable[[int, int], R]) -> list[R]:
+    """Host-side work over rows ``[0, n)`` on ``torch.get_num_threads()`` threads: the rows are cut
+    into shares of whole blocks of ``block`` rows, one share per thread (numpy releases the GIL),
+    ``work(lo, hi)`` runs on each share — the calling thread takes the first — and the results come
+    back in row order."""
+    firsts = list(range(0, n, block))
+    share = -(-len(firsts) // max(1, min(torch.get_num_threads(), len(firsts))))  # blocks per thread
+    spans = [(firsts[k], firsts[k + share] if k + share < len(firsts) else n) for k in range(0, len(firsts), share)]
+    if len(spans) <= 1:
+        return [work(*span) for span in spans]
+    with ThreadPoolExecutor(len(spans) - 1) as pool:
+        others = [pool.submit(work, *span) for span in spans[1:]]
+        return [work(*spans[0])] + [f.result() for f in others]
+
+
+def host_array(x: Tensor) -> np.ndarray | None:
+    """``x`` as a numpy view, or ``None`` for what numpy cannot view (bfloat16, conjugate, sparse)."""
+    try:
+        return x.detach().numpy()
+    except (TypeError, RuntimeError):
+        return None
 
 
 def rows_under_mask(values: Tensor, mask: Tensor) -> Tensor:
@@ -333,23 +357,15 @@ def rows_under_mask(values: Tensor, mask: Tensor) -> Tensor:
     tenth less than torch's ``where`` of a bool mask. Elsewhere, or for a dtype numpy lacks,
     ``torch.where``.
     """
-    zero = torch.zeros((), dtype=values.dtype, device=mask.device)
     b, t = mask.shape
-    cpu = mask.device.type == "cpu" and values.device.type == "cpu" and mask.dtype == torch.bool
-    if not cpu or not b or not t or values.requires_grad:
-        return torch.where(mask, values[:, None], zero)
-    try:
-        src = values.detach().numpy()
-        keep = mask.numpy()
-    except (TypeError, RuntimeError):  # bfloat16, a conjugate / sparse tensor
-        return torch.where(mask, values[:, None], zero)
+    host = mask.device.type == "cpu" and values.device.type == "cpu" and mask.dtype == torch.bool
+    src = host_array(values) if host and b and t and not values.requires_grad else None
+    if src is None:
+        return torch.where(mask, values[:, None], torch.zeros((), dtype=values.dtype, device=mask.device))
+    keep = mask.numpy()
     out = torch.empty((b, t), dtype=values.dtype)
     dst = out.numpy()
     block = max(1, _ROW_BLOCK_BYTES // (t * dst.itemsize))
-    firsts = list(range(0, b, block))
-    parts = max(1, min(torch.get_num_threads(), len(firsts)))
-    share = -(-len(firsts) // parts)
-    bounds = [(firsts[k], firsts[k + share] if k + share < len(firsts) else b) for k in range(0, len(firsts), share)]
 
     def work(lo: int, hi: int) -> None:
         for a in range(lo, hi, block):
@@ -357,14 +373,7 @@ def rows_under_mask(values: Tensor, mask: Tensor) -> Tensor:
             dst[a:e].fill(0)
             np.copyto(dst[a:e], src[a:e, None], where=keep[a:e])
 
-    if len(bounds) == 1:
-        work(*bounds[0])
-    else:  # this thread takes the first share
-        with ThreadPoolExecutor(len(bounds) - 1) as pool:
-            others = [pool.submit(work, *span) for span in bounds[1:]]
-            work(*bounds[0])
-            for f in others:
-                f.result()
+    in_row_shares(b, block, work)
     return out
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,7 +76,7 @@ def dataset_rows(source: str | Path) -> int:
     """Trajectories in a Parquet file or dataset folder, from the files' footers."""
     import pyarrow.parquet as pq
 
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in dataset_files(source))
+    return sum(pq.read_metadata(p).num_rows for p in dataset_files(source))
 
 
 def map_chunks(
@@ -109,8 +109,19 @@ def _recipes(specs: Sequence[dict[str, Any]], allow_imports: bool) -> list[Recip
     return [Recipe.from_dict(s, allow_imports=allow_imports) for s in specs]
 
 
+class _Shipped:
+    """Work that pickles as its ``init`` fields (recipes as their ``to_dict``): what it loads lazily —
+    the recipes — is rebuilt where it runs."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}  # type: ignore[arg-type]
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]
+
+
 @dataclass
-class CreditWork:
+class CreditWork(_Shipped):
     """Credit of one chunk by a recipe, as a table of the credit file (``io.credit_table``), with
     counts: ``(table, trajectories credited, steps, steps with non-zero credit)``. The recipe travels
     as its ``to_dict`` (it is rebuilt where the work runs)."""
@@ -118,12 +129,6 @@ class CreditWork:
     recipe: dict[str, Any]
     allow_imports: bool = False
     _loaded: Recipe | None = field(default=None, init=False, repr=False, compare=False)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"recipe": self.recipe, "allow_imports": self.allow_imports}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**state)  # type: ignore[misc]
 
     def __call__(self, index: int, chunk: Rollouts) -> tuple[pa.Table, int, int, int]:
         if self._loaded is None:
@@ -136,9 +141,10 @@ class CreditWork:
 
 
 @dataclass
-class AuditWork:
+class AuditWork(_Shipped):
     """The audit statistics of one chunk for every recipe (``auditing.run.batch_part``), and for the
-    sample chunk (index ``sample``) each recipe's credit per unit, for the report."""
+    sample chunk (index ``sample``) the chunk itself with each recipe's credit per unit, for the
+    report (``None`` for every other chunk)."""
 
     recipes: list[dict[str, Any]]
     allow_imports: bool = False
@@ -147,17 +153,13 @@ class AuditWork:
     sample: int = 0
     _loaded: list[Recipe] | None = field(default=None, init=False, repr=False, compare=False)
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("recipes", "allow_imports", "success_threshold", "subsets", "sample")}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**state)  # type: ignore[misc]
-
-    def __call__(self, index: int, chunk: Rollouts) -> tuple[BatchPart, list[Credited]]:
+    def __call__(self, index: int, chunk: Rollouts) -> tuple[BatchPart, tuple[Rollouts, list[Credited]] | None]:
         if self._loaded is None:
             self._loaded = _recipes(self.recipes, self.allow_imports)
-        return batch_part(chunk, self._loaded, success_threshold=self.success_threshold, subsets=self.subsets,
-                          keep_credit=index == self.sample)
+        sample = index == self.sample
+        part, credited = batch_part(chunk, self._loaded, success_threshold=self.success_threshold,
+                                    subsets=self.subsets, keep_credit=sample)
+        return part, (chunk, credited) if sample else None
 
 
 def stream_credit(
@@ -215,13 +217,12 @@ def stream_audit(
     loaded = [Recipe.load(r, allow_imports=allow_imports) for r in recipes]
     work = AuditWork([r.to_dict() for r in loaded], allow_imports, success_threshold, subsets)
     parts: list[BatchPart] = []
-    credited: list[Credited] = []
-    for k, rows, (part, sample_credit) in map_chunks(source, chunk_groups, work, engine=engine, cls=cls, ray=ray):
+    sample: tuple[Rollouts, list[Credited]] | None = None
+    for _, rows, (part, first) in map_chunks(source, chunk_groups, work, engine=engine, cls=cls, ray=ray):
         parts.append(part)
-        if k == work.sample:
-            credited = sample_credit
+        sample = first or sample
         if progress is not None:
             progress(rows)
-    sample = next(iter(iter_group_chunks(source, chunk_groups, cls=cls)))
-    return finish(parts, loaded, sample, credited, seconds=time.perf_counter() - start, bootstrap=bootstrap,
+    assert sample is not None  # a dataset has a first chunk (iter_group_chunks refuses an empty one)
+    return finish(parts, loaded, *sample, seconds=time.perf_counter() - start, bootstrap=bootstrap,
                   seed=seed, success_threshold=success_threshold)

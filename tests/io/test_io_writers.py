@@ -10,6 +10,7 @@ from stepcredit import RolloutError, Rollouts
 from stepcredit.envs.synthetic import make_rollouts
 from stepcredit.io import from_trainer_tensors, load, write_chat_jsonl, write_parquet
 from stepcredit.rollouts import Texts
+from tests.test_schema import columns_of
 
 TENSOR_FIELDS = (
     "group",
@@ -113,3 +114,16 @@ def test_bad_parquet(tmp_path, synthetic):
         load(tmp_path / "no_outcome.parquet")
     with pytest.raises(RolloutError, match="on its own"):
         load([tmp_path / "ok.parquet", tmp_path / "no_outcome.parquet"])
+
+
+def test_parquet_keeps_contiguous_groups_in_their_order(tmp_path, synthetic):
+    """Groups already together stay as they are even when their ids are not ascending (groups 1, 1,
+    0, 0 …); only groups whose trajectories lie apart are gathered."""
+    order = torch.argsort(synthetic.group, stable=True)
+    descending = synthetic.select(torch.cat([order[synthetic.group[order] == g] for g in
+                                             range(synthetic.num_groups - 1, -1, -1)]))
+    descending = Rollouts(**{**columns_of(descending), "group": synthetic.num_groups - 1 - descending.group},
+                          texts=descending.texts)  # ids now run 5, 5, …, 0, 0 (one name each, reversed)
+    assert bool((descending.group[1:] < descending.group[:-1]).any())
+    write_parquet(descending, tmp_path / "d.parquet")
+    assert pq.read_table(tmp_path / "d.parquet").column("id").to_pylist() == descending.texts.ids.to_pylist()

@@ -14,6 +14,7 @@ from stepcredit import RolloutError
 from stepcredit.io import _buffers, _tensors, from_trainer_tensors
 from stepcredit.io._tensors import _scan_numpy, _scan_torch, _sorted_groups, _string_codes, dense_groups
 from stepcredit.rollouts import Rollouts
+from tests.test_schema import columns_of
 
 
 def _reference_groups(index):
@@ -48,13 +49,27 @@ INDEXES = {
 }
 
 
+FAST = ["uuid strings", "verl uid repeat", "numpy str", "non-ascii", "list of str", "mixed list", "one"]
+
+
 @pytest.mark.parametrize("name", list(INDEXES))
 def test_dense_groups_equal_the_sorting_path(name):
+    """Plain-string indexes take the hashed path and give what sorting gives; every other index takes
+    the sorting path itself (checked, so no case compares that path with itself unawares)."""
     index = INDEXES[name]
+    arr = np.asarray(index.cpu().numpy() if isinstance(index, torch.Tensor) else index)
+    assert (_string_codes(arr) is not None) == (name in FAST), name
     got_ids, got_names = dense_groups(index)
     want_ids, want_names = _reference_groups(index)
     assert got_ids.dtype == torch.int64 and torch.equal(got_ids, want_ids)
     assert got_names == want_names and all(type(n) is str for n in got_names)
+
+
+def test_dense_groups_by_hand():
+    ids, names = dense_groups(np.array(["b", "a", "b", "c\x00", 3], dtype=object))  # the sorting path
+    assert ids.tolist() == [0, 1, 0, 2, 3] and names == ["b", "a", "c", "3"]  # astype(str) drops a trailing NUL
+    ids, names = dense_groups(np.array(["é", "x", "é"], dtype=object))  # the hashed path
+    assert ids.tolist() == [0, 1, 0] and names == ["é", "x"]
 
 
 def test_string_codes_take_only_plain_strings():
@@ -130,11 +145,10 @@ def test_scan_of_any_mask_dtype_and_layout(convert, monkeypatch):
 def test_nan_in_mask_counts_as_one(monkeypatch):
     monkeypatch.setattr(_tensors, "_CHUNK_BYTES", 16)
     mask = torch.tensor([[0.0, float("nan"), 1.0, 0.0, float("nan")], [1.0, 0.0, 0.0, 0.0, 0.0]])
-    _same_scan(_tensors._scan(mask, None, []), _scan_torch(mask, None, []))
-
-
-def _columns(r):
-    return {k: getattr(r, k) for k in Rollouts.columns() if getattr(r, k) is not None}
+    got = _tensors._scan(mask, None, [])
+    assert got.mask.tolist() == [[False, True, True, False, True], [True, False, False, False, False]]
+    assert (got.rows.tolist(), got.starts.tolist(), got.ends.tolist()) == ([0, 0, 1], [1, 4, 0], [3, 5, 1])
+    _same_scan(got, _scan_torch(mask, None, []))
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -153,7 +167,7 @@ def test_from_trainer_tensors_equals_fully_validated_build(threads, monkeypatch)
         kwargs = dict(responses=tokens, tool_call_start=[7], tool_call_end=[8, 8])
         r = from_trainer_tensors(mask, uids, outcome=torch.rand(23), **kwargs)
         assert r.num_calls == 4 * 21
-        full = Rollouts(**_columns(r), texts=r.texts)
+        full = Rollouts(**columns_of(r), texts=r.texts)  # the ordinary, fully validated construction
         assert full.equals(r)
         monkeypatch.setattr(_tensors, "_CHUNK_BYTES", 1 << 20)
         torch.set_num_threads(1)
@@ -180,38 +194,47 @@ def test_default_ids_and_names_are_text():
     assert r.texts.action.to_pylist() == ["", "", ""]
 
 
-def test_recycled_mask_buffer_is_never_shared_while_alive_and_fully_rewritten():
+def base(x):
+    """The address of the buffer a tensor views (a view's own ``data_ptr`` is offset into it)."""
+    return x.untyped_storage().data_ptr()
+
+
+@pytest.fixture
+def empty_pool():
+    _buffers.clear()
+    yield
+    _buffers.clear()
+
+
+def test_recycled_mask_buffer_is_never_shared_while_alive_and_fully_rewritten(empty_pool):
     """The scan's mask buffer goes back to the pool only when every view of it is gone; a recycled
     buffer holding the previous batch's bytes gives exactly the torch kernels' mask."""
-    _buffers.clear()
     first, _ = _random_batch(40, 101, seed=1)
     kept = _tensors._scan(first, None, []).mask
     view = kept[3:9]  # a view alone keeps the buffer
     del kept
     a, b = _tensors._scan(first, None, []).mask, _tensors._scan(first, None, []).mask
-    assert a.data_ptr() != b.data_ptr() and view.data_ptr() not in (a.data_ptr(), b.data_ptr())
+    assert base(a) != base(b) and base(view) not in (base(a), base(b))
     want_view = first[3:9] != 0
     assert torch.equal(view, want_view)
-    used = {a.data_ptr(), b.data_ptr()}
+    used = {base(a), base(b)}
     del a, b
     for seed in range(2, 6):  # the pool now holds the two buffers: each scan reuses one
         mask, _ = _random_batch(40, 101, seed=seed)
         if seed % 2:
             mask = torch.ones_like(mask)  # every byte of the old mask changes
         got = _tensors._scan(mask, None, [])
-        assert got.mask.data_ptr() in used
+        assert base(got.mask) in used
         _same_scan(got, _scan_torch(mask, None, []))
         assert torch.equal(view, want_view)  # the live view was never handed out again
         del got
     smaller, _ = _random_batch(20, 101, seed=9)  # a buffer up to twice the size serves a smaller batch
     got = _tensors._scan(smaller, None, [])
-    assert got.mask.data_ptr() in used and got.mask.shape == (20, 101)
+    assert base(got.mask) in used and got.mask.shape == (20, 101)
     _same_scan(got, _scan_torch(smaller, None, []))
-    _buffers.clear()
 
 
-def test_mask_pool_keeps_at_most_keep_buffers():
-    _buffers.clear()
+def test_mask_pool_keeps_at_most_keep_buffers(empty_pool):
     masks = [_tensors._scan(torch.ones(8, 16), None, []).mask for _ in range(_buffers.KEEP + 3)]
     del masks
     assert len(_buffers._free_masks) == _buffers.KEEP

@@ -225,13 +225,12 @@ class ScoreCells:
 
 
 def _score_cells(credit: Tensor, group: Tensor, pick: Tensor, num_groups: int) -> ScoreCells:
-    uniq, score_bin = torch.unique(credit[pick], return_inverse=True)
-    width = max(uniq.numel(), 1)
-    key = group[pick] * width + score_bin
-    cell, count = torch.unique(key, return_counts=True)
-    total = torch.zeros(num_groups, dtype=torch.float64, device=group.device)
-    total.index_add_(0, group[pick], torch.ones_like(key, dtype=torch.float64))
-    return ScoreCells(cell // width, uniq[cell % width], count.double(), total)
+    g, score = group[pick], credit[pick]
+    uniq, score_bin = torch.unique(score, return_inverse=True)
+    cell, num_cells = segments.unique_pairs(g, score_bin, a_size=num_groups)
+    cell_group, cell_bin = segments.pair_members(cell, num_cells, g, score_bin)
+    count = segments.segment_count(cell, num_cells).double()
+    return ScoreCells(cell_group, uniq[cell_bin], count, segments.segment_count(g, num_groups).double())
 
 
 @dataclass(frozen=True)
@@ -391,8 +390,8 @@ def bootstrap_counts(num_groups: int, samples: int, seed: int) -> Tensor:
     """``(samples, num_groups)`` float64: how often each group is drawn in each replicate, every
     replicate drawing ``num_groups`` groups with replacement (seeded; drawn on the CPU, so that a seed
     gives the same replicates on every device)."""
-    return torch.cat([*bootstrap_count_chunks(num_groups, samples, seed, rows=max(samples, 1))]) if samples > 0 else (
-        torch.zeros(0, num_groups, dtype=torch.float64))
+    empty = torch.zeros(0, num_groups, dtype=torch.float64)
+    return next(bootstrap_count_chunks(num_groups, samples, seed, rows=max(samples, 1)), empty)
 
 
 def bootstrap_intervals(
@@ -405,23 +404,10 @@ def bootstrap_intervals(
     chunk_elements: int = _CHUNK_ELEMENTS,
 ) -> dict[str, tuple[float, float]]:
     """Percentile intervals of the headline metrics over ``samples`` bootstrap resamples of the groups
-    (each replicate draws ``num_groups`` groups with replacement; seeded): ``stats_intervals`` of
-    ``group_sums(u, num_groups)``."""
-    return stats_intervals(group_sums(u, num_groups), samples=samples, seed=seed, level=level,
-                           chunk_elements=chunk_elements)
-
-
-def stats_intervals(
-    stats: GroupStats,
-    *,
-    samples: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-    chunk_elements: int = _CHUNK_ELEMENTS,
-) -> dict[str, tuple[float, float]]:
-    """Percentile intervals of the headline metrics over ``samples`` bootstrap resamples of the groups
-    of ``stats`` (``many_intervals`` of one)."""
-    return many_intervals([stats], samples=samples, seed=seed, level=level, chunk_elements=chunk_elements)[0]
+    (each replicate draws ``num_groups`` groups with replacement; seeded): ``many_intervals`` of
+    ``group_sums(u, num_groups)`` alone."""
+    return many_intervals([group_sums(u, num_groups)], samples=samples, seed=seed, level=level,
+                          chunk_elements=chunk_elements)[0]
 
 
 def many_intervals(
@@ -432,8 +418,9 @@ def many_intervals(
     level: float = 0.95,
     chunk_elements: int = _CHUNK_ELEMENTS,
 ) -> list[dict[str, tuple[float, float]]]:
-    """``stats_intervals`` of several statistics of the same groups (recipes, unit subsets) under the
-    same replicates, each chunk of replicates drawn once for all of them.
+    """Percentile intervals of the headline metrics over ``samples`` bootstrap resamples of the groups,
+    for several statistics of the same groups (recipes, unit subsets) under the same replicates, each
+    chunk of replicates drawn once for all of them.
 
     Replicates are evaluated from per-group sufficient statistics (``group_headline``), never as a
     (samples × units) matrix, and drawn in chunks of replicates (``bootstrap_count_chunks``): memory
@@ -504,14 +491,10 @@ def mean_credit_sums(u: Units) -> Tensor:
     credited units and the sum of their credit — what ``mean_credit_table`` needs, and it adds up
     across chunks of a stream."""
     ok = ~torch.isnan(u.credit)
-    credit = torch.nan_to_num(u.credit).double()
-    out = torch.zeros(3, 2, 2, dtype=torch.float64)
-    for i, (_, value) in enumerate(_LABELS):
-        for j, mask in enumerate((u.failed, ~u.failed)):
-            pick = (u.label == value) & mask & ok
-            out[i, j, 0] = pick.sum()
-            out[i, j, 1] = credit[pick].sum()
-    return out
+    cell = ((1 - u.label.long()) * 2 + (~u.failed).long())[ok]  # label +1 / 0 / −1 × failure / success
+    count = segments.segment_count(cell, 6).double()
+    total = segments.segment_sum(u.credit[ok].double(), cell, 6)
+    return torch.stack([count, total], -1).view(3, 2, 2).cpu()
 
 
 def mean_credit_from(sums: Tensor) -> dict[str, dict[str, dict[str, float | int]]]:
@@ -584,10 +567,8 @@ def length_skew_sums(rollouts: Rollouts, credit: Credit, buckets: tuple[int, ...
     bounds = torch.tensor(buckets[1:], dtype=n.dtype, device=n.device)
     bucket = torch.bucketize(n, bounds, right=True)  # trajectories below buckets[0] steps fall in none
     keep = n >= buckets[0]
-    out = torch.zeros(len(buckets), 2, dtype=torch.float64)
-    out[:, 0].index_add_(0, bucket[keep].cpu(), torch.ones(int(keep.sum()), dtype=torch.float64))
-    out[:, 1].index_add_(0, bucket[keep].cpu(), mass[keep].cpu())
-    return out
+    count = segments.segment_count(bucket[keep], len(buckets)).double()
+    return torch.stack([count, segments.segment_sum(mass[keep], bucket[keep], len(buckets))], -1).cpu()
 
 
 def length_skew_from(

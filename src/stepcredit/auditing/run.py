@@ -3,14 +3,15 @@
 Every figure of the audit is made from *sums over groups* (``RecipePart``): the headline metrics and
 their bootstrap from per-group sufficient statistics (``metrics.UnitStats``), the mean-credit table,
 signal density and length skew from counts and sums. A batch audited at once is one part; a log
-streamed chunk by chunk (``stepcredit.auditing.stream``) is many, added up in chunk order.
+streamed chunk by chunk (``stepcredit.streaming``) is many, added up in chunk order.
 """
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -52,12 +53,8 @@ class RecipeAudit:
     density: dict[str, float | None]
     length_skew: list[dict[str, Any]]
     # the headline on subsets of the units (``metrics.SUBSETS``): {"units", "metrics", "intervals"}
-    breakdown: dict[str, dict[str, Any]] = field(default_factory=dict)
-    num_kept: int = -1  # trajectories credited in all (default: kept.numel())
-
-    def __post_init__(self) -> None:
-        if self.num_kept < 0:
-            self.num_kept = int(self.kept.numel())
+    breakdown: dict[str, dict[str, Any]]
+    num_kept: int  # trajectories credited in all (in a stream: every chunk's)
 
 
 @dataclass
@@ -67,23 +64,15 @@ class Audit:
 
     rollouts: Rollouts
     unit: str
-    recipes: list[RecipeAudit] = field(default_factory=list)
-    seconds: float = 0.0
-    bootstrap: int = 0
-    success_threshold: float = 1.0
-    calibration: dict[str, float] | None = None  # when trajectories state a confidence
-    trajectories: int = -1  # default: rollouts.num_trajectories
-    groups: int = -1  # default: rollouts.num_groups
-    chunks: int = 1
-    failed: int = -1  # trajectories below success_threshold; default: counted in rollouts
-
-    def __post_init__(self) -> None:
-        if self.trajectories < 0:
-            self.trajectories = self.rollouts.num_trajectories
-        if self.groups < 0:
-            self.groups = self.rollouts.num_groups
-        if self.failed < 0:
-            self.failed = int((self.rollouts.outcome < self.success_threshold).sum())
+    recipes: list[RecipeAudit]
+    seconds: float
+    bootstrap: int
+    success_threshold: float
+    calibration: dict[str, float] | None  # when trajectories state a confidence
+    trajectories: int  # in all chunks
+    groups: int
+    chunks: int
+    failed: int  # trajectories below success_threshold
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -236,14 +225,11 @@ def finish_recipes(
     return out
 
 
-def _total(tensors: Any) -> Tensor:
+def _total(tensors: Iterable[Tensor]) -> Tensor:
     """The sum of per-chunk tensors, added one after the other in chunk order (so every engine that
     hands the same parts in the same order gets the same bits)."""
-    out: Tensor | None = None
-    for t in tensors:
-        out = t.clone() if out is None else out.add_(t)
-    assert out is not None
-    return out
+    total: Tensor = functools.reduce(torch.add, tensors)
+    return total
 
 
 def finish(

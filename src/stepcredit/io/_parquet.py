@@ -85,7 +85,8 @@ def write_parquet(rollouts: Rollouts, path: str | Path) -> None:
     contiguous keeps its order.
     Written atomically, in row groups of ``ROW_GROUP_SIZE``."""
     r = rollouts
-    if r.num_trajectories > 1 and not bool((r.group[1:] >= r.group[:-1]).all()):
+    runs = 1 + int((r.group[1:] != r.group[:-1]).sum()) if r.num_trajectories else 0
+    if runs != r.num_groups:  # some group's trajectories are apart
         r = r.select(torch.argsort(r.group, stable=True))
     with atomic_write(path, "wb") as f:
         pq.write_table(to_arrow(r), f, row_group_size=ROW_GROUP_SIZE)

@@ -168,10 +168,28 @@ def _runs(batch: pa.RecordBatch, file: _File) -> tuple[np.ndarray, list[bytes]]:
     return starts, raw.take(pa.array(starts)).to_pylist()
 
 
-def _batches(file: _File, batch_size: int, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+def _batches(
+    file: _File, batch_size: int, columns: list[str] | None = None, span: tuple[int, int] | None = None
+) -> Iterator[pa.RecordBatch]:
+    """The file's record batches; ``span=(start, stop)``: only its rows ``[start, stop)``, read from the
+    row groups that hold them. A read error names the file."""
     try:
         with pq.ParquetFile(file.path) as pf:
-            yield from pf.iter_batches(batch_size=batch_size, columns=columns)
+            if span is None:
+                yield from pf.iter_batches(batch_size=batch_size, columns=columns)
+                return
+            start, stop = span
+            sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
+            bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+            groups = [g for g in range(len(sizes)) if bounds[g] < stop and bounds[g + 1] > start]
+            at = int(bounds[groups[0]]) if groups else start
+            for batch in pf.iter_batches(batch_size=batch_size, columns=columns, row_groups=groups):
+                lo, hi = max(start, at), min(stop, at + batch.num_rows)
+                if hi > lo:
+                    yield batch.slice(lo - at, hi - lo)
+                at += batch.num_rows
+                if at >= stop:
+                    return
     except (pa.ArrowException, OSError, UnicodeError) as exc:
         raise _cannot_read(exc, file.source) from None
 
@@ -365,21 +383,7 @@ def read_chunk(plan: ChunkPlan, *, cls: type[Rollouts] = Rollouts, batch_size: i
     pieces: list[tuple[int, pa.RecordBatch]] = []
     for path, start, stop in plan.spans:
         i = paths.index(path)
-        try:
-            with pq.ParquetFile(files[i].path) as pf:
-                sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
-                bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-                groups = [g for g in range(len(sizes)) if bounds[g] < stop and bounds[g + 1] > start]
-                at = int(bounds[groups[0]]) if groups else start
-                for batch in pf.iter_batches(batch_size=batch_size, row_groups=groups):
-                    lo, hi = max(start, at), min(stop, at + batch.num_rows)
-                    if hi > lo:
-                        pieces.append((i, batch.slice(lo - at, hi - lo)))
-                    at += batch.num_rows
-                    if at >= stop:
-                        break
-        except (pa.ArrowException, OSError, UnicodeError) as exc:
-            raise _cannot_read(exc, files[i].source) from None
+        pieces += [(i, batch) for batch in _batches(files[i], batch_size, span=(start, stop))]
     if sum(b.num_rows for _, b in pieces) != plan.rows:
         raise RolloutError(
             f"chunk {plan.index} should hold {plan.rows} rows but {sum(b.num_rows for _, b in pieces)} were read: "

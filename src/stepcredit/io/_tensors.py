@@ -17,7 +17,6 @@ is skipped while every other check runs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -124,12 +123,9 @@ def _scan(response_mask: Tensor, responses: Tensor | None, patterns: Sequence[Se
     (``_scan_numpy``), else torch's whole-batch kernels (``_scan_torch``); both give the same."""
     n, t = response_mask.shape
     if response_mask.device.type == "cpu" and (responses is None or responses.device.type == "cpu") and n and t:
-        try:
-            source = response_mask.detach().numpy()
-            tokens = None if responses is None else responses.detach().numpy()
-        except (TypeError, RuntimeError):  # a dtype numpy lacks (bfloat16), a conjugate / sparse tensor
-            pass
-        else:
+        source = segments.host_array(response_mask)
+        tokens = None if responses is None else segments.host_array(responses)
+        if source is not None and (responses is None or tokens is not None):
             # the patterns in the tokens' dtype, as the torch kernels compare them
             pats = [] if responses is None else [torch.tensor(list(p), dtype=responses.dtype).numpy() for p in patterns]
             return _scan_numpy(source, tokens, pats)
@@ -151,7 +147,7 @@ def _scan_torch(response_mask: Tensor, responses: Tensor | None, patterns: Seque
 
 def _scan_numpy(source: np.ndarray, tokens: np.ndarray | None, patterns: list[np.ndarray]) -> _Scan:
     """Blocks of rows small enough for their temporaries to stay in cache, shared among
-    ``torch.get_num_threads()`` threads (numpy releases the GIL). Per block: the mask (``!= 0``,
+    ``torch.get_num_threads()`` threads (``segments.in_row_shares``). Per block: the mask (``!= 0``,
     written into the result), its edges (a neighbour compare into a row-padded scratch, so a run
     ending at ``T`` gets its edge at column ``T`` of its own row) and each pattern's starts on mask
     tokens. The set bytes are found word by word: per block its non-zero 8-byte words
@@ -163,9 +159,6 @@ def _scan_numpy(source: np.ndarray, tokens: np.ndarray | None, patterns: list[np
     width = (t + 8) // 8 * 8  # > t and whole 8-byte words: a row's edge at t stays in the row
     row_bytes = t * max(source.itemsize, 1 if tokens is None else tokens.itemsize, 1)
     block = max(1, _CHUNK_BYTES // row_bytes)  # rows whose input (mask or token ids) fills the chunk
-    firsts = list(range(0, n, block))
-    share = -(-len(firsts) // max(1, min(torch.get_num_threads(), len(firsts))))  # blocks per thread
-    spans = [(firsts[k], firsts[k + share] if k + share < len(firsts) else n) for k in range(0, len(firsts), share)]
     lengths = sorted({len(p) for p in patterns if 0 < len(p) <= t})
 
     def work(lo: int, hi: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -198,12 +191,7 @@ def _scan_numpy(source: np.ndarray, tokens: np.ndarray | None, patterns: list[np
                 _buffers.give_scratch(used)
         return [_concat_words(f) for f in found]
 
-    if len(spans) == 1:
-        results = [work(*spans[0])]
-    else:  # this thread takes the first share
-        with ThreadPoolExecutor(len(spans) - 1) as pool:
-            others = [pool.submit(work, *span) for span in spans[1:]]
-            results = [work(*spans[0])] + [f.result() for f in others]
+    results = segments.in_row_shares(n, block, work)
     merged = [_set_bytes(*_concat_words([r[k] for r in results])) for k in range(1 + len(patterns))]
     rows, cols = np.divmod(merged[0], width)
     hits = []

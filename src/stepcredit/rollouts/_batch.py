@@ -331,6 +331,15 @@ class Rollouts:
         lengths = self.step_token_end - self.step_token_start
         return segments.segment_sum(lengths, self.step_traj, self.num_trajectories)
 
+    def replace(self, **changes: Any) -> Rollouts:
+        """``dataclasses.replace(self, **changes)``, validated as any new batch — except that where no
+        column the step spans' cover of the mask depends on changes (the mask, the step spans, the
+        step offsets), that ``O(N·T)`` comparison is not made again (a new outcome, reward or state)."""
+        cover = {"response_mask", "step_token_start", "step_token_end", "step_offsets"}
+        columns = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        vouch: set[Vouch] = set() if cover & set(changes) else {"token_cover"}
+        return type(self).trusted(vouch, **{**columns, **changes})
+
     def expand(self, trajectories: Tensor) -> tuple[Tensor, Tensor]:
         """The steps and the calls of ``trajectories`` (in that order): ``(steps [S'], calls [C'])``."""
         steps = segments.ranges(self.step_offsets[trajectories], self.steps_per_trajectory[trajectories])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import replace
 from typing import Literal
 
 import torch
@@ -89,4 +88,4 @@ def brier(
     Pair it with a mean-only advantage (``grpo: {norm: mean}``) to keep the proper-scoring guarantee.
     """
     reward = rlcr_reward(rollouts, variant=variant, source=source, success_threshold=success_threshold)
-    return replace(rollouts, outcome=reward)
+    return rollouts.replace(outcome=reward)

@@ -10,7 +10,6 @@ by the separator, runs the model once per batch of trajectories, and returns one
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 import torch
@@ -74,7 +73,7 @@ def prm_mix(
         last = segments.segment_last(idx, n, positions=torch.nonzero(use).squeeze(1))
         agg = scores[last.clamp_min(0)]
     mixed = torch.where(count > 0, (1 - beta) * r.outcome + beta * agg, r.outcome)
-    return replace(r, outcome=mixed, prm=scores)
+    return r.replace(outcome=mixed, prm=scores)
 
 
 class HFProcessRewardScorer:

@@ -544,7 +544,7 @@ def r3_rollouts(policy: Any, batch: RolloutBatch, options: dict[str, Any], tempe
     ref_logprobs = logp.double().clamp(max=0.0)
     r3 = r3_reward(ref_logprobs, ref_mask, r.group, weighting=options["weighting"]).to(r.outcome.dtype)
     reward = options["outcome_weight"] * r.outcome + options["r3_weight"] * r3
-    shaped = dataclasses.replace(r, outcome=reward)
+    shaped = r.replace(outcome=reward)
     success = r.outcome >= 1.0
     stats = {"r3_mean": float(r3.mean()),
              "r3_success_gap": float(r3[success].mean() - r3[~success].mean()) if bool(success.any() & (~success).any())
