@@ -22,11 +22,14 @@ None of that preparation is timed; ``build`` times the ``from_trainer_tensors`` 
 Methods, each timed in this one process: one warm-up call each, then 7 rounds, each round calling every
 method once in turn (so a burst of load from other processes hits one round of every method, not
 all the repeats of one); the median per method. Every stepcredit call starts cold (the batch's
-cached indices are dropped first, as on a freshly built batch); ``build`` writes its bool mask into
-the buffer its previous call left (``stepcredit.io._buffers``), as in a training loop:
+cached indices are dropped first, as on a freshly built batch); ``build`` writes its bool mask, and
+``to_tokens`` its output, into the buffer a previous call left (``stepcredit._buffers``), as in a
+training loop:
 
 * ``floor``: ``scores[:, None] * mask`` (float32 mask, scores summed beforehand) — one read of the
   mask, one write of the (B, T) output;
+* ``floor, reused output``: the same into an output allocated once beforehand (no page faults of a
+  fresh output), the yardstick for the recycled outputs of ``to_tokens``;
 * ``verl loop`` / ``verl vectorized``: verl 0.9.1's ``compute_grpo_outcome_advantage`` and
   ``compute_grpo_vectorized_outcome_advantage`` (outcome only, from the raw tensors);
 * every registered credit component that applies to a trainer batch, as
@@ -102,7 +105,7 @@ SKIPPED = {
     "oracle": "reads ground-truth step labels (the label column), which a training batch does not have: "
     "the audit's upper bound, not a method",
 }
-REFERENCES = ["floor", "verl loop", "verl vectorized"]
+REFERENCES = ["floor", "floor, reused output", "verl loop", "verl vectorized"]
 ORACLE = ["gigpo oracle (loop, steps)", "gigpo (steps)"]
 
 
@@ -221,7 +224,7 @@ def make_batch(b: int, t: int, seed: int = 0) -> Batch:
 # ------------------------------------------------------------------------------------------ methods
 def method(name: str, batch: Batch) -> Callable[[], object]:
     """A zero-argument callable that runs ``name`` once on ``batch``."""
-    if name == "floor" or name.startswith("verl"):
+    if name in REFERENCES:
         return reference(name, batch.rewards, batch.mask, batch.index)
     if name == "build":
         return batch.build

@@ -23,13 +23,16 @@ threads:
 
 * ``floor``: ``scores[:, None] * mask`` with ``scores`` the per-row outcome summed beforehand — one read
   of the float mask, one write of the output; every ratio is to this, measured on the same batch;
+* ``floor, reused output``: the same into an output buffer allocated once beforehand (no page faults
+  of a fresh output; no target): the yardstick for what the recycled buffers below save;
 * ``trainer path: grpo``: ``from_trainer_tensors(mask, index, token_level_rewards=...)`` (steps from
   mask runs, groups from uids, validation; what verl's registered ``stepcredit_grpo`` passes) +
   ``Recipe.builtin("grpo").run`` + ``to_tokens`` (target ≤ 2× floor);
-  ``from_trainer_tensors`` writes its bool mask into a buffer recycled from the previous batch once
-  that batch is gone (``stepcredit.io._buffers``), as in a training loop; the next row,
-* ``trainer path, first batch``: the same with the pool emptied before each call, pays the mask's page
-  faults as a run's first batch does (no target);
+  ``from_trainer_tensors`` writes its bool mask, and ``to_tokens`` its output, into buffers recycled
+  from the previous batch once that batch is gone (``stepcredit._buffers``), as in a training loop;
+  the next row,
+* ``trainer path, first batch``: the same with the pool emptied before each call, pays the page faults
+  of a fresh mask and output as a run's first batch does (no target);
 * ``build``: that ``from_trainer_tensors`` alone, and on the multi-turn batch also with its tool calls
   (``responses`` + markers), ``state`` keys and step rewards (no target; reported for the full recipe);
 * ``<estimator> + to_tokens``: every trajectory-level credit component (one value per trajectory) on
@@ -168,14 +171,15 @@ def full_recipe_tokens(recipe: Any, rollouts: Any) -> torch.Tensor:
 
 def methods(kind: str, batch: dict[str, Any]) -> dict[str, tuple[Callable[[], object], float | None]]:
     """name → (call, target × floor) for one batch; the prebuilt rollouts are made here, untimed."""
-    from stepcredit.io import _buffers
+    from stepcredit import _buffers
     from stepcredit.recipe import Recipe
     from stepcredit.registry import get
 
     grpo_recipe = Recipe.builtin("grpo")
     rollouts = build(batch)
     out: dict[str, tuple[Callable[[], object], float | None]] = {}
-    out["floor"] = (reference("floor", batch["rewards"], batch["mask"], batch["index"]), None)
+    for name in ("floor", "floor, reused output"):
+        out[name] = (reference(name, batch["rewards"], batch["mask"], batch["index"]), None)
 
     def trainer_path() -> object:
         res = grpo_recipe.run(build(batch, calls=False))
@@ -187,7 +191,7 @@ def methods(kind: str, batch: dict[str, Any]) -> dict[str, tuple[Callable[[], ob
         _buffers.clear()
         return trainer_path()
 
-    out["trainer path, first batch (no recycled mask buffer)"] = (cold_path, None)
+    out["trainer path, first batch (no recycled buffers)"] = (cold_path, None)
     out["build (from_trainer_tensors)"] = (lambda: build(batch, calls=False), None)
     if kind == "multi-turn":
         out["build with tool calls, states, step rewards"] = (lambda: build(batch), None)
@@ -217,7 +221,7 @@ def make(kind: str, b: int, t: int) -> dict[str, Any]:
 
 def peak_one(kind: str, name: str, b: int, t: int) -> None:
     """Subprocess body: print the peak extra resident memory of one call of ``name``, after one call
-    that loads what is imported lazily and, as in a training loop, leaves the recycled mask buffer
+    that loads what is imported lazily and, as in a training loop, leaves the recycled buffers
     (the first-batch row empties the pool itself)."""
     torch.set_num_threads(2)
     fn, _ = methods(kind, make(kind, b, t))[name]

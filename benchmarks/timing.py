@@ -80,10 +80,18 @@ def reference(name: str, rewards: Any, mask: Any, index: Any) -> Callable[[], ob
     ``(B, T)``, float mask, uid ``index``): ``"floor"``, ``scores[:, None] * mask`` with the scores
     summed beforehand (one read of the mask, one write of the output); ``"verl loop"`` and
     ``"verl vectorized"``, verl 0.9.1's ``compute_grpo_outcome_advantage`` and
-    ``compute_grpo_vectorized_outcome_advantage`` (they sum the rewards themselves)."""
+    ``compute_grpo_vectorized_outcome_advantage`` (they sum the rewards themselves); ``"floor, reused
+    output"``, the floor written into one output buffer allocated beforehand, so without the page
+    faults of a fresh one — the yardstick for paths that recycle their output (``stepcredit._buffers``)."""
     if name == "floor":
         scores = rewards.sum(-1)
         return lambda: scores[:, None] * mask
+    if name == "floor, reused output":
+        import torch
+
+        scores = rewards.sum(-1)
+        out = scores[:, None] * mask  # its pages faulted in once, here
+        return lambda: torch.mul(scores[:, None], mask, out=out)
     from verl.trainer.ppo import core_algos
 
     fn = {

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stepcredit import segments
+from stepcredit import _buffers, segments
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, width=32)
 
@@ -304,3 +304,60 @@ def test_rows_under_mask_edge_cases():
     out.sum().backward()
     assert torch.equal(values.grad, torch.tensor([1.0, 1.0]))
     assert torch.equal(out.detach(), torch.tensor([[1.5, 0.0], [0.0, -2.0]]))
+
+
+def _storage(x: torch.Tensor) -> int:
+    return x.untyped_storage().data_ptr()
+
+
+def test_token_outputs_reuse_dropped_buffers_only(monkeypatch):
+    """``rows_under_mask`` and ``spans_to_tokens`` write into buffers of outputs already dropped, never
+    into one a live tensor (or a view of it) still holds, and a recycled buffer's old bytes never show."""
+    _buffers.clear()
+    g = torch.Generator().manual_seed(3)
+    mask = torch.rand(30, 41, generator=g) < 0.5
+    values = torch.randn(30, generator=g)
+    kept = segments.rows_under_mask(values, mask)
+    view = kept[2:5]
+    del kept
+    a = segments.rows_under_mask(torch.full((30,), float("nan")), torch.ones(30, 41, dtype=torch.bool))
+    assert _storage(a) != _storage(view)
+    used = _storage(a)
+    del a  # its buffer, all NaN, goes back to the pool
+    again = segments.rows_under_mask(values, mask)
+    assert _storage(again) == used
+    assert torch.equal(again, torch.where(mask, values[:, None], 0.0))  # no NaN left where the mask is 0
+    assert torch.equal(view, torch.where(mask, values[:, None], 0.0)[2:5])  # never handed out again
+    used = _storage(again)
+    del again
+    rows, starts, ends = torch.tensor([0, 0, 7]), torch.tensor([1, 9, 0]), torch.tensor([4, 41, 41])
+    step_values = torch.tensor([0.5, -1.0, 2.0])
+    spans = segments.spans_to_tokens(step_values, rows, starts, ends, (30, 41))
+    assert _storage(spans) == used
+    want = torch.zeros(30, 41)
+    want[0, 1:4], want[0, 9:41], want[7, 0:41] = 0.5, -1.0, 2.0
+    assert torch.equal(spans, want)
+    _buffers.clear()
+
+
+def _fork_child_shares(queue) -> None:
+    queue.put(segments.in_row_shares(10, 2, lambda lo, hi: list(range(lo, hi))))
+
+
+def test_row_shares_keep_their_threads_and_work_after_fork(monkeypatch):
+    """The helper threads outlive a call, and a forked child (which has none of them) starts its own."""
+    import multiprocessing
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    want = [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9]]
+    assert segments.in_row_shares(10, 2, lambda lo, hi: list(range(lo, hi))) == want
+    pool = segments._helpers(1)
+    assert segments.in_row_shares(10, 2, lambda lo, hi: list(range(lo, hi))) == want
+    assert segments._helpers(1) is pool
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_fork_child_shares, args=(queue,))
+    child.start()
+    got = queue.get(timeout=60)
+    child.join(60)
+    assert child.exitcode == 0 and got == want

@@ -7,6 +7,8 @@ decision point) each row belongs to, or on CSR offsets. All functions are vector
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, TypeVar
@@ -15,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from stepcredit import _buffers
 
 R = TypeVar("R")
 
@@ -334,9 +338,32 @@ def in_row_shares(n: int, block: int, work: Callable[[int, int], R]) -> list[R]:
     spans = [(firsts[k], firsts[k + share] if k + share < len(firsts) else n) for k in range(0, len(firsts), share)]
     if len(spans) <= 1:
         return [work(*span) for span in spans]
-    with ThreadPoolExecutor(len(spans) - 1) as pool:
-        others = [pool.submit(work, *span) for span in spans[1:]]
-        return [work(*spans[0])] + [f.result() for f in others]
+    others = [_helpers(len(spans) - 1).submit(work, *span) for span in spans[1:]]
+    return [work(*spans[0])] + [f.result() for f in others]
+
+
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+_pool_lock = threading.Lock()
+
+
+def _helpers(k: int) -> ThreadPoolExecutor:
+    """A process-wide pool of at least ``k`` helper threads, kept between calls (starting threads on
+    every batch costs milliseconds) and dropped in a forked child, which has none of its threads."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] < k:
+            if _pool is not None:
+                _pool[1].shutdown(wait=False)
+            _pool = (k, ThreadPoolExecutor(k, thread_name_prefix="stepcredit-rows"))
+        return _pool[1]
+
+
+def _forget_pool() -> None:
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def host_array(x: Tensor) -> np.ndarray | None:
@@ -347,14 +374,25 @@ def host_array(x: Tensor) -> np.ndarray | None:
         return None
 
 
+def gather_rows(x: Tensor, idx: Tensor) -> Tensor:
+    """``x[idx]`` for a 2-D ``x`` and in-range int64 row indices; on the CPU into a recycled buffer
+    (``_buffers``: a fresh one's page faults cost several times the copy)."""
+    src = host_array(x) if x.device.type == "cpu" and x.dim() == 2 and not x.requires_grad else None
+    if src is None or idx.device.type != "cpu" or idx.numel() * x.shape[1] == 0:
+        return x[idx]
+    out = torch.from_numpy(_buffers.recycled((idx.numel(), x.shape[1]), src.dtype))
+    return torch.index_select(x, 0, idx, out=out)
+
+
 def rows_under_mask(values: Tensor, mask: Tensor) -> Tensor:
     """``torch.where(mask, values[:, None], 0)``: ``(B, T)`` with ``values[i]`` on row ``i``'s mask
     tokens and exactly 0 elsewhere, bit for bit.
 
     On the CPU, blocks of rows of the output (small enough to stay in cache) are zeroed and then
     take the values under the mask (numpy's ``copyto(where=)``), shared among
-    ``torch.get_num_threads()`` threads: on a fresh output this costs about what writing it costs, a
-    tenth less than torch's ``where`` of a bool mask. Elsewhere, or for a dtype numpy lacks,
+    ``torch.get_num_threads()`` threads, into a buffer recycled from an output already dropped
+    (``_buffers``; the tensor is made by ``torch.from_numpy``, so it cannot be resized): about half
+    the cost of a fresh output, whose page faults dominate. Elsewhere, or for a dtype numpy lacks,
     ``torch.where``.
     """
     b, t = mask.shape
@@ -363,8 +401,8 @@ def rows_under_mask(values: Tensor, mask: Tensor) -> Tensor:
     if src is None:
         return torch.where(mask, values[:, None], torch.zeros((), dtype=values.dtype, device=mask.device))
     keep = mask.numpy()
-    out = torch.empty((b, t), dtype=values.dtype)
-    dst = out.numpy()
+    dst = _buffers.recycled((b, t), src.dtype)  # every element written below
+    out = torch.from_numpy(dst)
     block = max(1, _ROW_BLOCK_BYTES // (t * dst.itemsize))
 
     def work(lo: int, hi: int) -> None:
@@ -375,6 +413,13 @@ def rows_under_mask(values: Tensor, mask: Tensor) -> Tensor:
 
     in_row_shares(b, block, work)
     return out
+
+
+def _zeros(size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``torch.zeros(size)``, on the CPU in a recycled buffer (``_buffers``)."""
+    if device.type != "cpu" or size == 0:
+        return torch.zeros(size, dtype=dtype, device=device)
+    return torch.from_numpy(_buffers.recycled((size,), torch.empty(0, dtype=dtype).numpy().dtype)).zero_()
 
 
 def spans_to_tokens(
@@ -394,8 +439,9 @@ def spans_to_tokens(
     Bit-exact and one ``(B, T)`` buffer: each span edge marks the difference of the bit patterns of the
     values on its two sides (an integer of the values' width, wrapping), and a running sum along each
     row turns the marks into the values' bit patterns — the same numbers as
-    ``broadcast_to_tokens(values, span_index_map(...))`` without its two int64 ``(B, T)`` maps.
-    Floating values of 2, 4 or 8 bytes; other dtypes go through ``span_index_map``.
+    ``broadcast_to_tokens(values, span_index_map(...))`` without its two int64 ``(B, T)`` maps. On
+    the CPU that buffer is recycled (as in ``rows_under_mask``). Floating values of 2, 4 or 8 bytes;
+    other dtypes go through ``span_index_map``.
     """
     b, t = shape
     bits_dtype = _SAME_WIDTH_INT.get(values.element_size()) if values.is_floating_point() else None
@@ -408,7 +454,7 @@ def spans_to_tokens(
             nested = span_index_map(inner_starts, inner_ends, rows[outer], shape)
             out = torch.where(nested >= 0, inner_values[nested.clamp_min(0)], out)
         return out
-    marks = torch.zeros(b * t, dtype=bits_dtype, device=values.device)
+    marks = _zeros(b * t, bits_dtype, values.device)
     if b * t == 0:
         return marks.view(values.dtype).view(b, t)
     bits = values.view(bits_dtype).to(torch.int64)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from stepcredit import RolloutError
-from stepcredit.io import _buffers, _tensors, from_trainer_tensors
+from stepcredit import RolloutError, _buffers
+from stepcredit.io import _tensors, from_trainer_tensors
 from stepcredit.io._tensors import _scan_numpy, _scan_torch, _sorted_groups, _string_codes, dense_groups
 from stepcredit.rollouts import Rollouts
 from tests.test_schema import columns_of
@@ -237,6 +237,6 @@ def test_recycled_mask_buffer_is_never_shared_while_alive_and_fully_rewritten(em
 def test_mask_pool_keeps_at_most_keep_buffers(empty_pool):
     masks = [_tensors._scan(torch.ones(8, 16), None, []).mask for _ in range(_buffers.KEEP + 3)]
     del masks
-    assert len(_buffers._free_masks) == _buffers.KEEP
+    assert _buffers.free_buffers() == _buffers.KEEP
     _buffers.clear()
-    assert not _buffers._free_masks and not _buffers._free_scratch
+    assert _buffers.free_buffers() == 0 and not _buffers._free_scratch

@@ -25,9 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stepcredit import segments
+from stepcredit import _buffers, segments
 from stepcredit.errors import RolloutError
-from stepcredit.io import _buffers
 from stepcredit.rollouts import Rollouts, StepKind, Texts, text_keys
 
 
@@ -154,7 +153,7 @@ def _scan_numpy(source: np.ndarray, tokens: np.ndarray | None, patterns: list[np
     (``_set_words``), at the end the bytes set in them (``_set_bytes``). The mask's buffer and the
     scratch blocks are recycled (``_buffers``)."""
     n, t = source.shape
-    out = _buffers.mask_buffer(n, t)  # every byte written below
+    out = _buffers.recycled((n, t), np.bool_)  # every byte written below
     mask = torch.from_numpy(out)
     width = (t + 8) // 8 * 8  # > t and whole 8-byte words: a row's edge at t stays in the row
     row_bytes = t * max(source.itemsize, 1 if tokens is None else tokens.itemsize, 1)

@@ -371,6 +371,8 @@ class Rollouts:
                 out[name] = _offsets(self._counts(name)[rows[col.level]])
             elif name == "group":
                 out[name] = rank[inverse]
+            elif col.level == "token":
+                out[name] = segments.gather_rows(value, idx)
             else:
                 out[name] = value[rows[col.level]]
         # rows of this validated batch: their values and token spans stay valid (ids may repeat: checked)
