@@ -44,7 +44,9 @@ threads:
 
 Peak memory: each method runs again in a fresh subprocess; the figure is the peak resident memory
 above what the inputs (and a prebuilt ``Rollouts``) already held (``VmHWM`` reset through
-``/proc/self/clear_refs``), as in ``bench_grpo.py``.
+``/proc/self/clear_refs``), as in ``bench_grpo.py``, with the pool of recycled buffers emptied first
+(``timing.peak_extra_bytes``): the memory a call needs, whether a training loop keeps it in the pool
+between batches or not.
 """
 
 from __future__ import annotations
@@ -188,7 +190,7 @@ def methods(kind: str, batch: dict[str, Any]) -> dict[str, tuple[Callable[[], ob
     out["trainer path: grpo (build + recipe + to_tokens)"] = (trainer_path, 2.0)
 
     def cold_path() -> object:
-        _buffers.clear()
+        _buffers.release_buffers()
         return trainer_path()
 
     out["trainer path, first batch (no recycled buffers)"] = (cold_path, None)
@@ -221,8 +223,7 @@ def make(kind: str, b: int, t: int) -> dict[str, Any]:
 
 def peak_one(kind: str, name: str, b: int, t: int) -> None:
     """Subprocess body: print the peak extra resident memory of one call of ``name``, after one call
-    that loads what is imported lazily and, as in a training loop, leaves the recycled buffers
-    (the first-batch row empties the pool itself)."""
+    that loads what is imported lazily (``peak_extra_bytes`` empties the pool of recycled buffers)."""
     torch.set_num_threads(2)
     fn, _ = methods(kind, make(kind, b, t))[name]
     fn()

@@ -66,7 +66,12 @@ def reset_peak() -> None:
 
 
 def peak_extra_bytes(fn: Callable[[], object]) -> int:
-    """The peak resident memory of one call of ``fn`` above what the process held before it."""
+    """The peak resident memory of one call of ``fn`` above what the process held before it, with
+    stepcredit's pool of recycled buffers emptied first (``release_buffers``): a call that writes into
+    a buffer an earlier call left would otherwise count none of it."""
+    from stepcredit import release_buffers
+
+    release_buffers()
     before = memory_bytes("VmRSS")
     reset_peak()
     out = fn()

@@ -313,7 +313,7 @@ def _storage(x: torch.Tensor) -> int:
 def test_token_outputs_reuse_dropped_buffers_only(monkeypatch):
     """``rows_under_mask`` and ``spans_to_tokens`` write into buffers of outputs already dropped, never
     into one a live tensor (or a view of it) still holds, and a recycled buffer's old bytes never show."""
-    _buffers.clear()
+    _buffers.release_buffers()
     g = torch.Generator().manual_seed(3)
     mask = torch.rand(30, 41, generator=g) < 0.5
     values = torch.randn(30, generator=g)
@@ -337,7 +337,7 @@ def test_token_outputs_reuse_dropped_buffers_only(monkeypatch):
     want = torch.zeros(30, 41)
     want[0, 1:4], want[0, 9:41], want[7, 0:41] = 0.5, -1.0, 2.0
     assert torch.equal(spans, want)
-    _buffers.clear()
+    _buffers.release_buffers()
 
 
 def _fork_child_shares(queue) -> None:

@@ -9,6 +9,7 @@ The stages of the flow live in subpackages (``rollouts`` → ``io`` → ``shapin
 """
 
 from stepcredit import segments
+from stepcredit._buffers import release_buffers
 from stepcredit.auditing import DEFAULT_RECIPES, Audit, audit, write_report
 from stepcredit.credit import Credit
 from stepcredit.envs import BookingEnv, CalculatorEnv, LookupEnv, ToolEnv, env_factory, parse_action
@@ -164,6 +165,7 @@ __all__ = [
     "read_references",
     "register",
     "reinforce_pp_baseline",
+    "release_buffers",
     "resample_on_correct",
     "rloo",
     "rollout_chains",

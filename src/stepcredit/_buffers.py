@@ -9,7 +9,7 @@ only when the last tensor or array viewing it is gone (the storage of a tensor m
 ``torch.from_numpy`` holds the array, so a finalizer on that array sees every view go), and the
 callers write every element of a recycled buffer before reading it. The pool keeps at most ``KEEP``
 free buffers, the most recently returned; the first batch of a run, or one of a new size, pays the
-faults. ``clear()`` hands the memory back.
+faults. ``stepcredit.release_buffers()`` hands the memory back.
 
 Scratch blocks of the scan (a few MiB, never handed out) are pooled too (``take_scratch``).
 """
@@ -92,8 +92,8 @@ def free_buffers() -> int:
         return len(_free)
 
 
-def clear() -> None:
-    """Drop every pooled buffer (tests; or to hand the memory back)."""
+def release_buffers() -> None:
+    """Drop every pooled buffer, handing their memory back (``stepcredit.release_buffers``)."""
     with _lock:
         _returned.clear()
         _free.clear()

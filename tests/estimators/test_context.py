@@ -41,6 +41,20 @@ def test_features_by_hand():
     assert "U|f|x" in _call_features("f", '{"x": Infinity}', False, "infinity", 8)
 
 
+def test_pair_features_by_hand():
+    text = "compute (6 + 14) * 3, then 14 - 2."
+    # 14 occurs twice: the pair is found at any occurrence, the closest pair wins
+    assert {"N|mul|ab", "N|mul|+"} <= set(_call_features("mul", '{"a": 6, "b": 14}', False, text, 24))
+    assert {"N|mul|ba", "N|mul|+"} <= set(_call_features("mul", '{"a": 14, "b": 6}', False, text, 24))
+    assert {"N|sub|ab", "N|sub|-"} <= set(_call_features("sub", '{"a": 14, "b": 2}', False, text, 24))
+    # an operand off by one stands next to nothing; one argument has no pair
+    feats = _call_features("add", '{"a": 7, "b": 14}', False, text, 24)
+    assert "N0|add" in feats and not any(f.startswith("N|") for f in feats)
+    assert not any(f.startswith(("N|", "N0|")) for f in _call_features("neg", '{"a": 6}', False, text, 24))
+    # more than _NEXT_TO characters apart is not next to each other
+    assert "N0|f" in _call_features("f", '{"a": 1, "b": 2}', False, "1 and then some 2", 24)
+
+
 def test_fit_logistic_learns_and_is_deterministic():
     # calls with feature 3 are positives, with feature 5 negatives; feature 7 is noise on all
     feats = [[3, 7], [5, 7], [3], [5], [3, 7], [5, 7], [3], [5]]

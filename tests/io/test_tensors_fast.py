@@ -201,9 +201,9 @@ def base(x):
 
 @pytest.fixture
 def empty_pool():
-    _buffers.clear()
+    _buffers.release_buffers()
     yield
-    _buffers.clear()
+    _buffers.release_buffers()
 
 
 def test_recycled_mask_buffer_is_never_shared_while_alive_and_fully_rewritten(empty_pool):
@@ -238,5 +238,5 @@ def test_mask_pool_keeps_at_most_keep_buffers(empty_pool):
     masks = [_tensors._scan(torch.ones(8, 16), None, []).mask for _ in range(_buffers.KEEP + 3)]
     del masks
     assert _buffers.free_buffers() == _buffers.KEEP
-    _buffers.clear()
+    _buffers.release_buffers()
     assert _buffers.free_buffers() == 0 and not _buffers._free_scratch

@@ -1,19 +1,20 @@
-"""The context of a tool call: where its argument values last appeared in what the agent had read,
-as hashed text features, and a logistic classifier over them (``call_evidence``'s ``context`` clue).
+"""The context of a tool call: where its argument values last appeared in what the agent had read, as
+hashed text features, and a logistic classifier over them (``call_evidence``'s ``context`` clue).
 
 A correct call and a repeated mistake can look alike to every counting clue (both made by the same
 failed runs, both grounded), and differ in *where* their values come from: ``mul(6, 14)`` where the
 prompt reads ``(6 + 14)``; ``get_order`` of an id listed next to ``"status": "cancelled"``. The
 features say, per call, its tool and for each argument value (by parameter): unseen, or the tokens
-right before and after its last whole occurrence in the prompt, earlier tool results and observations
-(and a bag of the tokens around it), plus the tokens between two argument values that appear close
-together. A value read in a tool result that lists records (JSON objects) adds the fields of the
-record it was picked from: each short text field's value and whether it is a word of the question
-(``"status": "delivered"`` when the question asks for delivered orders), and for each number or ISO
-date whether the record holds the list's maximum, minimum or neither, alone and with each word of the
-question (the *most recent* order). They are hashed into ``dims`` buckets (CRC32, the same on every
-machine). ``call_sources`` gives the data flow between calls (which earlier result a value was read
-from).
+right before and after its last whole occurrence in the prompt, earlier tool results and
+observations (and a bag of the tokens around it), plus the tokens between two argument values whose
+last occurrences are close together, and whether two values stand next to each other anywhere (any
+occurrences: the operator between them and their order, or that no two do). A value read in a tool
+result that lists records (JSON objects) adds the fields of the record it was picked from: each
+short text field's value and whether it is a word of the question (``"status": "delivered"`` when
+the question asks for delivered orders), and for each number or ISO date whether the record holds
+the list's maximum, minimum or neither, alone and with each word of the question (the *most recent*
+order). They are hashed into ``dims`` buckets (CRC32, the same on every machine). ``call_sources``
+gives the data flow between calls (which earlier result a value was read from).
 """
 
 from __future__ import annotations
@@ -47,13 +48,19 @@ def _last(value: Any, text: str) -> tuple[int, int] | None:
         needle = value.casefold()
         at = text.rfind(needle) if needle else -1
         return (at, at + len(needle)) if at >= 0 else None
+    spans = _occurrences(value, text)
+    return spans[-1] if spans else None
+
+
+def _occurrences(value: Any, text: str) -> list[tuple[int, int]]:
+    """Every span where ``value`` occurs in ``text`` (casefolded), matched as in ``_last``; strings
+    without overlaps."""
+    if isinstance(value, str):
+        needle = value.casefold()
+        return [m.span() for m in re.finditer(re.escape(needle), text)] if needle else []
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    pattern = r"(?<![\d.])" + re.escape(json.dumps(value)) + r"(?!\d|\.\d)"
-    match = None
-    for match in re.finditer(pattern, text):  # noqa: B007 — the last one
-        pass
-    return match.span() if match is not None else None
+    return [m.span() for m in re.finditer(r"(?<![\d.])" + re.escape(json.dumps(value)) + r"(?!\d|\.\d)", text)]
 
 
 def _call_features(
@@ -73,10 +80,9 @@ def _call_features(
         parsed = json.loads(arguments)
     except (ValueError, RecursionError):
         return [*out, f"X|{name}"]
+    leaves = [(path, leaf) for path, leaf in argument_leaves(parsed) if not _blank(leaf)]
     spots: list[tuple[int, int]] = []
-    for path, leaf in argument_leaves(parsed):
-        if _blank(leaf):
-            continue
+    for path, leaf in leaves:
         span = _last(leaf, text) if _searchable(leaf) else None
         if span is None:
             out.append(f"U|{name}|{path}")
@@ -95,7 +101,32 @@ def _call_features(
     for (_, a_end), (b_start, _) in itertools.pairwise(spots):
         if 0 <= b_start - a_end <= window:
             out.extend(f"M|{name}|{w}" for w in _TOKEN.findall(text[a_end:b_start]))
+    out.extend(_pair_features(name, [(path, leaf) for path, leaf in leaves if _searchable(leaf)], text))
     return out
+
+
+_NEXT_TO = 8  # at most this many characters between two values that stand next to each other
+
+
+def _pair_features(name: str, leaves: list[tuple[str, Any]], text: str) -> list[str]:
+    """Whether two argument values stand next to each other anywhere in ``text`` (any occurrences, at
+    most ``_NEXT_TO`` characters apart): for the closest such pair, the tokens between them and whether
+    the values come in the order of their parameters (``N|…|ab``) or reversed (``ba``); ``N0`` where no
+    two do (an operand off by one: ``add(7, 14)`` where the question reads ``6 + 14``)."""
+    if len(leaves) < 2:
+        return []
+    spans = [_occurrences(leaf, text) for _, leaf in leaves]
+    best: tuple[int, str, str] | None = None
+    for i, j in itertools.combinations(range(len(leaves)), 2):
+        for first, second, order in ((spans[i], spans[j], "ab"), (spans[j], spans[i], "ba")):
+            for _, a_end in first:
+                for b_start, _ in second:
+                    gap = b_start - a_end
+                    if 0 <= gap <= _NEXT_TO and (best is None or gap < best[0]):
+                        best = (gap, text[a_end:b_start], order)
+    if best is None:
+        return [f"N0|{name}"]
+    return [f"N|{name}|{best[2]}"] + [f"N|{name}|{w}" for w in _TOKEN.findall(best[1])]
 
 
 def _blank(leaf: Any) -> bool:

@@ -133,7 +133,8 @@ def call_evidence(
     success witnesses, grounding and tool errors are replaced by a logistic classifier's logit:
 
         context     features of where each argument value last appeared in what the agent had read
-                    (tokens around it, between two values; unseen; the tool's error) and, for a value
+                    (tokens around it, between two values; whether two values stand next to each
+                    other anywhere, and with what between; unseen; the tool's error) and, for a value
                     picked from a record of a tool result (alone or in a list), its other fields
                     (a text field's value and whether the question uses it; whether a number or date
                     is the list's maximum or minimum, alone and with each word of the question), see
