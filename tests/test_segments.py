@@ -310,10 +310,17 @@ def _storage(x: torch.Tensor) -> int:
     return x.untyped_storage().data_ptr()
 
 
-def test_token_outputs_reuse_dropped_buffers_only(monkeypatch):
-    """``rows_under_mask`` and ``spans_to_tokens`` write into buffers of outputs already dropped, never
-    into one a live tensor (or a view of it) still holds, and a recycled buffer's old bytes never show."""
+@pytest.fixture
+def empty_pool():
     _buffers.release_buffers()
+    yield
+    _buffers.release_buffers()
+
+
+def test_token_outputs_reuse_dropped_buffers_only(empty_pool):
+    """``rows_under_mask``, ``spans_to_tokens`` and ``gather_rows`` write into buffers of results
+    already dropped, never into one a live tensor (or a view of it) still holds, and a recycled
+    buffer's old bytes never show."""
     g = torch.Generator().manual_seed(3)
     mask = torch.rand(30, 41, generator=g) < 0.5
     values = torch.randn(30, generator=g)
@@ -337,7 +344,27 @@ def test_token_outputs_reuse_dropped_buffers_only(monkeypatch):
     want = torch.zeros(30, 41)
     want[0, 1:4], want[0, 9:41], want[7, 0:41] = 0.5, -1.0, 2.0
     assert torch.equal(spans, want)
-    _buffers.release_buffers()
+    # row gathers: x[idx] (repeats included) into the dropped buffer, whatever it held
+    x = torch.arange(30 * 41, dtype=torch.float32).reshape(30, 41)
+    idx = torch.tensor([29, 0, 0, 5] * 4)  # 16 of 30 rows: a buffer serves from half its size up
+    del spans
+    got = segments.gather_rows(x, idx)
+    assert torch.equal(got, x[idx]) and _storage(got) == used
+    assert torch.equal(segments.gather_rows(x, idx[:, None]), x[idx[:, None]])  # other shapes: indexing
+
+
+def test_numpy_views_keep_a_recycled_buffer(empty_pool):
+    """A numpy view of a handed-out array keeps its buffer out of the pool, as a tensor view does."""
+    arr = _buffers.recycled((4, 6), np.float32)
+    arr[:] = 7.0
+    tail = arr[1:]
+    del arr
+    assert _buffers.free_buffers() == 0
+    other = _buffers.recycled((4, 6), np.float32)
+    other[:] = -1.0
+    assert (tail == 7.0).all()
+    del tail
+    assert _buffers.free_buffers() == 1
 
 
 def _fork_child_shares(queue) -> None:
@@ -345,19 +372,25 @@ def _fork_child_shares(queue) -> None:
 
 
 def test_row_shares_keep_their_threads_and_work_after_fork(monkeypatch):
-    """The helper threads outlive a call, and a forked child (which has none of them) starts its own."""
+    """The helper thread outlives a call, and a forked child (which has none of the parent's threads)
+    starts its own."""
     import multiprocessing
+    import threading
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     want = [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9]]
     assert segments.in_row_shares(10, 2, lambda lo, hi: list(range(lo, hi))) == want
-    pool = segments._helpers(1)
-    assert segments.in_row_shares(10, 2, lambda lo, hi: list(range(lo, hi))) == want
-    assert segments._helpers(1) is pool
+    me = threading.get_ident()
+    first = segments.in_row_shares(10, 2, lambda lo, hi: threading.get_ident())
+    second = segments.in_row_shares(10, 2, lambda lo, hi: threading.get_ident())
+    assert first[0] == second[0] == me and first[1] == second[1] != me  # the same helper both times
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    child = ctx.Process(target=_fork_child_shares, args=(queue,))
+    child = ctx.Process(target=_fork_child_shares, args=(queue,), daemon=True)
     child.start()
-    got = queue.get(timeout=60)
-    child.join(60)
-    assert child.exitcode == 0 and got == want
+    try:
+        got = queue.get(timeout=60)
+        child.join(60)
+        assert child.exitcode == 0 and got == want
+    finally:
+        child.kill()

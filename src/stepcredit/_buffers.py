@@ -7,9 +7,12 @@ is the kernel's page faults (one per 4 KiB page, which the kernel zeroes first),
 batch, so their buffers are recycled, as a caching allocator would: a buffer goes back to the pool
 only when the last tensor or array viewing it is gone (the storage of a tensor made by
 ``torch.from_numpy`` holds the array, so a finalizer on that array sees every view go), and the
-callers write every element of a recycled buffer before reading it. The pool keeps at most ``KEEP``
-free buffers, the most recently returned; the first batch of a run, or one of a new size, pays the
-faults. ``stepcredit.release_buffers()`` hands the memory back.
+callers write every element of a recycled buffer before reading it. The rows ``Rollouts.select``
+copies and the marks of ``segments.spans_to_tokens`` use the pool too. The pool keeps at most
+``KEEP`` free buffers, the most recently returned; the first batch of a run, or one of a new size,
+pays the faults. ``stepcredit.release_buffers()`` hands the memory back. The arrays are handed out as
+tensors of ``torch.from_numpy`` (which cannot be resized) and may sit on a buffer up to twice their
+size.
 
 Scratch blocks of the scan (a few MiB, never handed out) are pooled too (``take_scratch``).
 """
@@ -17,6 +20,7 @@ Scratch blocks of the scan (a few MiB, never handed out) are pooled too (``take_
 from __future__ import annotations
 
 import math
+import os
 import threading
 import weakref
 from collections import deque
@@ -28,9 +32,18 @@ KEEP = 4  # free buffers kept: a batch's mask and token credit, and the next bat
 _lock = threading.Lock()
 # Finalizers append here without the lock: one can run inside a garbage-collection pass anywhere,
 # even while this thread holds the lock. ``recycled`` moves them into ``_free`` under the lock.
-_returned: deque[np.ndarray] = deque()
+_returned: deque[np.ndarray] = deque(maxlen=KEEP)  # full: the oldest returned buffer is dropped
 _free: list[np.ndarray] = []
 _free_scratch: dict[tuple[int, int], list[np.ndarray]] = {}
+
+
+def _forget_lock() -> None:
+    global _lock
+    _lock = threading.Lock()  # a fork while another thread held it would leave it held in the child
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_lock)
 
 
 def _fresh(nbytes: int) -> np.ndarray:
@@ -55,9 +68,11 @@ def recycled(shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
         del _free[:-KEEP]
     if base is None:
         base = _fresh(nbytes)
-    arr = base[:nbytes].view(kind).reshape(shape)
-    weakref.finalize(arr, _returned.append, base).atexit = False
-    return arr
+    # an array on a memoryview: every numpy view of it (and a torch.from_numpy tensor) keeps *it*
+    # alive, where a view of ``base`` itself would keep only ``base``
+    loan = np.frombuffer(memoryview(base)[:nbytes], dtype=kind)
+    weakref.finalize(loan, _returned.append, base).atexit = False
+    return loan.reshape(shape)
 
 
 def _drain() -> None:

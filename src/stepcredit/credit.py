@@ -106,7 +106,9 @@ class Credit:
 
         Trajectory credit alone is one broadcast under the mask (the memory floor); with step or call
         credit each token gets its step's (and tool call's) value through the step and call token
-        spans in one pass over one ``(N, T)`` buffer (``segments.spans_to_tokens``)."""
+        spans in one pass over one ``(N, T)`` buffer (``segments.spans_to_tokens``). On the CPU that
+        buffer is recycled from a result already dropped (``stepcredit._buffers``): the tensor comes
+        from ``torch.from_numpy`` and cannot be resized."""
         mask = rollouts.response_mask
         if mask is None:
             raise ValueError("to_tokens needs token columns (response_mask and step spans) in the rollouts")

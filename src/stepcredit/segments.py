@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Literal, TypeVar
 
 import numpy as np
@@ -339,7 +339,11 @@ def in_row_shares(n: int, block: int, work: Callable[[int, int], R]) -> list[R]:
     if len(spans) <= 1:
         return [work(*span) for span in spans]
     others = [_helpers(len(spans) - 1).submit(work, *span) for span in spans[1:]]
-    return [work(*spans[0])] + [f.result() for f in others]
+    try:
+        first = work(*spans[0])
+    finally:
+        wait(others)  # the helpers' shares end before this returns or raises
+    return [first] + [f.result() for f in others]
 
 
 _pool: tuple[int, ThreadPoolExecutor] | None = None
@@ -351,9 +355,7 @@ def _helpers(k: int) -> ThreadPoolExecutor:
     every batch costs milliseconds) and dropped in a forked child, which has none of its threads."""
     global _pool
     with _pool_lock:
-        if _pool is None or _pool[0] < k:
-            if _pool is not None:
-                _pool[1].shutdown(wait=False)
+        if _pool is None or _pool[0] < k:  # a smaller one is dropped, not shut: a caller may still submit
             _pool = (k, ThreadPoolExecutor(k, thread_name_prefix="stepcredit-rows"))
         return _pool[1]
 
@@ -363,7 +365,8 @@ def _forget_pool() -> None:
     _pool, _pool_lock = None, threading.Lock()
 
 
-os.register_at_fork(after_in_child=_forget_pool)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def host_array(x: Tensor) -> np.ndarray | None:
@@ -375,10 +378,10 @@ def host_array(x: Tensor) -> np.ndarray | None:
 
 
 def gather_rows(x: Tensor, idx: Tensor) -> Tensor:
-    """``x[idx]`` for a 2-D ``x`` and in-range int64 row indices; on the CPU into a recycled buffer
-    (``_buffers``: a fresh one's page faults cost several times the copy)."""
+    """``x[idx]`` for a 2-D ``x`` and 1-D int64 row indices in ``[0, len(x))``; on the CPU into a
+    recycled buffer (``_buffers``: a fresh one's page faults cost several times the copy)."""
     src = host_array(x) if x.device.type == "cpu" and x.dim() == 2 and not x.requires_grad else None
-    if src is None or idx.device.type != "cpu" or idx.numel() * x.shape[1] == 0:
+    if src is None or idx.device.type != "cpu" or idx.dim() != 1 or idx.numel() * x.shape[1] == 0:
         return x[idx]
     out = torch.from_numpy(_buffers.recycled((idx.numel(), x.shape[1]), src.dtype))
     return torch.index_select(x, 0, idx, out=out)

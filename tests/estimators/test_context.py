@@ -43,16 +43,20 @@ def test_features_by_hand():
 
 def test_pair_features_by_hand():
     text = "compute (6 + 14) * 3, then 14 - 2."
-    # 14 occurs twice: the pair is found at any occurrence, the closest pair wins
-    assert {"N|mul|ab", "N|mul|+"} <= set(_call_features("mul", '{"a": 6, "b": 14}', False, text, 24))
-    assert {"N|mul|ba", "N|mul|+"} <= set(_call_features("mul", '{"a": 14, "b": 6}', False, text, 24))
-    assert {"N|sub|ab", "N|sub|-"} <= set(_call_features("sub", '{"a": 14, "b": 2}', False, text, 24))
+    # 14 occurs twice: the pair is found at any occurrence
+    assert {"NO|mul|ab", "N|mul|+"} <= set(_call_features("mul", '{"a": 6, "b": 14}', False, text, 24))
+    assert {"NO|mul|ba", "N|mul|+"} <= set(_call_features("mul", '{"a": 14, "b": 6}', False, text, 24))
+    assert {"NO|sub|ab", "N|sub|-"} <= set(_call_features("sub", '{"a": 14, "b": 2}', False, text, 24))
+    # the closest pair wins: "1 , 2" (3 characters between) over "2 plus 1" (6)
+    feats = set(_call_features("f", '{"a": 1, "b": 2}', False, "2 plus 1 , 2", 24))
+    assert {"NO|f|ab", "N|f|,"} <= feats and "N|f|plus" not in feats
     # an operand off by one stands next to nothing; one argument has no pair
-    feats = _call_features("add", '{"a": 7, "b": 14}', False, text, 24)
-    assert "N0|add" in feats and not any(f.startswith("N|") for f in feats)
-    assert not any(f.startswith(("N|", "N0|")) for f in _call_features("neg", '{"a": 6}', False, text, 24))
-    # more than _NEXT_TO characters apart is not next to each other
-    assert "N0|f" in _call_features("f", '{"a": 1, "b": 2}', False, "1 and then some 2", 24)
+    feats = set(_call_features("add", '{"a": 7, "b": 14}', False, text, 24))
+    assert "N0|add" in feats and not any(f.startswith(("N|", "NO|")) for f in feats)
+    assert not any(f.startswith(("N|", "NO|", "N0|")) for f in _call_features("neg", '{"a": 6}', False, text, 24))
+    # at most _NEXT_TO (8) characters between the two values
+    assert "NO|f|ab" in _call_features("f", '{"a": 1, "b": 2}', False, "1" + "_" * 8 + "2", 24)
+    assert "N0|f" in _call_features("f", '{"a": 1, "b": 2}', False, "1" + "_" * 9 + "2", 24)
 
 
 def test_fit_logistic_learns_and_is_deterministic():

@@ -19,6 +19,7 @@ gives the data flow between calls (which earlier result a value was read from).
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import math
@@ -111,22 +112,24 @@ _NEXT_TO = 8  # at most this many characters between two values that stand next 
 def _pair_features(name: str, leaves: list[tuple[str, Any]], text: str) -> list[str]:
     """Whether two argument values stand next to each other anywhere in ``text`` (any occurrences, at
     most ``_NEXT_TO`` characters apart): for the closest such pair, the tokens between them and whether
-    the values come in the order of their parameters (``N|…|ab``) or reversed (``ba``); ``N0`` where no
+    the values come in the order of their parameters (``NO|…|ab``) or reversed (``ba``); ``N0`` where no
     two do (an operand off by one: ``add(7, 14)`` where the question reads ``6 + 14``)."""
     if len(leaves) < 2:
         return []
     spans = [_occurrences(leaf, text) for _, leaf in leaves]
+    starts = [[b for b, _ in s] for s in spans]  # increasing
     best: tuple[int, str, str] | None = None
     for i, j in itertools.combinations(range(len(leaves)), 2):
-        for first, second, order in ((spans[i], spans[j], "ab"), (spans[j], spans[i], "ba")):
-            for _, a_end in first:
-                for b_start, _ in second:
-                    gap = b_start - a_end
-                    if 0 <= gap <= _NEXT_TO and (best is None or gap < best[0]):
-                        best = (gap, text[a_end:b_start], order)
+        for a, b, order in ((i, j, "ab"), (j, i, "ba")):
+            for _, a_end in spans[a]:
+                k = bisect.bisect_left(starts[b], a_end)  # the first occurrence of b from a's end on
+                if k < len(starts[b]):
+                    gap = starts[b][k] - a_end
+                    if gap <= _NEXT_TO and (best is None or gap < best[0]):
+                        best = (gap, text[a_end : starts[b][k]], order)
     if best is None:
         return [f"N0|{name}"]
-    return [f"N|{name}|{best[2]}"] + [f"N|{name}|{w}" for w in _TOKEN.findall(best[1])]
+    return [f"NO|{name}|{best[2]}"] + [f"N|{name}|{w}" for w in _TOKEN.findall(best[1])]
 
 
 def _blank(leaf: Any) -> bool:

@@ -349,7 +349,8 @@ class Rollouts:
     # ------------------------------------------------------------------ derived copies
     def select(self, trajectories: Sequence[int] | Tensor | np.ndarray) -> Rollouts:
         """A new batch with the given trajectories (in that order); groups are renumbered densely in
-        order of first appearance."""
+        order of first appearance. On the CPU the token rows are copied into a recycled buffer
+        (``stepcredit._buffers``)."""
         idx = torch.as_tensor(np.asarray(trajectories), dtype=torch.int64).reshape(-1).to(self.device)
         n = self.num_trajectories
         if idx.numel() and (int(idx.min()) < -n or int(idx.max()) >= n):
