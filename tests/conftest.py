@@ -19,3 +19,13 @@ def tau2_rollouts(tau2_dir: Path):
     from stepcredit.io import load
 
     return load(tau2_dir)
+
+
+@pytest.fixture
+def empty_pool():
+    """stepcredit's pool of recycled host buffers emptied before and after the test."""
+    from stepcredit import release_buffers
+
+    release_buffers()
+    yield
+    release_buffers()

@@ -310,13 +310,6 @@ def _storage(x: torch.Tensor) -> int:
     return x.untyped_storage().data_ptr()
 
 
-@pytest.fixture
-def empty_pool():
-    _buffers.release_buffers()
-    yield
-    _buffers.release_buffers()
-
-
 def test_token_outputs_reuse_dropped_buffers_only(empty_pool):
     """``rows_under_mask``, ``spans_to_tokens`` and ``gather_rows`` write into buffers of results
     already dropped, never into one a live tensor (or a view of it) still holds, and a recycled

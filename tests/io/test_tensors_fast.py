@@ -199,13 +199,6 @@ def base(x):
     return x.untyped_storage().data_ptr()
 
 
-@pytest.fixture
-def empty_pool():
-    _buffers.release_buffers()
-    yield
-    _buffers.release_buffers()
-
-
 def test_recycled_mask_buffer_is_never_shared_while_alive_and_fully_rewritten(empty_pool):
     """The scan's mask buffer goes back to the pool only when every view of it is gone; a recycled
     buffer holding the previous batch's bytes gives exactly the torch kernels' mask."""
