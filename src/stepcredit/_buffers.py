@@ -70,7 +70,7 @@ def recycled(shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
         base = _fresh(nbytes)
     # an array on a memoryview: every numpy view of it (and a torch.from_numpy tensor) keeps *it*
     # alive, where a view of ``base`` itself would keep only ``base``
-    loan = np.frombuffer(memoryview(base)[:nbytes], dtype=kind)
+    loan = np.frombuffer(base.data[:nbytes], dtype=kind)
     weakref.finalize(loan, _returned.append, base).atexit = False
     return loan.reshape(shape)
 
