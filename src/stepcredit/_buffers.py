@@ -75,6 +75,11 @@ def recycled(shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
     return loan.reshape(shape)
 
 
+def recycled_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """``recycled`` as a CPU tensor of a torch dtype numpy has (``torch.from_numpy``: not resizable)."""
+    return torch.from_numpy(recycled(shape, torch.empty(0, dtype=dtype).numpy().dtype))
+
+
 def _drain() -> None:
     """Move the returned buffers into ``_free`` (the lock held)."""
     while _returned:

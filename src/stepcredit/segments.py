@@ -338,7 +338,8 @@ def in_row_shares(n: int, block: int, work: Callable[[int, int], R]) -> list[R]:
     spans = [(firsts[k], firsts[k + share] if k + share < len(firsts) else n) for k in range(0, len(firsts), share)]
     if len(spans) <= 1:
         return [work(*span) for span in spans]
-    others = [_helpers(len(spans) - 1).submit(work, *span) for span in spans[1:]]
+    pool = _helpers(len(spans) - 1)
+    others = [pool.submit(work, *span) for span in spans[1:]]
     try:
         first = work(*spans[0])
     finally:
@@ -383,8 +384,7 @@ def gather_rows(x: Tensor, idx: Tensor) -> Tensor:
     src = host_array(x) if x.device.type == "cpu" and x.dim() == 2 and not x.requires_grad else None
     if src is None or idx.device.type != "cpu" or idx.dim() != 1 or idx.numel() * x.shape[1] == 0:
         return x[idx]
-    out = torch.from_numpy(_buffers.recycled((idx.numel(), x.shape[1]), src.dtype))
-    return torch.index_select(x, 0, idx, out=out)
+    return torch.index_select(x, 0, idx, out=_buffers.recycled_tensor((idx.numel(), x.shape[1]), x.dtype))
 
 
 def rows_under_mask(values: Tensor, mask: Tensor) -> Tensor:
@@ -404,8 +404,8 @@ def rows_under_mask(values: Tensor, mask: Tensor) -> Tensor:
     if src is None:
         return torch.where(mask, values[:, None], torch.zeros((), dtype=values.dtype, device=mask.device))
     keep = mask.numpy()
-    dst = _buffers.recycled((b, t), src.dtype)  # every element written below
-    out = torch.from_numpy(dst)
+    out = _buffers.recycled_tensor((b, t), values.dtype)  # every element written below
+    dst = out.numpy()
     block = max(1, _ROW_BLOCK_BYTES // (t * dst.itemsize))
 
     def work(lo: int, hi: int) -> None:
@@ -422,7 +422,7 @@ def _zeros(size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """``torch.zeros(size)``, on the CPU in a recycled buffer (``_buffers``)."""
     if device.type != "cpu" or size == 0:
         return torch.zeros(size, dtype=dtype, device=device)
-    return torch.from_numpy(_buffers.recycled((size,), torch.empty(0, dtype=dtype).numpy().dtype)).zero_()
+    return _buffers.recycled_tensor((size,), dtype).zero_()
 
 
 def spans_to_tokens(
