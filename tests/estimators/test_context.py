@@ -25,7 +25,7 @@ def test_features_by_hand():
     assert feats[0] == "T|mul"
     # the tokens next to each value, and what stands between the two values
     assert {"R|mul|a|+", "L|mul|a|(", "L|mul|b|+", "R|mul|b|)", "M|mul|+"} <= set(feats)
-    assert "B|mul|b|-" in feats  # the bag around a value reaches the next parenthesis
+    assert not any(f.startswith("B|") for f in feats)  # no bag of the tokens around a value
     # numbers match whole: 6 is not in 16 or 6.5; a value never seen is flagged by parameter
     assert "U|add|a" in _call_features("add", '{"a": 6}', False, "16 + 6.5", 24)
     assert "U|add|a" not in _call_features("add", '{"a": 6.0}', False, "take 6 apples", 24)
@@ -165,6 +165,39 @@ def test_record_features_by_hand():
     assert not any(f.startswith(("S|", "K|")) for f in _record_feats('{"order_id": "o9"}', "order o9?", ORDERS))
     ties = ORDERS.replace("2024-01-05", "2024-03-01").replace("2024-02-11", "2024-03-01")
     assert not any(f.startswith("K|") for f in _record_feats('{"order_id": "o2"}', prompt, ties))
+
+
+def _question_feats(r):
+    """Per call, its question features (``Q…``), decoded by hashing every candidate the same way."""
+    import zlib
+    flat, offsets = context_features(r)
+    ends = [*offsets.tolist()[1:], flat.numel()]
+    names = set(r.texts.call_name.to_pylist())
+    words = ("+", "-", "*", "/", "(", ")", "ab", "ba")
+    candidates = [f"{k}|{n}|{w}" for k in ("Q", "QO") for n in names for w in words]
+    candidates += [f"Q0|{n}" for n in names]
+    by_hash = {zlib.crc32(f.encode()) % (1 << 16): f for f in candidates}
+    spans = zip(offsets.tolist(), ends, strict=True)
+    return [{by_hash[h] for h in flat[a:b].tolist() if h in by_hash} for a, b in spans]
+
+
+def test_question_features_read_intermediate_results_as_the_question_parts_they_came_from():
+    prompt = "Compute ((19 - 11) / 2) - 6."
+    right = [("sub", '{"a":19,"b":11}', "8"), ("div", '{"a":8,"b":2}', "4"), ("sub", '{"a":4,"b":6}', "-2")]
+    wrong = [("sub", '{"a":19,"b":11}', "8"), ("add", '{"a":8,"b":2}', "10"), ("sub", '{"a":6,"b":10}', "-4"),
+             ("mul", '{"a":7,"b":3}', "21")]
+    r = build([_run("a", "g", 1.0, prompt, right), _run("b", "g", 0.0, prompt, wrong)], states="distinct")
+    feats = _question_feats(r)
+    # both values in the question: the operator between them
+    assert {"Q|sub|-", "QO|sub|ab"} <= feats[0] and {"Q|sub|-", "QO|sub|ab"} <= feats[3]
+    # 8 stands for "19 - 11", so ``/`` (and the closing parenthesis) stand between it and 2: a div,
+    # not an add
+    assert {"Q|div|)", "Q|div|/", "QO|div|ab"} <= feats[1] and {"Q|add|)", "Q|add|/"} <= feats[4]
+    # 4 stands for "(19 - 11) / 2", itself built on a result; 10 for the add's part, reversed
+    assert {"Q|sub|)", "Q|sub|-", "QO|sub|ab"} <= feats[2]
+    assert {"Q|sub|-", "QO|sub|ba"} <= feats[5]
+    # values the question never gives, nor read from a call, stand next to nothing
+    assert feats[6] == {"Q0|mul"}
 
 
 def test_call_sources_by_hand():

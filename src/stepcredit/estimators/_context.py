@@ -6,10 +6,13 @@ failed runs, both grounded), and differ in *where* their values come from: ``mul
 prompt reads ``(6 + 14)``; ``get_order`` of an id listed next to ``"status": "cancelled"``. The
 features say, per call, its tool and for each argument value (by parameter): unseen, or the tokens
 right before and after its last whole occurrence in the prompt, earlier tool results and
-observations (and a bag of the tokens around it), plus the tokens between two argument values whose
+observations (not a bag of the tokens around it: on the design rollouts that bag added noise, each
+token counted as often as it occurs), plus the tokens between two argument values whose
 last occurrences are close together, and whether two values stand next to each other anywhere (any
-occurrences: the operator between them and their order, or that no two do). A value read in a tool
-result that lists records (JSON objects) adds the fields of the record it was picked from: each
+occurrences: the operator between them and their order, or that no two do), and the same in the
+question alone, where a value read from an earlier call's result stands for the part of the question
+that call's values came from (``div(8, 2)`` on the 8 of ``sub(19, 11)`` where the question reads
+``(19 - 11) / 2``: ``/`` stands between them). A value read in a tool result that lists records (JSON objects) adds the fields of the record it was picked from: each
 short text field's value and whether it is a word of the question (``"status": "delivered"`` when
 the question asks for delivered orders), and for each number or ISO date whether the record holds
 the list's maximum, minimum or neither, alone and with each word of the question (the *most recent*
@@ -95,7 +98,6 @@ def _call_features(
             out.append(f"L|{name}|{path}|{left[-1]}")
         if right:
             out.append(f"R|{name}|{path}|{right[0]}")
-        out.extend(f"B|{name}|{path}|{w}" for w in left + right)
         if question is not None and span[0] >= question.length:  # last read in a tool result
             out.extend(_record_features(name, path, leaf, results, question.words))
     spots.sort()
@@ -116,20 +118,68 @@ def _pair_features(name: str, leaves: list[tuple[str, Any]], text: str) -> list[
     two do (an operand off by one: ``add(7, 14)`` where the question reads ``6 + 14``)."""
     if len(leaves) < 2:
         return []
-    spans = [_occurrences(leaf, text) for _, leaf in leaves]
-    starts = [[b for b, _ in s] for s in spans]  # increasing
-    best: tuple[int, str, str] | None = None
-    for i, j in itertools.combinations(range(len(leaves)), 2):
-        for a, b, order in ((i, j, "ab"), (j, i, "ba")):
-            for _, a_end in spans[a]:
-                k = bisect.bisect_left(starts[b], a_end)  # the first occurrence of b from a's end on
-                if k < len(starts[b]):
-                    gap = starts[b][k] - a_end
-                    if gap <= _NEXT_TO and (best is None or gap < best[0]):
-                        best = (gap, text[a_end : starts[b][k]], order)
-    if best is None:
+    pair = _closest_pair([_occurrences(leaf, text) for _, leaf in leaves])
+    if pair is None:
         return [f"N0|{name}"]
-    return [f"NO|{name}|{best[2]}"] + [f"N|{name}|{w}" for w in _TOKEN.findall(best[1])]
+    first, second, order = pair
+    return [f"NO|{name}|{order}"] + [f"N|{name}|{w}" for w in _TOKEN.findall(text[first[1] : second[0]])]
+
+
+Span = tuple[int, int]
+
+
+def _closest_pair(spans: Sequence[Sequence[Span]]) -> tuple[Span, Span, str] | None:
+    """Of two different values' spans (each value's sorted by start), the closest two at most
+    ``_NEXT_TO`` characters apart, the first ending before the second starts: ``(first, second,
+    order)``, order ``ab`` where the first belongs to the earlier value, else ``ba``; ``None`` if none."""
+    starts = [[b for b, _ in s] for s in spans]
+    best: tuple[int, Span, Span, str] | None = None
+    for i, j in itertools.combinations(range(len(spans)), 2):
+        for a, b, order in ((i, j, "ab"), (j, i, "ba")):
+            for a_span in spans[a]:
+                k = bisect.bisect_left(starts[b], a_span[1])  # the first span of b from a's end on
+                if k < len(starts[b]):
+                    gap = starts[b][k] - a_span[1]
+                    if gap <= _NEXT_TO and (best is None or gap < best[0]):
+                        best = (gap, a_span, spans[b][k], order)
+    return None if best is None else best[1:]
+
+
+def _question_features(name: str, spans: Sequence[Sequence[Span]], question: str) -> tuple[list[str], Span | None]:
+    """The operator the question puts between a call's values, where a value read from an earlier
+    call's result stands for the part of the question that call's values came from: ``mul(8, 2)``
+    on the result 8 of ``sub(19, 11)`` where the question reads ``(19 - 11) / 2`` gets ``/`` (``Q|…``,
+    and the order ``QO|…``; ``Q0`` where no two values stand next to each other). ``spans``: per
+    searchable argument value, its spans in the question (see ``_question_spans``). Returns the
+    features and the span of the question the call stands for: its two closest values' (from the
+    first's start to the second's end), or a lone value's last span."""
+    if len(spans) == 1:
+        return [], (spans[0][-1] if spans[0] else None)
+    if len(spans) < 2:
+        return [], None
+    pair = _closest_pair(spans)
+    if pair is None:
+        return [f"Q0|{name}"], None
+    first, second, order = pair
+    return [f"QO|{name}|{order}"] + [f"Q|{name}|{w}" for w in _TOKEN.findall(question[first[1] : second[0]])], (
+        first[0], second[1])
+
+
+def _question_spans(leaf: Any, question: str, results: Sequence[str], lo: int, hi: int,
+                    stands_for: dict[int, Span]) -> list[Span]:
+    """A value's spans in the (casefolded) question: where the question gives it, else the span the
+    call it was read from stands for (``_read_from``), else none."""
+    spans = _occurrences(leaf, question)
+    if spans:
+        return spans
+    source = _read_from(leaf, results, lo, hi)
+    return [stands_for[source]] if source is not None and source in stands_for else []
+
+
+def _read_from(leaf: Any, results: Sequence[str], lo: int, hi: int) -> int | None:
+    """The call a value was read from: the latest of the calls ``[lo, hi)`` whose (casefolded) result
+    holds it, or ``None``."""
+    return next((k for k in range(hi - 1, lo - 1, -1) if _last(leaf, results[k]) is not None), None)
 
 
 def _blank(leaf: Any) -> bool:
@@ -247,9 +297,12 @@ def context_features(rollouts: Rollouts, *, window: int = 48, dims: int = 1 << 1
     names = r.texts.call_name.to_pylist()
     arguments = r.texts.call_arguments.to_pylist()
     errored = (r.call_ok == TOOL_ERROR).tolist()
-    questions = [_Question(frozenset(_WORD.findall(p)), len(p)) for p in map(str.casefold, r.texts.prompt.to_pylist())]
-    parsed = [_parsed(x.casefold()) for x in r.texts.call_result.to_pylist()]
+    prompts = [p.casefold() for p in r.texts.prompt.to_pylist()]
+    questions = [_Question(frozenset(_WORD.findall(p)), len(p)) for p in prompts]
+    texts = [x.casefold() for x in r.texts.call_result.to_pylist()]
+    parsed = [_parsed(x) for x in texts]
     earlier = _earlier_calls(r)
+    stands_for: dict[int, Span] = {}  # the span of its question each call's values came from
     flat: list[int] = []
     offsets: list[int] = []
     for c, (s, i) in enumerate(zip(r.call_step.tolist(), r.call_traj.tolist(), strict=True)):
@@ -257,9 +310,26 @@ def context_features(rollouts: Rollouts, *, window: int = 48, dims: int = 1 << 1
         lo, hi = earlier[c]
         results = [x for x in reversed(parsed[lo:hi]) if x is not None]
         feats = _call_features(names[c], arguments[c], errored[c], seen[s], window, questions[i], results)
+        leaves = _searchable_leaves(arguments[c])
+        if leaves:
+            spans = [_question_spans(leaf, prompts[i], texts, lo, hi, stands_for) for leaf in leaves]
+            extra, span = _question_features(names[c], spans, prompts[i])
+            feats.extend(extra)
+            if span is not None:
+                stands_for[c] = span
         flat.extend(zlib.crc32(f.encode()) % dims for f in feats)
     return (torch.tensor(flat, dtype=torch.int64, device=r.device),
             torch.tensor(offsets, dtype=torch.int64, device=r.device))
+
+
+def _searchable_leaves(arguments: str) -> list[Any]:
+    """The argument values of a call that the text can be searched for (``_searchable``, not
+    ``_blank``), in parameter order; none where the arguments are not JSON."""
+    try:
+        parsed = json.loads(arguments)
+    except (ValueError, RecursionError):
+        return []
+    return [leaf for _, leaf in argument_leaves(parsed) if not _blank(leaf) and _searchable(leaf)]
 
 
 def call_sources(rollouts: Rollouts) -> tuple[Tensor, Tensor]:
@@ -278,15 +348,11 @@ def call_sources(rollouts: Rollouts) -> tuple[Tensor, Tensor]:
     for c, ((lo, hi), i) in enumerate(zip(_earlier_calls(r), r.call_traj.tolist(), strict=True)):
         if lo == hi:
             continue
-        try:
-            parsed = json.loads(arguments[c])
-        except (ValueError, RecursionError):
-            continue
         found: set[int] = set()
-        for _, leaf in argument_leaves(parsed):
-            if _blank(leaf) or not _searchable(leaf) or _last(leaf, prompts[i]) is not None:
-                continue  # nothing to trace, or the question gave it
-            source = next((k for k in range(hi - 1, lo - 1, -1) if _last(leaf, results[k]) is not None), None)
+        for leaf in _searchable_leaves(arguments[c]):
+            if _last(leaf, prompts[i]) is not None:
+                continue  # the question gave it
+            source = _read_from(leaf, results, lo, hi)
             if source is not None:
                 found.add(source)
         for source in sorted(found):
@@ -302,7 +368,7 @@ def fit_logistic(
     train: Tensor,
     target: Tensor,
     *,
-    l2: float = 1e-3,
+    l2: float = 3e-4,
     max_iter: int = 500,
 ) -> Tensor:
     """L2-regularised logistic regression over hashed features (``context_features``), fitted on the

@@ -134,13 +134,16 @@ def call_evidence(
 
         context     features of where each argument value last appeared in what the agent had read
                     (tokens around it, between two values; whether two values stand next to each
-                    other anywhere, and with what between; unseen; the tool's error) and, for a value
+                    other anywhere, and with what between — also in the question, where a value
+                    read from an earlier call's result stands for the part of the question that
+                    call's values came from; unseen; the tool's error) and, for a value
                     picked from a record of a tool result (alone or in a list), its other fields
                     (a text field's value and whether the question uses it; whether a number or date
                     is the list's maximum or minimum, alone and with each word of the question), see
                     ``_context``; trained on the mixed tasks' subjects with target "a successful run
                     made this call", so it learns from the batch which contexts wrong calls come from
-                    (``mul`` on two numbers written ``6 + 14``; an order id listed as cancelled; not
+                    (``mul`` on two numbers written ``6 + 14``, or on a sum and a number the
+                    question joins with ``+``; an order id listed as cancelled; not
                     the latest date when the question says "most recent"). With ``data_flow``, a
                     training call that read an argument value from the result of a call no successful
                     run made is left out: it could not be made by a success whatever its merit (the
@@ -193,7 +196,7 @@ def call_evidence(
     5. Grounding compares text: an argument the agent computed correctly (a sum, a date offset) is
        "unseen"; EM lowers the clue's weight to what the batch supports. Numbers match as whole
        numbers, strings as case-insensitive substrings.
-    6. The classifier (features hashed into 2^16 buckets, L2 1e-3, L-BFGS in float64 to the optimum)
+    6. The classifier (features hashed into 2^16 buckets, L2 3e-4, L-BFGS in float64 to the optimum)
        is deterministic and refitted on every batch: in training its cost is part of the estimator's
        (about 1–2 s for 512 trajectories on 2 CPU cores, against 0.05–0.1 s without ``context``).
     8. ``data_flow`` finds where a value was read as the latest earlier call of the trajectory whose
