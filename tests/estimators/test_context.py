@@ -15,6 +15,7 @@ from stepcredit.estimators._context import (
     _Question,
     call_sources,
     context_features,
+    feature_strings,
     fit_logistic,
 )
 
@@ -159,6 +160,9 @@ def test_record_features_by_hand():
     paid = _record_feats('{"payment_id": "cc_1"}', "pay with my credit card",
                          '{"pay":[{"id":"cc_1","kind":"credit_card"},{"id":"gc_2","kind":"gift_card"}]}', "book")
     assert "SQ|book|payment_id|kind" in paid
+    # a text field without a word (a time) is never "a word of the question"
+    timed = _record_feats('{"flight": "f1"}', "book a flight at noon", '{"flight":"f1","dep":"11:00"}', "book")
+    assert "S|book|flight|dep|11:00" in timed and "SQ|book|flight|dep" not in timed
     # a value the question names still has the record it was last read in (the reservation to cancel);
     # a value read only in the prompt has none; equal dates rank nothing
     assert "S|get_order|order_id|status|delivered" in _record_feats('{"order_id": "o2"}', "order o2?", ORDERS)
@@ -168,17 +172,8 @@ def test_record_features_by_hand():
 
 
 def _question_feats(r):
-    """Per call, its question features (``Q…``), decoded by hashing every candidate the same way."""
-    import zlib
-    flat, offsets = context_features(r)
-    ends = [*offsets.tolist()[1:], flat.numel()]
-    names = set(r.texts.call_name.to_pylist())
-    words = ("+", "-", "*", "/", "(", ")", "ab", "ba")
-    candidates = [f"{k}|{n}|{w}" for k in ("Q", "QO") for n in names for w in words]
-    candidates += [f"Q0|{n}" for n in names]
-    by_hash = {zlib.crc32(f.encode()) % (1 << 16): f for f in candidates}
-    spans = zip(offsets.tolist(), ends, strict=True)
-    return [{by_hash[h] for h in flat[a:b].tolist() if h in by_hash} for a, b in spans]
+    """Per call, its question features (``Q…``)."""
+    return [{f for f in feats if f.startswith("Q")} for feats in feature_strings(r)]
 
 
 def test_question_features_read_intermediate_results_as_the_question_parts_they_came_from():
@@ -198,6 +193,29 @@ def test_question_features_read_intermediate_results_as_the_question_parts_they_
     assert {"Q|sub|-", "QO|sub|ba"} <= feats[5]
     # values the question never gives, nor read from a call, stand next to nothing
     assert feats[6] == {"Q0|mul"}
+
+
+def test_number_features_compare_with_the_lines_the_call_is_about():
+    prompt = ("Customer user id: u1.\n1. Book an economy flight from AAA to BBB on 2024-05-01, costing at most $300.\n"
+              "2. Add 2 checked bags to my reservation R7.")
+    flights = '[{"flight":"F1","price":{"economy":250,"business":900}},{"flight":"F2","price":{"economy":350}}]'
+    calls = [
+        ("search_flights", '{"origin":"AAA","destination":"BBB","date":"2024-05-01"}', flights),
+        ("book_flight", '{"flight":"F1","cabin":"economy","user_id":"u1"}', '{"res":"X1"}'),
+        ("book_flight", '{"flight":"F2","cabin":"economy","user_id":"u1"}', '{"res":"X2"}'),
+        ("add_bags", '{"reservation_id":"R7","bags":2}', "ok"),
+        ("add_bags", '{"reservation_id":"R7","bags":3}', "ok"),
+    ]
+    r = build([_run("a", "g", 0.0, prompt, calls)], states="distinct")
+    feats = [{f for f in fs if f.startswith(("AQ|", "RQ|"))} for fs in feature_strings(r)]
+    # the flight was picked from the search, which stands on request 1: its price in the cabin the call
+    # names against the request's numbers (the budget after "$", the date's parts)
+    assert {"RQ|book_flight|flight|price.@|lt|$", "RQ|book_flight|flight|price.@|lt|on"} <= feats[1]
+    assert "RQ|book_flight|flight|price.@|gt|$" in feats[2] and "RQ|book_flight|flight|price.@|lt|$" not in feats[2]
+    # the bags against the numbers of the line that names the reservation
+    assert feats[3] == {"AQ|add_bags|bags|eq|add"} and feats[4] == {"AQ|add_bags|bags|gt|add"}
+    # no line to be about: no comparison
+    assert not feats[0]
 
 
 def test_call_sources_by_hand():

@@ -12,12 +12,16 @@ last occurrences are close together, and whether two values stand next to each o
 occurrences: the operator between them and their order, or that no two do), and the same in the
 question alone, where a value read from an earlier call's result stands for the part of the question
 that call's values came from (``div(8, 2)`` on the 8 of ``sub(19, 11)`` where the question reads
-``(19 - 11) / 2``: ``/`` stands between them). A value read in a tool result that lists records (JSON objects) adds the fields of the record it was picked from: each
-short text field's value and whether it is a word of the question (``"status": "delivered"`` when
-the question asks for delivered orders), and for each number or ISO date whether the record holds
-the list's maximum, minimum or neither, alone and with each word of the question (the *most recent*
-order). They are hashed into ``dims`` buckets (CRC32, the same on every machine). ``call_sources``
-gives the data flow between calls (which earlier result a value was read from).
+``(19 - 11) / 2``: ``/`` stands between them). A value read in a tool result that lists records
+(JSON objects) adds the fields of the record it was picked from: each short text field's value and
+whether it is a word of the question (``"status": "delivered"`` when the question asks for delivered
+orders), and for each number or ISO date whether the record holds the list's maximum, minimum or
+neither, alone and with each word of the question (the *most recent* order). Numbers are compared
+with the numbers of the question lines the call is about (``_about_numbers``): each number argument
+(one bag more than the request asks for), and each number field of the picked record, a mapping read
+at the key another argument names (the price of the booked cabin above the request's budget). They
+are hashed into ``dims`` buckets (CRC32, the same on every machine). ``call_sources`` gives the data
+flow between calls (which earlier result a value was read from).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from torch import Tensor
 from stepcredit.rollouts import TOOL_ERROR, Rollouts
 from stepcredit.rollouts._texts import MAX_ARGUMENT_DEPTH, argument_leaves, seen_before_steps
 
-__all__ = ["call_sources", "context_features", "fit_logistic"]
+__all__ = ["call_sources", "context_features", "feature_strings", "fit_logistic"]
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -246,39 +250,94 @@ def _record_features(name: str, path: str, leaf: Any, results: Sequence[Any], wo
     alone and with each word of the question (the most *recent* order, the *cheapest* flight); a short
     text field says its value, and whether that value is a word of the question (the order listed as
     *delivered* when the question asks for delivered orders)."""
-    if isinstance(leaf, bool) or not isinstance(leaf, str | int | float):
+    picked = _picked(leaf, results)
+    if picked is None:
         return []
+    rows, row, own = picked
+    out: list[str] = []
+    for field, value in row.items():
+        if field == own:
+            continue
+        key = _sortable(value)
+        if isinstance(value, bool):
+            value = json.dumps(value)
+        if key is None:
+            if isinstance(value, str) and 0 < len(value) <= _SHORT:
+                out.append(f"S|{name}|{path}|{field}|{value}")
+                said = _WORD.findall(value)
+                if said and all(w in words for w in said):  # ("11:00" has no word to use)
+                    out.append(f"SQ|{name}|{path}|{field}")
+            continue
+        column = [_sortable(other.get(field)) for other in rows]
+        if any(c is None or c[0] != key[0] for c in column):
+            continue
+        keys = [c for c in column if c is not None]
+        high, low = max(keys), min(keys)
+        if high == low:
+            continue
+        rank = "max" if key == high else "min" if key == low else "mid"
+        out.append(f"K|{name}|{path}|{field}|{rank}")
+        out.extend(f"KQ|{name}|{path}|{field}|{rank}|{w}" for w in sorted(words))
+    return out
+
+
+def _picked(leaf: Any, results: Sequence[Any]) -> tuple[list[dict[str, Any]], dict[str, Any], str] | None:
+    """The record a value was picked from: in the latest tool result holding a record (alone or in a
+    list of records) with a field equal to it, ``(the list, the record, that field)``."""
+    if isinstance(leaf, bool) or not isinstance(leaf, str | int | float):
+        return None
     for parsed in results:
         for rows in _records(parsed):
             for row in rows:
                 own = next((k for k, v in row.items() if _same_value(leaf, v)), None)
-                if own is None:
-                    continue
-                out: list[str] = []
-                for field, value in row.items():
-                    if field == own:
-                        continue
-                    key = _sortable(value)
-                    if isinstance(value, bool):
-                        value = json.dumps(value)
-                    if key is None:
-                        if isinstance(value, str) and 0 < len(value) <= _SHORT:
-                            out.append(f"S|{name}|{path}|{field}|{value}")
-                            if all(w in words for w in _WORD.findall(value)):
-                                out.append(f"SQ|{name}|{path}|{field}")
-                        continue
-                    column = [_sortable(other.get(field)) for other in rows]
-                    if any(c is None or c[0] != key[0] for c in column):
-                        continue
-                    keys = [c for c in column if c is not None]
-                    high, low = max(keys), min(keys)
-                    if high == low:
-                        continue
-                    rank = "max" if key == high else "min" if key == low else "mid"
-                    out.append(f"K|{name}|{path}|{field}|{rank}")
-                    out.extend(f"KQ|{name}|{path}|{field}|{rank}|{w}" for w in sorted(words))
-                return out
-    return []
+                if own is not None:
+                    return rows, row, own
+    return None
+
+
+_QNUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w])")
+
+
+def _line_numbers(line: str) -> list[tuple[float, str]]:
+    """The numbers of a question line, each with the token right before it (``^`` at the start), but
+    not the line's list marker (``2.`` of ``2. Add 2 checked bags``)."""
+    out = []
+    for m in _QNUMBER.finditer(line):
+        if not line[: m.start()].strip() and line[m.end() : m.end() + 1] == ".":
+            continue
+        before = _TOKEN.findall(line[max(0, m.start() - 24) : m.start()])
+        out.append((float(m.group()), before[-1] if before else "^"))
+    return out
+
+
+def _compare(value: float, numbers: list[tuple[float, str]]) -> list[str]:
+    return [f"{'lt' if value < x else 'eq' if value == x else 'gt'}|{tok}" for x, tok in numbers]
+
+
+def _number_features(name: str, leaves: list[tuple[str, Any]], numbers: list[tuple[float, str]],
+                     results: Sequence[Any]) -> list[str]:
+    """Comparisons with the numbers of the question lines the call is about: each number argument
+    (``AQ``), and each number field of the record a value was picked from (``RQ``) — a field holding
+    a mapping is read at the key another argument names (``price.@``: the price of the cabin the call
+    books)."""
+    out: list[str] = []
+    names = {leaf.casefold() for _, leaf in leaves if isinstance(leaf, str)}
+    for path, leaf in leaves:
+        if isinstance(leaf, int | float) and not isinstance(leaf, bool):
+            out.extend(f"AQ|{name}|{path}|{c}" for c in _compare(float(leaf), numbers))
+        picked = _picked(leaf, results)
+        if picked is None:
+            continue
+        _, row, own = picked
+        for field, value in row.items():
+            if field == own:
+                continue
+            if isinstance(value, dict):
+                key = next((k for k in value if k in names), None)
+                value, field = (value[key], f"{field}.@") if key is not None else (None, field)
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+                out.extend(f"RQ|{name}|{path}|{field}|{c}" for c in _compare(float(value), numbers))
+    return out
 
 
 def _parsed(text: str) -> Any:
@@ -291,6 +350,18 @@ def _parsed(text: str) -> Any:
 def context_features(rollouts: Rollouts, *, window: int = 48, dims: int = 1 << 16) -> tuple[Tensor, Tensor]:
     """Every call's hashed context features as ``(flat [F], offsets [C])`` for ``fit_logistic`` (see
     the module docstring). Host-side text work, one pass over the calls."""
+    flat: list[int] = []
+    offsets: list[int] = []
+    for feats in feature_strings(rollouts, window=window):
+        offsets.append(len(flat))
+        flat.extend(zlib.crc32(f.encode()) % dims for f in feats)
+    device = rollouts.device
+    return (torch.tensor(flat, dtype=torch.int64, device=device),
+            torch.tensor(offsets, dtype=torch.int64, device=device))
+
+
+def feature_strings(rollouts: Rollouts, *, window: int = 48) -> Iterator[list[str]]:
+    """Every call's context features before hashing, in call order (see the module docstring)."""
     r = rollouts
     assert r.texts is not None
     seen = seen_before_steps(r)
@@ -303,33 +374,45 @@ def context_features(rollouts: Rollouts, *, window: int = 48, dims: int = 1 << 1
     parsed = [_parsed(x) for x in texts]
     earlier = _earlier_calls(r)
     stands_for: dict[int, Span] = {}  # the span of its question each call's values came from
-    flat: list[int] = []
-    offsets: list[int] = []
     for c, (s, i) in enumerate(zip(r.call_step.tolist(), r.call_traj.tolist(), strict=True)):
-        offsets.append(len(flat))
         lo, hi = earlier[c]
         results = [x for x in reversed(parsed[lo:hi]) if x is not None]
         feats = _call_features(names[c], arguments[c], errored[c], seen[s], window, questions[i], results)
         leaves = _searchable_leaves(arguments[c])
         if leaves:
-            spans = [_question_spans(leaf, prompts[i], texts, lo, hi, stands_for) for leaf in leaves]
+            spans = [_question_spans(leaf, prompts[i], texts, lo, hi, stands_for) for _, leaf in leaves]
             extra, span = _question_features(names[c], spans, prompts[i])
             feats.extend(extra)
             if span is not None:
                 stands_for[c] = span
-        flat.extend(zlib.crc32(f.encode()) % dims for f in feats)
-    return (torch.tensor(flat, dtype=torch.int64, device=r.device),
-            torch.tensor(offsets, dtype=torch.int64, device=r.device))
+            numbers = _about_numbers(prompts[i], [leaf for _, leaf in leaves], spans)
+            feats.extend(_number_features(names[c], leaves, numbers, results))
+        yield feats
 
 
-def _searchable_leaves(arguments: str) -> list[Any]:
-    """The argument values of a call that the text can be searched for (``_searchable``, not
-    ``_blank``), in parameter order; none where the arguments are not JSON."""
+def _searchable_leaves(arguments: str) -> list[tuple[str, Any]]:
+    """The ``(path, value)`` leaves of a call's arguments that the text can be searched for
+    (``_searchable``, not ``_blank``), in parameter order; none where the arguments are not JSON."""
     try:
         parsed = json.loads(arguments)
     except (ValueError, RecursionError):
         return []
-    return [leaf for _, leaf in argument_leaves(parsed) if not _blank(leaf) and _searchable(leaf)]
+    return [(path, leaf) for path, leaf in argument_leaves(parsed) if not _blank(leaf) and _searchable(leaf)]
+
+
+def _about_numbers(question: str, leaves: Sequence[Any], spans: Sequence[Sequence[Span]]) -> list[tuple[float, str]]:
+    """The numbers of the question lines a call is about: the lines where one of its non-number values
+    stands (``_question_spans``: the question gives it, or it was read from a call that stands for a
+    part of the question), where that value stands on one line only (the reservation an ``add_bags``
+    names; the search a booked flight was picked from, not the cabin every request repeats)."""
+    lines: set[int] = set()
+    for leaf, at in zip(leaves, spans, strict=True):
+        if isinstance(leaf, str):
+            found = {question.count("\n", 0, start) for start, _ in at}
+            if len(found) == 1:
+                lines |= found
+    rows = question.split("\n")
+    return [number for k in sorted(lines) for number in _line_numbers(rows[k])]
 
 
 def call_sources(rollouts: Rollouts) -> tuple[Tensor, Tensor]:
@@ -349,7 +432,7 @@ def call_sources(rollouts: Rollouts) -> tuple[Tensor, Tensor]:
         if lo == hi:
             continue
         found: set[int] = set()
-        for leaf in _searchable_leaves(arguments[c]):
+        for _, leaf in _searchable_leaves(arguments[c]):
             if _last(leaf, prompts[i]) is not None:
                 continue  # the question gave it
             source = _read_from(leaf, results, lo, hi)
