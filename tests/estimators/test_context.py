@@ -218,6 +218,23 @@ def test_number_features_compare_with_the_lines_the_call_is_about():
     assert not feats[0]
 
 
+def test_numbers_too_large_for_a_float_are_no_numbers():
+    huge = 10**400
+    prompt = f"Customer u1.\nBook flight AAA to BBB on day 5 for at most ${huge}."
+    flights = (f'[{{"flight":"F1","price":{{"economy":{huge}}},"seats":{huge},"stops":1}},'
+               '{"flight":"F2","price":{"economy":3},"seats":2,"stops":0}]')
+    calls = [
+        ("search_flights", '{"origin":"AAA","destination":"BBB"}', flights),
+        ("book_flight", f'{{"flight":"F1","cabin":"economy","bags":{10 * huge}}}', "ok"),
+    ]
+    r = build([_run("a", "g", 0.0, prompt, calls)], states="distinct")
+    feats = list(feature_strings(r))
+    # the huge numbers are neither compared nor ranked; the ordinary ones still are
+    numeric = {f for f in feats[1] if f.startswith(("AQ|", "RQ|", "K|"))}
+    assert numeric == {"RQ|book_flight|flight|stops|lt|day", "K|book_flight|flight|stops|max"}
+    assert context_features(r)[0].numel() == sum(map(len, feats))
+
+
 def test_call_sources_by_hand():
     calls = [
         ("find_user", '{"name":"Ann"}', '{"id":"u1","city":"Oslo"}'),

@@ -231,7 +231,8 @@ def _sortable(value: Any) -> tuple[int, Any] | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int | float):
-        return (0, float(value)) if math.isfinite(value) else None
+        number = _number(value)
+        return None if number is None else (0, number)
     if isinstance(value, str) and _DATE.match(value):
         return (1, value)
     return None
@@ -306,8 +307,22 @@ def _line_numbers(line: str) -> list[tuple[float, str]]:
         if not line[: m.start()].strip() and line[m.end() : m.end() + 1] == ".":
             continue
         before = _TOKEN.findall(line[max(0, m.start() - 24) : m.start()])
-        out.append((float(m.group()), before[-1] if before else "^"))
+        number = float(m.group())  # digits: a float, at worst inf
+        if math.isfinite(number):
+            out.append((number, before[-1] if before else "^"))
     return out
+
+
+def _number(value: Any) -> float | None:
+    """A JSON number as a finite float; ``None`` for anything else (booleans, strings, an integer too
+    large for a float, non-finite floats)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _compare(value: float, numbers: list[tuple[float, str]]) -> list[str]:
@@ -323,8 +338,9 @@ def _number_features(name: str, leaves: list[tuple[str, Any]], numbers: list[tup
     out: list[str] = []
     names = {leaf.casefold() for _, leaf in leaves if isinstance(leaf, str)}
     for path, leaf in leaves:
-        if isinstance(leaf, int | float) and not isinstance(leaf, bool):
-            out.extend(f"AQ|{name}|{path}|{c}" for c in _compare(float(leaf), numbers))
+        number = _number(leaf)
+        if number is not None:
+            out.extend(f"AQ|{name}|{path}|{c}" for c in _compare(number, numbers))
         picked = _picked(leaf, results)
         if picked is None:
             continue
@@ -335,8 +351,9 @@ def _number_features(name: str, leaves: list[tuple[str, Any]], numbers: list[tup
             if isinstance(value, dict):
                 key = next((k for k in value if k in names), None)
                 value, field = (value[key], f"{field}.@") if key is not None else (None, field)
-            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-                out.extend(f"RQ|{name}|{path}|{field}|{c}" for c in _compare(float(value), numbers))
+            number = _number(value)
+            if number is not None:
+                out.extend(f"RQ|{name}|{path}|{field}|{c}" for c in _compare(number, numbers))
     return out
 
 
