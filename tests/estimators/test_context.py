@@ -209,12 +209,12 @@ def test_number_features_compare_with_the_lines_the_call_is_about():
     r = build([_run("a", "g", 0.0, prompt, calls)], states="distinct")
     feats = [{f for f in fs if f.startswith(("AQ|", "RQ|"))} for fs in feature_strings(r)]
     # the flight was picked from the search, which stands on request 1: its price in the cabin the call
-    # names against the request's numbers (the budget after "$", the date's parts)
-    assert {"RQ|book_flight|flight|price.@|lt|$", "RQ|book_flight|flight|price.@|lt|on"} <= feats[1]
+    # names against the request's numbers (the budget after "$")
+    assert "RQ|book_flight|flight|price.@|lt|$" in feats[1]
     assert "RQ|book_flight|flight|price.@|gt|$" in feats[2] and "RQ|book_flight|flight|price.@|lt|$" not in feats[2]
     # the bags against the numbers of the line that names the reservation
     assert feats[3] == {"AQ|add_bags|bags|eq|add"} and feats[4] == {"AQ|add_bags|bags|gt|add"}
-    # no line to be about: no comparison
+    # the search has no number argument and nothing read before it: nothing to compare
     assert not feats[0]
 
 

@@ -9,8 +9,8 @@ right before and after its last whole occurrence in the prompt, earlier tool res
 observations (not a bag of the tokens around it: on the design rollouts that bag added noise, each
 token counted as often as it occurs), plus the tokens between two argument values whose
 last occurrences are close together, and whether two values stand next to each other anywhere (any
-occurrences: the operator between them and their order, or that no two do), and the same in the
-question alone, where a value read from an earlier call's result stands for the part of the question
+occurrences: the operator between them and their order, or that no two do), and the same for the
+closest pair in the question alone, where a value read from an earlier call's result stands for the part of the question
 that call's values came from (``div(8, 2)`` on the 8 of ``sub(19, 11)`` where the question reads
 ``(19 - 11) / 2``: ``/`` stands between them). A value read in a tool result that lists records
 (JSON objects) adds the fields of the record it was picked from: each short text field's value and

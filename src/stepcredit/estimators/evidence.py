@@ -190,8 +190,10 @@ def call_evidence(
        is made by all). The context classifier is what separates such calls; it assumes the batch's
        mixed tasks show the same kinds of mistakes in the same kinds of context (the same task family)
        and it reads text near the values, the fields of the record a value was picked from and one
-       comparison of a number with each number of the request the call serves (the price of the cabin
-       the call books against the budget; the bags against the bags asked for) — a mistake that needs
+       comparison of a number with each number of the question lines the call is about — the lines
+       where one of its values, or the call it was read from, stands alone (the price of the cabin
+       the call books against the budget; the bags against the bags asked for; also the parts of a
+       date on those lines, and a number argument against a record it merely equals) — a mistake that needs
        more arithmetic (a fee from an allowance) stays hard. Its target, "a successful run made this
        call", is 0 for a correct call that the successes made otherwise (another valid flight or
        payment): on the booking desk it ranks the writes inside all-fail tasks at a within-tool AUROC
@@ -205,10 +207,10 @@ def call_evidence(
     6. The classifier (features hashed into 2^16 buckets, L2 3e-4, L-BFGS in float64 to the optimum)
        is deterministic and refitted on every batch: in training its cost is part of the estimator's
        (about 1–2 s for 512 trajectories on 2 CPU cores, against 0.05–0.1 s without ``context``).
-    8. ``data_flow`` finds where a value was read as the latest earlier call of the trajectory whose
+    7. ``data_flow`` finds where a value was read as the latest earlier call of the trajectory whose
        result holds it (the same text match as grounding); a value that occurs in several results is
        attributed to the latest.
-    7. ``center="group"`` makes the call credit of a task sum to zero over its calls, so it is an
+    8. ``center="group"`` makes the call credit of a task sum to zero over its calls, so it is an
        advantage (no push toward making more calls); with "none" every credited call is raised by the
        task's average belief. Without tool calls (and the default baseline) this is ``grpo`` with ``norm``.
     """
