@@ -159,8 +159,6 @@ def _question_features(name: str, spans: Sequence[Sequence[Span]], question: str
     first's start to the second's end), or a lone value's last span."""
     if len(spans) == 1:
         return [], (spans[0][-1] if spans[0] else None)
-    if len(spans) < 2:
-        return [], None
     pair = _closest_pair(spans)
     if pair is None:
         return [f"Q0|{name}"], None
@@ -169,21 +167,21 @@ def _question_features(name: str, spans: Sequence[Sequence[Span]], question: str
         first[0], second[1])
 
 
-def _question_spans(leaf: Any, question: str, results: Sequence[str], lo: int, hi: int,
+def _question_spans(leaf: Any, question: str, result_texts: Sequence[str], lo: int, hi: int,
                     stands_for: dict[int, Span]) -> list[Span]:
     """A value's spans in the (casefolded) question: where the question gives it, else the span the
     call it was read from stands for (``_read_from``), else none."""
     spans = _occurrences(leaf, question)
     if spans:
         return spans
-    source = _read_from(leaf, results, lo, hi)
+    source = _read_from(leaf, result_texts, lo, hi)
     return [stands_for[source]] if source is not None and source in stands_for else []
 
 
-def _read_from(leaf: Any, results: Sequence[str], lo: int, hi: int) -> int | None:
+def _read_from(leaf: Any, result_texts: Sequence[str], lo: int, hi: int) -> int | None:
     """The call a value was read from: the latest of the calls ``[lo, hi)`` whose (casefolded) result
-    holds it, or ``None``."""
-    return next((k for k in range(hi - 1, lo - 1, -1) if _last(leaf, results[k]) is not None), None)
+    text holds it, or ``None``."""
+    return next((k for k in range(hi - 1, lo - 1, -1) if _last(leaf, result_texts[k]) is not None), None)
 
 
 def _blank(leaf: Any) -> bool:
@@ -336,7 +334,7 @@ def _number_features(name: str, leaves: list[tuple[str, Any]], numbers: list[tup
     a mapping is read at the key another argument names (``price.@``: the price of the cabin the call
     books)."""
     out: list[str] = []
-    names = {leaf.casefold() for _, leaf in leaves if isinstance(leaf, str)}
+    said = {leaf.casefold() for _, leaf in leaves if isinstance(leaf, str)}  # keys another argument names
     for path, leaf in leaves:
         number = _number(leaf)
         if number is not None:
@@ -349,7 +347,7 @@ def _number_features(name: str, leaves: list[tuple[str, Any]], numbers: list[tup
             if field == own:
                 continue
             if isinstance(value, dict):
-                key = next((k for k in value if k in names), None)
+                key = next((k for k in value if k in said), None)
                 value, field = (value[key], f"{field}.@") if key is not None else (None, field)
             number = _number(value)
             if number is not None:
