@@ -257,6 +257,20 @@ def test_segment_first_last_and_pair_members(batch):
     assert torch.equal(pa[ids], index) and torch.equal(pb[ids], b)
 
 
+@settings(max_examples=100, deadline=None)
+@given(grouped())
+def test_occurrence_rank(batch):
+    _, index, k = batch
+    rows = index.tolist()
+    want = [rows[:i].count(x) for i, x in enumerate(rows)]
+    assert segments.occurrence_rank(index, k).tolist() == want
+
+
+def test_occurrence_rank_by_hand() -> None:
+    assert segments.occurrence_rank(torch.tensor([3, 5, 3, 3, 0]), 6).tolist() == [0, 0, 1, 2, 0]
+    assert segments.occurrence_rank(torch.zeros(0, dtype=torch.int64), 0).tolist() == []
+
+
 def test_connected_components_by_hand() -> None:
     # rows 0-1 share a, 1-2 share b, 2-3 share a: one chain; row 4 alone; rows 5-6 share b
     a = torch.tensor([0, 0, 1, 1, 2, 3, 4])

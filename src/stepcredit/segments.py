@@ -73,6 +73,18 @@ def segment_last(index: Tensor, num_segments: int, positions: Tensor | None = No
     return out.scatter_reduce_(0, index, pos, reduce="amax")
 
 
+def occurrence_rank(index: Tensor, num_segments: int) -> Tensor:
+    """Each row's rank among the rows of its segment, in row order: 0 for the segment's first row, 1
+    for its second, … (``[3, 5, 3, 3] → [0, 0, 1, 2]``)."""
+    n = index.numel()
+    order = torch.sort(index, stable=True).indices
+    counts = segment_count(index, num_segments)
+    starts = torch.cumsum(counts, 0) - counts
+    out = torch.empty(n, dtype=torch.int64, device=index.device)
+    out[order] = torch.arange(n, device=index.device) - starts[index[order]]
+    return out
+
+
 def pair_members(pair_ids: Tensor, num_pairs: int, *columns: Tensor) -> tuple[Tensor, ...]:
     """For ids from ``unique_pairs``: each pair's value of every column (rows of one pair agree)."""
     return tuple(

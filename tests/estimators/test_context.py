@@ -171,6 +171,23 @@ def test_record_features_by_hand():
     assert not any(f.startswith("K|") for f in _record_feats('{"order_id": "o2"}', prompt, ties))
 
 
+def test_a_value_is_picked_from_the_record_it_identifies():
+    user = '{"user":"u1","pay":[{"id":"cc_1","kind":"credit_card"},{"id":"cert_2","kind":"certificate"}]}'
+    reservation = '{"res":"R7","flight":"F9","cabin":"economy","paid":"cert_2"}'
+    calls = [("get_user", '{"user_id":"u1"}', user), ("get_reservation", '{"reservation_id":"R7"}', reservation),
+             ("add_bags", '{"reservation_id":"R7","payment_id":"cert_2"}', "ok"),
+             ("get_flight", '{"flight":"F9"}', "ok")]
+    r = build([_run("a", "g", 0.0, "Customer u1: add a bag to R7.", calls)], states="distinct")
+    feats = [{f for f in fs if f.startswith("S|")} for fs in feature_strings(r)]
+    # the certificate is the user's payment method (its first field), not the reservation it paid for,
+    # although the reservation was read later
+    assert "S|add_bags|payment_id|kind|certificate" in feats[2]
+    assert not any(f.startswith("S|add_bags|payment_id|") and "kind" not in f for f in feats[2])
+    assert "S|add_bags|reservation_id|cabin|economy" in feats[2]
+    # a value no record starts with is picked from the latest record holding it in any field
+    assert "S|get_flight|flight|cabin|economy" in feats[3]
+
+
 def _question_feats(r):
     """Per call, its question features (``Q…``)."""
     return [{f for f in feats if f.startswith("Q")} for feats in feature_strings(r)]

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from stepcredit import CallRecord, Recipe, StepRecord, TrajectoryRecord, build, segments
 from stepcredit.estimators import call_consensus, call_evidence, grpo
 from stepcredit.estimators.evidence import evidence_rates, grounded_calls
+from stepcredit.estimators.tool import call_keys
 from stepcredit.rollouts import Rollouts
 from tests.estimators.test_properties import structured
 
@@ -77,9 +78,20 @@ def test_centring_and_the_outcome_part():
 @settings(max_examples=60, deadline=None)
 @given(structured(tokens=False))
 def test_call_credit_sums_to_zero_in_every_task(r):
-    per_call = call_evidence(r).per_call(r)
-    sums = segments.segment_sum(per_call.double(), r.group[r.call_traj], r.num_groups)
-    assert torch.allclose(sums, torch.zeros_like(sums), atol=1e-4)
+    """Over the first occurrence of each call in its run (repeats are credited against the baseline,
+    not counted in it); with ``repeats="together"`` over every call."""
+    keys, _ = call_keys(r, "effect")
+    seen: set[tuple[int, int]] = set()
+    first = []
+    for key, traj in zip(keys.tolist(), r.call_traj.tolist(), strict=True):
+        first.append((key, traj) not in seen)
+        seen.add((key, traj))
+    task = r.group[r.call_traj]
+    every = torch.ones(r.num_calls, dtype=torch.bool)
+    for per_call, counted in ((call_evidence(r).per_call(r), torch.tensor(first, dtype=torch.bool)),
+                              (call_evidence(r, repeats="together").per_call(r), every)):
+        sums = segments.segment_sum(per_call.double() * counted, task, r.num_groups)
+        assert torch.allclose(sums, torch.zeros_like(sums), atol=1e-4)
 
 
 def test_without_calls_it_is_grpo():
@@ -136,3 +148,44 @@ def test_no_success_baseline_batch():
     assert bool((group[in_x] == 0).all())
     torch.testing.assert_close(batch[in_x], torch.full((3,), -mean, dtype=batch.dtype))
     torch.testing.assert_close(batch[~in_x], group[~in_x])
+
+
+def test_a_repeated_call_is_a_call_of_its_own():
+    """Two runs succeed booking once; four fail, each booking the same flight twice (the duplicate
+    dooms them). With ``repeats="apart"`` the second booking is another call that no success made;
+    ``"together"`` gives both bookings the one credit of the call the successes witness."""
+    read, book = ("get", '{"id":"u7"}'), ("book", '{"user":"u7","flight":"o3"}')
+    runs = [_traj(f"s{i}", "g", 1.0, [read, book]) for i in range(2)]
+    runs += [_traj(f"f{i}", "g", 0.0, [read, book, book]) for i in range(4)]
+    r = build(runs, states="distinct")
+    second = torch.tensor([False, False] * 2 + [False, False, True] * 4)
+    first = torch.tensor([False, True] * 2 + [False, True, False] * 4)
+    apart, together = call_evidence(r).per_call(r), call_evidence(r, repeats="together").per_call(r)
+    # every first-time call is as sure as the read (the task's baseline); the repeat falls below it
+    assert float(apart[~second].abs().max()) < 1e-3 and bool((apart[second] < -0.5).all())
+    torch.testing.assert_close(together[second], together[first][2:])  # one subject per run and call
+    assert bool((apart[second] < together[second]).all())  # together, the duplicate is not blamed
+    assert abs(float(apart[~second].sum())) < 1e-4  # centred over first occurrences; the repeat is extra
+    assert evidence_rates(r, repeats="together") == evidence_rates(r)  # fitted on first occurrences
+
+
+def test_a_loop_of_repeats_moves_no_other_call():
+    """A failed run stuck calling ``transfer`` over and over: with repeats apart, how many times it
+    repeats changes neither the other calls' credit nor the fitted rates (with repeats together, the
+    repeats weigh in the task's baseline)."""
+    read, ok, bad, loop = ("get", '{"id":"u7"}'), ("write", '{"v":"u7"}'), ("write", '{"v":"o3"}'), ("transfer", "{}")
+
+    def batch(n: int) -> Rollouts:
+        runs = [_traj(f"s{i}", "g", 1.0, [read, ok]) for i in range(3)]
+        runs += [_traj(f"f{i}", "g", 0.0, [read, bad]) for i in range(3)]
+        runs += [_traj("loop", "g", 0.0, [read, *[loop] * n])]
+        return build(runs, states="distinct")
+
+    once, often = batch(1), batch(40)
+    for repeats, same in (("apart", True), ("together", False)):
+        a = call_evidence(once, repeats=repeats).per_call(once)
+        b = call_evidence(often, repeats=repeats).per_call(often)
+        assert torch.allclose(a[:-1], b[:13]) is same  # the 13 calls before the loop's first transfer
+        assert torch.allclose(a[-1], b[13]) is same
+    assert bool((call_evidence(often).per_call(often)[14:] < 0).all())  # the repeats are pushed down
+    assert evidence_rates(once) == evidence_rates(often)

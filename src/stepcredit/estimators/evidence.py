@@ -92,6 +92,7 @@ def call_evidence(
     rollouts: Rollouts,
     *,
     identity: CallIdentity = "effect",
+    repeats: Literal["apart", "together"] = "apart",
     grounding: bool = True,
     tool_errors: bool = True,
     failure_witnesses: bool = True,
@@ -116,8 +117,13 @@ def call_evidence(
     A call is its key within the task: with ``identity="effect"`` (default) calls of one tool with the
     same argument values that returned the same result are one call (``add(4, 18)`` and ``add(18, 4)``),
     as are calls with the same canonical arguments; ``"arguments"``: the exact ``(tool name, canonical
-    arguments)`` (see ``tool.call_keys``). A *subject* is one trajectory that made the call, with
-    latent status z ∈ {correct, wrong}. Its clues, given z, are independent (naive Bayes):
+    arguments)`` (see ``tool.call_keys``). With ``repeats="apart"`` (default) the n-th time a trajectory
+    makes the same call is a call of its own (the key and n): booking a flight a second time is not the
+    first booking again, and a success that booked it once witnesses the first, not the repeat; the
+    rates below are fitted on first occurrences and score the repeats too. ``"together"``: every
+    occurrence is the one call, whose clues are read at its first occurrence. A *subject* is one
+    trajectory that made the call, with latent status z ∈ {correct, wrong}. Its clues, given z, are
+    independent (naive Bayes):
 
         witnesses   every *other* run j of the task, by its outcome o_j ∈ {success, failure}:
                     P(j made the call | z, o_j) = θ_{z,o}
@@ -125,12 +131,13 @@ def call_evidence(
         tool error  P(the tool returned an error | z) = τ_z                     (``tool_errors``)
         prior       P(z = correct) = π
 
-    EM over the subjects of the *mixed* tasks (some runs succeeded, some failed; pooled across tasks)
-    fits π, θ_{correct,success}, θ_{·,failure}, γ, τ; each rate has a Beta prior of ``prior_strength``
-    pseudo-counts centred on ``call_consensus``'s a-priori values (θ: 0.9 / 0.05 / 0.5 / 0.1; γ: 0.02 /
-    0.5; τ: 0.05 / 0.3; π 0.5); θ_{wrong,success} stays at 0.05 (a successful run rarely makes a wrong
-    call — the ordering that names the classes). In a task without a successful run (``context``) the
-    success witnesses, grounding and tool errors are replaced by a logistic classifier's logit:
+    EM over the subjects of the *mixed* tasks (some runs succeeded, some failed; pooled across tasks;
+    first occurrences) fits π, θ_{correct,success}, θ_{·,failure}, γ, τ; each rate has a Beta prior of
+    ``prior_strength`` pseudo-counts centred on ``call_consensus``'s a-priori values (θ: 0.9 / 0.05 /
+    0.5 / 0.1; γ: 0.02 / 0.5; τ: 0.05 / 0.3; π 0.5); θ_{wrong,success} stays at 0.05 (a successful run
+    rarely makes a wrong call — the ordering that names the classes). In a task without a successful run
+    (``context``) the success witnesses, grounding and tool errors are replaced by a logistic
+    classifier's logit:
 
         context     features of where each argument value last appeared in what the agent had read
                     (tokens around it, between two values; whether two values stand next to each
@@ -155,7 +162,7 @@ def call_evidence(
     plus the failure witnesses. Then, per subject,
 
         v = P(correct | clues) − P(wrong | clues) = tanh(logit / 2) ∈ (−1, 1)
-        A(call) = v − mean of v over the task's calls   (``center="group"``; "none": v)
+        A(call) = v − mean of v over the task's first occurrences   (``center="group"``; "none": v)
 
     Tokens of a call get A(call) (``combine="replace"``) or norm_g(R) + A(call) (``"add"``: the outcome
     advantage re-ranked within the trajectory, so a successful run's calls keep GRPO's push); a
@@ -173,7 +180,11 @@ def call_evidence(
     1. A call is identified by its tool, argument values and result (``identity``): two orders of a
        commutative operation are one call, but a call written with other values is another call, and
        two calls that differ only in which parameter holds which value *and* return the same result
-       are taken for one (rare where the order matters: the results then differ).
+       are taken for one (rare where the order matters: the results then differ). With ``repeats``
+       apart, a call a run repeats is, from its second time on, another call, witnessed by the runs
+       that made it as often: a repeat needed by the task (the same sum twice) is credited where the
+       successes repeat it too, and a retry of an identical call after a passing tool error is a repeat like any
+       other.
     2. Clues are independent given z, and witnesses are exchangeable: the runs of one policy are not
        (they share a mode). Rates fitted on the batch absorb how often *this* policy repeats a mistake
        in failed runs (θ_{wrong,failure}), which is what fixed rates got wrong; the dependence itself is
@@ -196,8 +207,8 @@ def call_evidence(
        date on those lines, and a number argument against a record it merely equals) — a mistake that needs
        more arithmetic (a fee from an allowance) stays hard. Its target, "a successful run made this
        call", is 0 for a correct call that the successes made otherwise (another valid flight or
-       payment): on the booking desk it ranks the writes inside all-fail tasks at a within-tool AUROC
-       of about 0.7 (0.73–0.84 when trained on the *true* labels of the mixed tasks, a diagnostic),
+       payment): on the booking desk the writes inside all-fail tasks rank at a within-tool AUROC of
+       0.7–0.8 (trained on the *true* labels of the mixed tasks, a diagnostic, it does no better),
        and four times as many tasks per batch do not raise the figures. With no mixed task in the batch
        there is nothing to train it on and the counting clues are used throughout.
        ``stepcredit audit --breakdown`` shows the figures per group type.
@@ -210,9 +221,13 @@ def call_evidence(
     7. ``data_flow`` finds where a value was read as the latest earlier call of the trajectory whose
        result holds it (the same text match as grounding); a value that occurs in several results is
        attributed to the latest.
-    8. ``center="group"`` makes the call credit of a task sum to zero over its calls, so it is an
-       advantage (no push toward making more calls); with "none" every credited call is raised by the
-       task's average belief. Without tool calls (and the default baseline) this is ``grpo`` with ``norm``.
+    8. ``center="group"`` makes the call credit of a task sum to zero over its calls' first
+       occurrences, so it is an advantage (no push toward making more calls); a repeat is credited
+       against the same baseline and not counted in it, so a run caught in a loop of repeated calls
+       (hundreds of them in the tau2 logs) does not drag the baseline down and lift every other call of
+       its task; repeats the successes do not make are pushed down (a net push against loops), those
+       they make too, up. With "none" every credited call is raised by the task's average belief.
+       Without tool calls (and the default baseline) this is ``grpo`` with ``norm``.
     """
     r = rollouts
     adv = segments.group_normalize(r.outcome, r.group, r.num_groups, norm=norm, eps=eps)
@@ -221,13 +236,16 @@ def call_evidence(
         adv = torch.where((wins == 0)[r.group], r.outcome - r.outcome.mean(), adv)
     if r.num_calls == 0:
         return Credit(adv)
-    fit = _fit(r, identity, grounding, tool_errors, failure_witnesses, int(iterations), prior_strength,
+    fit = _fit(r, identity, repeats, grounding, tool_errors, failure_witnesses, int(iterations), prior_strength,
                success_threshold, context, data_flow)
     call_traj = r.call_traj
     value = torch.tanh(fit.logit / 2)[fit.pair_of_call].to(r.outcome.dtype)  # per call occurrence
-    if center == "group":
+    if center == "group":  # the baseline: the mean over the task's first occurrences
         call_group = r.group[call_traj]
-        value = value - segments.segment_mean(value, call_group, r.num_groups)[call_group]
+        first_time = fit.first_time.to(value.dtype)
+        baseline = segments.segment_sum(value * first_time, call_group, r.num_groups) / segments.segment_sum(
+            first_time, call_group, r.num_groups).clamp_min(1)
+        value = value - baseline[call_group]
     if tasks == "mixed":  # call credit only where the task's outcomes differ; elsewhere the outcome's
         outcome_part = adv[call_traj] if combine == "replace" else torch.zeros_like(value)
         value = torch.where(fit.contrast[r.group[call_traj]], value, outcome_part)
@@ -242,6 +260,7 @@ def evidence_rates(
     rollouts: Rollouts,
     *,
     identity: CallIdentity = "effect",
+    repeats: Literal["apart", "together"] = "apart",
     grounding: bool = True,
     tool_errors: bool = True,
     iterations: int = 50,
@@ -252,8 +271,8 @@ def evidence_rates(
     the keys ``pi cs ws cf wf gc gw tc tw``), to see what the batch says about its policy."""
     if rollouts.num_calls == 0:
         return dict(_PRIOR)
-    fit = _fit(rollouts, identity, grounding, tool_errors, True, iterations, prior_strength, success_threshold,
-               context=False, data_flow=False)
+    fit = _fit(rollouts, identity, repeats, grounding, tool_errors, True, iterations, prior_strength,
+               success_threshold, context=False, data_flow=False)
     return {name: float(v) for name, v in fit.rates.items()}
 
 
@@ -266,11 +285,13 @@ class _Fit:
     pair_of_call: Tensor  # [C] each call's subject
     contrast: Tensor  # [G] bool: the task has a success and a failure
     rates: dict[str, Tensor]
+    first_time: Tensor  # [C] bool: the call's first occurrence in its trajectory (all, with repeats together)
 
 
 def _fit(
     r: Rollouts,
     identity: CallIdentity,
+    repeats: Literal["apart", "together"],
     grounding: bool,
     tool_errors: bool,
     failure_witnesses: bool,
@@ -284,6 +305,11 @@ def _fit(
     (with ``context``, the classifier's in the tasks without a success)."""
     f64 = torch.float64
     keys, k = call_keys(r, identity)
+    rank = torch.zeros_like(keys)
+    if repeats == "apart" and r.num_calls:  # the n-th identical call of a trajectory: key and n
+        made, num_made = segments.unique_pairs(keys, r.call_traj, a_size=k)
+        rank = segments.occurrence_rank(made, num_made)
+        keys, k = segments.unique_pairs(keys, rank, a_size=k)
     pair_of_call, num_pairs = segments.unique_pairs(keys, r.call_traj, a_size=k)
     pair_key, pair_traj = segments.pair_members(pair_of_call, num_pairs, keys, r.call_traj)
     success = r.outcome >= success_threshold
@@ -297,8 +323,8 @@ def _fit(
     w_has_s, w_has_f = has_s[pair_key] - own_s, has_f[pair_key] - (1 - own_s)
     w_lacks_s, w_lacks_f = grp_s[g] - own_s - w_has_s, grp_f[g] - (1 - own_s) - w_has_f
 
-    # per-subject clues from its own call(s): a subject that made the call several times uses the
-    # first occurrence (call order)
+    # per-subject clues from its own call: with repeats="together", a subject that made the call
+    # several times uses the first occurrence (call order)
     first = segments.segment_first(pair_of_call, num_pairs)
     unseen = (~grounded_calls(r))[first].to(f64) if grounding else None
     errored = (r.call_ok[first] == TOOL_ERROR).to(f64) if tool_errors else None
@@ -328,23 +354,25 @@ def _fit(
 
     # The rates are fitted on the subjects of *mixed* tasks (some runs succeeded, some failed), whose
     # status the success witnesses nearly settle: there, how often failed runs make correct and wrong
-    # calls (θ_{·,failure}) is measured rather than assumed — repeated mistakes included.
+    # calls (θ_{·,failure}) is measured rather than assumed — repeated mistakes included. Repeats within
+    # a run (repeats="apart") are left out of the fit: a loop of hundreds would set π for every call.
     contrast = (grp_s > 0) & (grp_f > 0)
     mixed = contrast[g]
-    if bool(mixed.any()):
-        hs, ls, hf, lf = w_has_s[mixed], w_lacks_s[mixed], w_has_f[mixed], w_lacks_f[mixed]
+    fitted = mixed & (rank[first] == 0)
+    if bool(fitted.any()):
+        hs, ls, hf, lf = w_has_s[fitted], w_lacks_s[fitted], w_has_f[fitted], w_lacks_f[fitted]
         for _ in range(iterations):
-            q = torch.sigmoid(posterior_logit(with_failures=False))[mixed]  # P(correct) per subject
+            q = torch.sigmoid(posterior_logit(with_failures=False))[fitted]  # P(correct) per subject
             p = 1 - q
             new = {"pi": (q.sum() + a * _PRIOR["pi"]) / (q.numel() + a)}
             new["cs"] = update(q, hs, hs + ls, "cs")
             new["cf"] = update(q, hf, hf + lf, "cf")
             new["wf"] = update(p, hf, hf + lf, "wf")
             if unseen is not None:
-                u, ones = unseen[mixed], torch.ones_like(unseen[mixed])
+                u, ones = unseen[fitted], torch.ones_like(unseen[fitted])
                 new["gc"], new["gw"] = update(q, u, ones, "gc"), update(p, u, ones, "gw")
             if errored is not None and known_error is not None:
-                e, known = errored[mixed], known_error[mixed].to(f64)
+                e, known = errored[fitted], known_error[fitted].to(f64)
                 new["tc"], new["tw"] = update(q, e * known, known, "tc"), update(p, e * known, known, "tw")
             rate.update({n: v.clamp(1e-4, 1 - 1e-4) for n, v in new.items()})
     logit = posterior_logit(failure_witnesses)
@@ -366,4 +394,4 @@ def _fit(
         scores = fit_logistic(flat, offsets, train, made_by_success)
         witnesses = loglik(rate["cf"], rate["wf"], w_has_f, w_lacks_f) if failure_witnesses else 0.0
         logit = torch.where(no_success, scores[first].to(f64) + witnesses, logit)
-    return _Fit(logit, pair_of_call, contrast, rate)
+    return _Fit(logit, pair_of_call, contrast, rate, rank == 0)
