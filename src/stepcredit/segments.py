@@ -75,7 +75,7 @@ def segment_last(index: Tensor, num_segments: int, positions: Tensor | None = No
 
 def occurrence_rank(index: Tensor, num_segments: int) -> Tensor:
     """Each row's rank among the rows of its segment, in row order: 0 for the segment's first row, 1
-    for its second, … (``[3, 5, 3, 3] → [0, 0, 1, 2]``)."""
+    for its second, … (``[3, 5, 3, 3] → [0, 0, 1, 2]``). ``index`` holds ids in ``[0, num_segments)``."""
     n = index.numel()
     order = torch.sort(index, stable=True).indices
     counts = segment_count(index, num_segments)

@@ -172,20 +172,23 @@ def test_record_features_by_hand():
 
 
 def test_a_value_is_picked_from_the_record_it_identifies():
-    user = '{"user":"u1","pay":[{"id":"cc_1","kind":"credit_card"},{"id":"cert_2","kind":"certificate"}]}'
-    reservation = '{"res":"R7","flight":"F9","cabin":"economy","paid":"cert_2"}'
+    user = ('{"user":"u1","pay":[{"id":"cc_1","kind":"credit_card"},{"kind":"certificate","id":"cert_2"}],'
+            '"seat":{"row":2,"deck":"upper"}}')
+    reservation = '{"res":"R7","flight":"F9","cabin":"economy","paid":"cert_2","bags":2}'
     calls = [("get_user", '{"user_id":"u1"}', user), ("get_reservation", '{"reservation_id":"R7"}', reservation),
              ("add_bags", '{"reservation_id":"R7","payment_id":"cert_2"}', "ok"),
-             ("get_flight", '{"flight":"F9"}', "ok")]
+             ("get_flight", '{"flight":"F9"}', "ok"), ("pick", '{"n":2}', "ok")]
     r = build([_run("a", "g", 0.0, "Customer u1: add a bag to R7.", calls)], states="distinct")
     feats = [{f for f in fs if f.startswith("S|")} for fs in feature_strings(r)]
-    # the certificate is the user's payment method (its first field), not the reservation it paid for,
-    # although the reservation was read later
+    # the certificate is the user's payment method (its ``id`` field, wherever it stands), not the
+    # reservation it paid for, although the reservation was read later
     assert "S|add_bags|payment_id|kind|certificate" in feats[2]
     assert not any(f.startswith("S|add_bags|payment_id|") and "kind" not in f for f in feats[2])
     assert "S|add_bags|reservation_id|cabin|economy" in feats[2]
-    # a value no record starts with is picked from the latest record holding it in any field
+    # a value no record holds as an identifier is picked from the latest record holding it anywhere,
+    # and so is a number (the reservation's 2 bags, not the older seat row 2)
     assert "S|get_flight|flight|cabin|economy" in feats[3]
+    assert "S|pick|n|cabin|economy" in feats[4] and "S|pick|n|deck|upper" not in feats[4]
 
 
 def _question_feats(r):
@@ -290,3 +293,28 @@ def test_data_flow_leaves_calls_built_on_a_deviant_call_out_of_training(monkeypa
     assert int(downstream.sum()) == 3
     assert not bool(seen[0][downstream].any()) and bool(seen[1][downstream].all())
     assert torch.equal(seen[0], seen[1] & ~downstream)
+
+
+def test_training_takes_first_occurrences_and_a_re_read_stays_a_success_read(monkeypatch):
+    """Mixed tasks: a failed run reads the right user twice, then lists the orders as the successes
+    do. With repeats apart the re-read is a call of its own that no success made, but the list built
+    on it still trains (the read it came from is a success's read); the re-read itself does not."""
+    from stepcredit.estimators import evidence
+
+    runs = []
+    for t in range(3):
+        read = ("find_user", '{"name":"Ann"}', f'{{"id":"u{t}"}}')
+        orders = ("list_orders", f'{{"user_id":"u{t}"}}', "[]")
+        runs += [_run(f"t{t}s", f"t{t}", 1.0, "Ann's orders", [read, orders]),
+                 _run(f"t{t}f", f"t{t}", 0.0, "Ann's orders", [read, read, orders])]
+    runs += [_run(f"xf{i}", "x", 0.0, "Bo's orders", [("find_user", '{"name":"Bo"}', '{"id":"b"}')]) for i in range(2)]
+    r = build(runs, states="distinct")
+    seen = []
+    real = evidence.fit_logistic
+    monkeypatch.setattr(evidence, "fit_logistic",
+                        lambda f, o, train, y: seen.append((train.clone(), y.clone())) or real(f, o, train, y))
+    call_evidence(r)
+    train, target = seen[0]
+    per_task = [True, True, True, False, True]  # success: read, list; failed run: read, re-read, list
+    assert train.tolist() == per_task * 3 + [False, False]
+    assert target[train].tolist() == [1.0] * 12  # every trained call is one a success made

@@ -171,21 +171,27 @@ def test_a_repeated_call_is_a_call_of_its_own():
 
 def test_a_loop_of_repeats_moves_no_other_call():
     """A failed run stuck calling ``transfer`` over and over: with repeats apart, how many times it
-    repeats changes neither the other calls' credit nor the fitted rates (with repeats together, the
-    repeats weigh in the task's baseline)."""
+    repeats changes neither the other calls' credit — in its task and in a task scored by the context
+    classifier — nor the fitted rates (with repeats together, the repeats weigh in the task's
+    baseline)."""
     read, ok, bad, loop = ("get", '{"id":"u7"}'), ("write", '{"v":"u7"}'), ("write", '{"v":"o3"}'), ("transfer", "{}")
 
     def batch(n: int) -> Rollouts:
         runs = [_traj(f"s{i}", "g", 1.0, [read, ok]) for i in range(3)]
         runs += [_traj(f"f{i}", "g", 0.0, [read, bad]) for i in range(3)]
         runs += [_traj("loop", "g", 0.0, [read, *[loop] * n])]
+        # a task every run failed: scored by the context classifier, trained on task g
+        runs += [_traj(f"h{i}", "h", 0.0, [read, ok if i % 2 else bad]) for i in range(4)]
         return build(runs, states="distinct")
 
     once, often = batch(1), batch(40)
+    loop_at = 13  # the loop run's first transfer
     for repeats, same in (("apart", True), ("together", False)):
         a = call_evidence(once, repeats=repeats).per_call(once)
         b = call_evidence(often, repeats=repeats).per_call(often)
-        assert torch.allclose(a[:-1], b[:13]) is same  # the 13 calls before the loop's first transfer
-        assert torch.allclose(a[-1], b[13]) is same
-    assert bool((call_evidence(often).per_call(often)[14:] < 0).all())  # the repeats are pushed down
+        assert torch.allclose(a[: loop_at + 1], b[: loop_at + 1]) is same
+        if repeats == "apart":  # the classifier trains on first occurrences only
+            torch.testing.assert_close(a[loop_at + 1 :], b[loop_at + 40 :])  # task h
+    c = call_evidence(often).per_call(often)
+    assert bool((c[loop_at + 1 : loop_at + 40] < 0).all())  # the repeats are pushed down
     assert evidence_rates(once) == evidence_rates(often)

@@ -13,8 +13,9 @@ occurrences: the operator between them and their order, or that no two do), and 
 closest pair in the question alone, where a value read from an earlier call's result stands for the part of the question
 that call's values came from (``div(8, 2)`` on the 8 of ``sub(19, 11)`` where the question reads
 ``(19 - 11) / 2``: ``/`` stands between them). A value read in a tool result that lists records
-(JSON objects) adds the fields of the record it was picked from (the latest whose first field, its
-identifier, equals the value; else the latest holding it in any field): each short text field's value and
+(JSON objects) adds the fields of the record it was picked from (for a string, the latest that holds
+it in a field named ``id`` or ``…_id``; else the latest holding it in any field): each short text
+field's value and
 whether it is a word of the question (``"status": "delivered"`` when the question asks for delivered
 orders), and for each number or ISO date whether the record holds the list's maximum, minimum or
 neither, alone and with each word of the question (the *most recent* order). Numbers are compared
@@ -244,8 +245,8 @@ def _same_value(leaf: Any, value: Any) -> bool:
 
 
 def _record_features(name: str, path: str, leaf: Any, results: Sequence[Any], words: frozenset[str]) -> list[str]:
-    """Where the value was picked from a record (in the latest tool result holding a record, alone or in
-    a list of records, with a field equal to it), per other field of the picked record: a rankable
+    """Where the value was picked from a record (``_picked``: alone or in a list of records), per other
+    field of the picked record: a rankable
     field (number, ISO date) says whether the record holds the list's maximum, minimum or neither —
     alone and with each word of the question (the most *recent* order, the *cheapest* flight); a short
     text field says its value, and whether that value is a word of the question (the order listed as
@@ -282,22 +283,28 @@ def _record_features(name: str, path: str, leaf: Any, results: Sequence[Any], wo
 
 
 def _picked(leaf: Any, results: Sequence[Any]) -> tuple[list[dict[str, Any]], dict[str, Any], str] | None:
-    """The record a value was picked from, ``(its list, the record, the field equal to the value)``: in
-    the latest tool result holding a record (alone or in a list of records) whose *first* field equals
-    it — the record's identifier, as JSON usually lays records out (``{"id": "cert_1", "kind":
-    "certificate"}``) — else in the latest holding a record with any field equal to it (a payment id is
-    the user's payment method, not the later reservation that names it as ``paid``)."""
+    """The record a value was picked from, ``(its list, the record, the field equal to the value)``: for
+    a string, the latest tool result's record that holds it in an identifier field (named ``id`` or
+    ``…_id``: a payment id is the user's payment method ``{"id": "cert_1", "kind": "certificate"}``, not
+    a later reservation that names it as ``paid``), else — and for a number — the latest record holding
+    it in any field (the first such field of the record)."""
     if isinstance(leaf, bool) or not isinstance(leaf, str | int | float):
         return None
-    for identifier in (True, False):
-        for parsed in results:
-            for rows in _records(parsed):
-                for row in rows:
-                    fields = itertools.islice(row.items(), 1) if identifier else row.items()
-                    own = next((k for k, v in fields if _same_value(leaf, v)), None)
-                    if own is not None:
-                        return rows, row, own
-    return None
+    fallback: tuple[list[dict[str, Any]], dict[str, Any], str] | None = None
+    for parsed in results:
+        for rows in _records(parsed):
+            for row in rows:
+                equal = [k for k, v in row.items() if _same_value(leaf, v)]
+                if not equal:
+                    continue
+                if not isinstance(leaf, str):
+                    return rows, row, equal[0]
+                own = next((k for k in equal if k.casefold() == "id" or k.casefold().endswith("_id")), None)
+                if own is not None:
+                    return rows, row, own
+                if fallback is None:
+                    fallback = (rows, row, equal[0])
+    return fallback
 
 
 _QNUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w])")

@@ -162,7 +162,8 @@ def call_evidence(
     plus the failure witnesses. Then, per subject,
 
         v = P(correct | clues) − P(wrong | clues) = tanh(logit / 2) ∈ (−1, 1)
-        A(call) = v − mean of v over the task's first occurrences   (``center="group"``; "none": v)
+        A(call) = v − mean of v over the task's first occurrences   (``center="group"``; "none": v;
+                  with repeats together, over all its calls)
 
     Tokens of a call get A(call) (``combine="replace"``) or norm_g(R) + A(call) (``"add"``: the outcome
     advantage re-ranked within the trajectory, so a successful run's calls keep GRPO's push); a
@@ -222,11 +223,12 @@ def call_evidence(
        result holds it (the same text match as grounding); a value that occurs in several results is
        attributed to the latest.
     8. ``center="group"`` makes the call credit of a task sum to zero over its calls' first
-       occurrences, so it is an advantage (no push toward making more calls); a repeat is credited
-       against the same baseline and not counted in it, so a run caught in a loop of repeated calls
-       (hundreds of them in the tau2 logs) does not drag the baseline down and lift every other call of
-       its task; repeats the successes do not make are pushed down (a net push against loops), those
-       they make too, up. With "none" every credited call is raised by the task's average belief.
+       occurrences, so it is an advantage (no push toward making more first calls); a repeat is
+       credited against the same baseline and not counted in it, so a run caught in a loop of repeated
+       calls (hundreds of them in the tau2 logs) does not drag the baseline down and lift every other
+       call of its task. That leaves a push on repeats outside the zero sum: down for those the
+       successes do not make (against loops), up for those they make as often. With "none" every
+       credited call is raised by the task's average belief.
        Without tool calls (and the default baseline) this is ``grpo`` with ``norm``.
     """
     r = rollouts
@@ -304,12 +306,13 @@ def _fit(
     """The subjects' clues, the EM fit of the rates on the mixed tasks, and every subject's posterior
     (with ``context``, the classifier's in the tasks without a success)."""
     f64 = torch.float64
-    keys, k = call_keys(r, identity)
+    base, k_base = call_keys(r, identity)
+    keys, k = base, k_base
     rank = torch.zeros_like(keys)
     if repeats == "apart" and r.num_calls:  # the n-th identical call of a trajectory: key and n
-        made, num_made = segments.unique_pairs(keys, r.call_traj, a_size=k)
+        made, num_made = segments.unique_pairs(base, r.call_traj, a_size=k_base)
         rank = segments.occurrence_rank(made, num_made)
-        keys, k = segments.unique_pairs(keys, rank, a_size=k)
+        keys, k = segments.unique_pairs(base, rank, a_size=k_base)
     pair_of_call, num_pairs = segments.unique_pairs(keys, r.call_traj, a_size=k)
     pair_key, pair_traj = segments.pair_members(pair_of_call, num_pairs, keys, r.call_traj)
     success = r.outcome >= success_threshold
@@ -385,11 +388,14 @@ def _fit(
         is_first = torch.zeros(r.num_calls, dtype=torch.bool, device=r.device)
         is_first[first] = True
         made_by_success = (has_s[keys] > 0).to(f64)
-        train = is_first & contrast[r.group[r.call_traj]]
+        # first occurrences only: a loop of repeats would otherwise fill the training set
+        train = is_first & (rank == 0) & contrast[r.group[r.call_traj]]
         if data_flow:  # a call that read its values from a call no successful run made cannot be one
+            # (that call as such: a re-read of what a success read once is still a success's read)
+            base_made = segments.segment_sum(success[r.call_traj].to(f64), base, k_base) > 0
             call, source = call_sources(r)
             downstream = torch.zeros(r.num_calls, dtype=torch.bool, device=r.device)
-            downstream[call[made_by_success[source] == 0]] = True
+            downstream[call[~base_made[base[source]]]] = True
             train = train & ~downstream
         scores = fit_logistic(flat, offsets, train, made_by_success)
         witnesses = loglik(rate["cf"], rate["wf"], w_has_f, w_lacks_f) if failure_witnesses else 0.0
