@@ -15,9 +15,8 @@ that call's values came from (``div(8, 2)`` on the 8 of ``sub(19, 11)`` where th
 ``(19 - 11) / 2``: ``/`` stands between them). A value read in a tool result that lists records
 (JSON objects) adds the fields of the record it was picked from (for a string, the latest that holds
 it in a field named ``id`` or ``…_id``; else the latest holding it in any field): each short text
-field's value and
-whether it is a word of the question (``"status": "delivered"`` when the question asks for delivered
-orders), and for each number or ISO date whether the record holds the list's maximum, minimum or
+field's value and whether it is a word of the question (``"status": "delivered"`` when the question
+asks for delivered orders), and for each number or ISO date whether the record holds the list's maximum, minimum or
 neither, alone and with each word of the question (the *most recent* order). Numbers are compared
 with the numbers of the question lines the call is about (``_about_numbers``): each number argument
 (one bag more than the request asks for), and each number field of the picked record, a mapping read
@@ -246,11 +245,10 @@ def _same_value(leaf: Any, value: Any) -> bool:
 
 def _record_features(name: str, path: str, leaf: Any, results: Sequence[Any], words: frozenset[str]) -> list[str]:
     """Where the value was picked from a record (``_picked``: alone or in a list of records), per other
-    field of the picked record: a rankable
-    field (number, ISO date) says whether the record holds the list's maximum, minimum or neither —
-    alone and with each word of the question (the most *recent* order, the *cheapest* flight); a short
-    text field says its value, and whether that value is a word of the question (the order listed as
-    *delivered* when the question asks for delivered orders)."""
+    field of the picked record: a rankable field (number, ISO date) says whether the record holds the
+    list's maximum, minimum or neither — alone and with each word of the question (the most *recent*
+    order, the *cheapest* flight); a short text field says its value, and whether that value is a word
+    of the question (the order listed as *delivered* when the question asks for delivered orders)."""
     picked = _picked(leaf, results)
     if picked is None:
         return []
