@@ -12,6 +12,7 @@ from stepcredit.estimators import call_evidence
 from stepcredit.estimators._context import (
     _WORD,
     _call_features,
+    _picker,
     _Question,
     call_sources,
     context_features,
@@ -138,7 +139,8 @@ ORDERS = '{"user":"u1","orders":[{"id":"o1","date":"2024-01-05","status":"cancel
 def _record_feats(arguments, prompt, result, name="get_order"):
     prompt, result = prompt.casefold(), result.casefold()
     question = _Question(frozenset(_WORD.findall(prompt)), len(prompt))
-    return set(_call_features(name, arguments, False, prompt + "\n" + result, 24, question, [json.loads(result)]))
+    return set(_call_features(name, arguments, False, prompt + "\n" + result, 24, question,
+                              _picker([json.loads(result)])))
 
 
 def test_record_features_by_hand():

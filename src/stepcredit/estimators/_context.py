@@ -3,26 +3,26 @@ hashed text features, and a logistic classifier over them (``call_evidence``'s `
 
 A correct call and a repeated mistake can look alike to every counting clue (both made by the same
 failed runs, both grounded), and differ in *where* their values come from: ``mul(6, 14)`` where the
-prompt reads ``(6 + 14)``; ``get_order`` of an id listed next to ``"status": "cancelled"``. The
-features say, per call, its tool and for each argument value (by parameter): unseen, or the tokens
-right before and after its last whole occurrence in the prompt, earlier tool results and
-observations (not a bag of the tokens around it: on the design rollouts that bag added noise, each
-token counted as often as it occurs), plus the tokens between two argument values whose
-last occurrences are close together, and whether two values stand next to each other anywhere (any
-occurrences: the operator between them and their order, or that no two do), and the same for the
-closest pair in the question alone, where a value read from an earlier call's result stands for the part of the question
-that call's values came from (``div(8, 2)`` on the 8 of ``sub(19, 11)`` where the question reads
-``(19 - 11) / 2``: ``/`` stands between them). A value read in a tool result that lists records
-(JSON objects) adds the fields of the record it was picked from (for a string, the latest that holds
-it in a field named ``id`` or ``…_id``; else the latest holding it in any field): each short text
-field's value and whether it is a word of the question (``"status": "delivered"`` when the question
-asks for delivered orders), and for each number or ISO date whether the record holds the list's maximum, minimum or
-neither, alone and with each word of the question (the *most recent* order). Numbers are compared
-with the numbers of the question lines the call is about (``_about_numbers``): each number argument
-(one bag more than the request asks for), and each number field of the picked record, a mapping read
-at the key another argument names (the price of the booked cabin above the request's budget). They
-are hashed into ``dims`` buckets (CRC32, the same on every machine). ``call_sources`` gives the data
-flow between calls (which earlier result a value was read from).
+prompt reads ``(6 + 14)``; ``get_order`` of an id listed next to ``"status": "cancelled"``. The features
+say, per call, its tool and for each argument value (by parameter): unseen, or the tokens right before
+and after its last whole occurrence in the prompt, earlier tool results and observations (not a bag of
+the tokens around it: on the design rollouts that bag added noise, each token counted as often as it
+occurs), plus the tokens between two argument values whose last occurrences are close together, and
+whether two values stand next to each other anywhere (any occurrences: the operator between them and
+their order, or that no two do), and the same for the closest pair in the question alone, where a value
+read from an earlier call's result stands for the part of the question that call's values came from
+(``div(8, 2)`` on the 8 of ``sub(19, 11)`` where the question reads ``(19 - 11) / 2``: ``/`` stands
+between them). A value read in a tool result that lists records (JSON objects) adds the fields of the
+record it was picked from (for a string, the latest that holds it in a field named ``id`` or ``…_id``;
+else the latest holding it in any field): each short text field's value and whether it is a word of the
+question (``"status": "delivered"`` when the question asks for delivered orders), and for each number or
+ISO date whether the record holds the list's maximum, minimum or neither, alone and with each word of
+the question (the *most recent* order). Numbers are compared with the numbers of the question lines the
+call is about (``_about_numbers``): each number argument (one bag more than the request asks for), and
+each number field of the picked record, a mapping read at the key another argument names (the price of
+the booked cabin above the request's budget). They are hashed into ``dims`` buckets (CRC32, the same on
+every machine). ``call_sources`` gives the data flow between calls (which earlier result a value was
+read from).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import json
 import math
 import re
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -79,11 +79,11 @@ def _call_features(
     text: str,
     window: int,
     question: _Question | None = None,
-    results: Sequence[Any] = (),
+    pick: Pick | None = None,
 ) -> list[str]:
     """A call's feature strings (see the module docstring). ``question``: the prompt's words and length,
-    and ``results``: the parsed JSON tool results read before the call, latest first (both for the
-    record features of values read in a tool result)."""
+    and ``pick``: the record a value was picked from in the tool results read before the call
+    (``_picker``; both for the record features of values read in a tool result)."""
     out = [f"T|{name}"] + ([f"E|{name}"] if errored else [])
     try:
         parsed = json.loads(arguments)
@@ -103,8 +103,8 @@ def _call_features(
             out.append(f"L|{name}|{path}|{left[-1]}")
         if right:
             out.append(f"R|{name}|{path}|{right[0]}")
-        if question is not None and span[0] >= question.length:  # last read in a tool result
-            out.extend(_record_features(name, path, leaf, results, question.words))
+        if question is not None and pick is not None and span[0] >= question.length:  # read in a result
+            out.extend(_record_features(name, path, pick(leaf), question.words))
     spots.sort()
     for (_, a_end), (b_start, _) in itertools.pairwise(spots):
         if 0 <= b_start - a_end <= window:
@@ -131,6 +131,8 @@ def _pair_features(name: str, leaves: list[tuple[str, Any]], text: str) -> list[
 
 
 Span = tuple[int, int]
+Picked = tuple[list[dict[str, Any]], dict[str, Any], str]  # a record's list, the record, the value's field
+Pick = Callable[[Any], "Picked | None"]
 
 
 def _closest_pair(spans: Sequence[Sequence[Span]]) -> tuple[Span, Span, str] | None:
@@ -243,13 +245,12 @@ def _same_value(leaf: Any, value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | float) and value == leaf
 
 
-def _record_features(name: str, path: str, leaf: Any, results: Sequence[Any], words: frozenset[str]) -> list[str]:
+def _record_features(name: str, path: str, picked: Picked | None, words: frozenset[str]) -> list[str]:
     """Where the value was picked from a record (``_picked``: alone or in a list of records), per other
     field of the picked record: a rankable field (number, ISO date) says whether the record holds the
     list's maximum, minimum or neither — alone and with each word of the question (the most *recent*
     order, the *cheapest* flight); a short text field says its value, and whether that value is a word
     of the question (the order listed as *delivered* when the question asks for delivered orders)."""
-    picked = _picked(leaf, results)
     if picked is None:
         return []
     rows, row, own = picked
@@ -280,7 +281,21 @@ def _record_features(name: str, path: str, leaf: Any, results: Sequence[Any], wo
     return out
 
 
-def _picked(leaf: Any, results: Sequence[Any]) -> tuple[list[dict[str, Any]], dict[str, Any], str] | None:
+def _picker(results: Sequence[Any]) -> Pick:
+    """``_picked`` over ``results`` (the parsed tool results read before a call, latest first), each
+    value looked up once: the record and the number features of a call share it."""
+    memo: dict[tuple[type, Any], Picked | None] = {}
+
+    def pick(leaf: Any) -> Picked | None:
+        key = (type(leaf), leaf)
+        if key not in memo:
+            memo[key] = _picked(leaf, results)
+        return memo[key]
+
+    return pick
+
+
+def _picked(leaf: Any, results: Sequence[Any]) -> Picked | None:
     """The record a value was picked from, ``(its list, the record, the field equal to the value)``: for
     a string, the latest tool result's record that holds it in an identifier field (named ``id`` or
     ``…_id``: a payment id is the user's payment method ``{"id": "cert_1", "kind": "certificate"}``, not
@@ -288,7 +303,7 @@ def _picked(leaf: Any, results: Sequence[Any]) -> tuple[list[dict[str, Any]], di
     it in any field (the first such field of the record)."""
     if isinstance(leaf, bool) or not isinstance(leaf, str | int | float):
         return None
-    fallback: tuple[list[dict[str, Any]], dict[str, Any], str] | None = None
+    fallback: Picked | None = None
     for parsed in results:
         for rows in _records(parsed):
             for row in rows:
@@ -339,7 +354,7 @@ def _compare(value: float, numbers: list[tuple[float, str]]) -> list[str]:
 
 
 def _number_features(name: str, leaves: list[tuple[str, Any]], numbers: list[tuple[float, str]],
-                     results: Sequence[Any]) -> list[str]:
+                     pick: Pick) -> list[str]:
     """Comparisons with the numbers of the question lines the call is about: each number argument
     (``AQ``), and each number field of the record a value was picked from (``RQ``) — a field holding
     a mapping is read at the key another argument names (``price.@``: the price of the cabin the call
@@ -350,7 +365,7 @@ def _number_features(name: str, leaves: list[tuple[str, Any]], numbers: list[tup
         number = _number(leaf)
         if number is not None:
             out.extend(f"AQ|{name}|{path}|{c}" for c in _compare(number, numbers))
-        picked = _picked(leaf, results)
+        picked = pick(leaf)
         if picked is None:
             continue
         _, row, own = picked
@@ -402,8 +417,8 @@ def feature_strings(rollouts: Rollouts, *, window: int = 48) -> Iterator[list[st
     stands_for: dict[int, Span] = {}  # the span of its question each call's values came from
     for c, (s, i) in enumerate(zip(r.call_step.tolist(), r.call_traj.tolist(), strict=True)):
         lo, hi = earlier[c]
-        results = [x for x in reversed(parsed[lo:hi]) if x is not None]
-        feats = _call_features(names[c], arguments[c], errored[c], seen[s], window, questions[i], results)
+        pick = _picker([x for x in reversed(parsed[lo:hi]) if x is not None])
+        feats = _call_features(names[c], arguments[c], errored[c], seen[s], window, questions[i], pick)
         leaves = _searchable_leaves(arguments[c])
         if leaves:
             spans = [_question_spans(leaf, prompts[i], texts, lo, hi, stands_for) for _, leaf in leaves]
@@ -412,7 +427,7 @@ def feature_strings(rollouts: Rollouts, *, window: int = 48) -> Iterator[list[st
             if span is not None:
                 stands_for[c] = span
             numbers = _about_numbers(prompts[i], [leaf for _, leaf in leaves], spans)
-            feats.extend(_number_features(names[c], leaves, numbers, results))
+            feats.extend(_number_features(names[c], leaves, numbers, pick))
         yield feats
 
 

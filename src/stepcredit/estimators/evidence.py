@@ -184,8 +184,8 @@ def call_evidence(
        are taken for one (rare where the order matters: the results then differ). With ``repeats``
        apart, a call a run repeats is, from its second time on, another call, witnessed by the runs
        that made it as often: a repeat needed by the task (the same sum twice) is credited where the
-       successes repeat it too, and a retry of an identical call after a passing tool error is a repeat like any
-       other.
+       successes repeat it too, and a retry of an identical call after a passing tool error is a
+       repeat like any other.
     2. Clues are independent given z, and witnesses are exchangeable: the runs of one policy are not
        (they share a mode). Rates fitted on the batch absorb how often *this* policy repeats a mistake
        in failed runs (θ_{wrong,failure}), which is what fixed rates got wrong; the dependence itself is
@@ -202,17 +202,17 @@ def call_evidence(
        is made by all). The context classifier is what separates such calls; it assumes the batch's
        mixed tasks show the same kinds of mistakes in the same kinds of context (the same task family)
        and it reads text near the values, the fields of the record a value was picked from and one
-       comparison of a number with each number of the question lines the call is about — the lines
-       where one of its values, or the call it was read from, stands alone (the price of the cabin
-       the call books against the budget; the bags against the bags asked for; also the parts of a
-       date on those lines, and a number argument against a record it merely equals) — a mistake that needs
-       more arithmetic (a fee from an allowance) stays hard. Its target, "a successful run made this
-       call", is 0 for a correct call that the successes made otherwise (another valid flight or
-       payment): on the booking desk the writes inside all-fail tasks rank at a within-tool AUROC of
-       0.7–0.8 (trained on the *true* labels of the mixed tasks, a diagnostic, it does no better),
-       and four times as many tasks per batch do not raise the figures. With no mixed task in the batch
-       there is nothing to train it on and the counting clues are used throughout.
-       ``stepcredit audit --breakdown`` shows the figures per group type.
+       comparison of a number with each number of the question lines the call is about — the lines where
+       one of its values, or the call it was read from, stands alone (the price of the cabin the call
+       books against the budget; the bags against the bags asked for; also the parts of a date on those
+       lines, and a number argument against a record it merely equals) — a mistake that needs more
+       arithmetic (a fee from an allowance) stays hard. Its target, "a successful run made this call",
+       is 0 for a correct call that the successes made otherwise (another valid flight or payment): on
+       the booking desk the writes inside all-fail tasks rank at a within-tool AUROC of 0.7–0.8 (trained
+       on the *true* labels of the mixed tasks, a diagnostic, it does no better), and four times as many
+       tasks per batch do not raise the figures. With no mixed task in the batch there is nothing to
+       train it on and the counting clues are used throughout. ``stepcredit audit --breakdown`` shows
+       the figures per group type.
     5. Grounding compares text: an argument the agent computed correctly (a sum, a date offset) is
        "unseen"; EM lowers the clue's weight to what the batch supports. Numbers match as whole
        numbers, strings as case-insensitive substrings.
@@ -244,10 +244,8 @@ def call_evidence(
     value = torch.tanh(fit.logit / 2)[fit.pair_of_call].to(r.outcome.dtype)  # per call occurrence
     if center == "group":  # the baseline: the mean over the task's first occurrences
         call_group = r.group[call_traj]
-        first_time = fit.first_time.to(value.dtype)
-        baseline = segments.segment_sum(value * first_time, call_group, r.num_groups) / segments.segment_sum(
-            first_time, call_group, r.num_groups).clamp_min(1)
-        value = value - baseline[call_group]
+        first = fit.first_time
+        value = value - segments.segment_mean(value[first], call_group[first], r.num_groups)[call_group]
     if tasks == "mixed":  # call credit only where the task's outcomes differ; elsewhere the outcome's
         outcome_part = adv[call_traj] if combine == "replace" else torch.zeros_like(value)
         value = torch.where(fit.contrast[r.group[call_traj]], value, outcome_part)
