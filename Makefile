@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-load bench-grpo bench-estimators bench-structural bench-audit bench-rollout bench-integrations clean
+.PHONY: run test test-slow lint bench bench-load bench-grpo bench-estimators bench-structural bench-audit bench-rollout bench-integrations clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,13 +18,19 @@ run: $(STAMP)
 	$(BIN)/stepcredit experiment
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
 	$(BIN)/mypy
+	$(BIN)/python tools/check_imports.py
 	$(BIN)/python -m pytest -n 2 -q
 
+# the benchmark smoke tests (marked slow), out of `make test`
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -q -m slow
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
 	$(BIN)/mypy
+	$(BIN)/python tools/check_imports.py
 
 # every benchmark in a fresh process, in a fixed order; rewrites benchmarks/RESULTS.md (and scaling.png)
 bench: $(STAMP)

@@ -18,7 +18,7 @@ three further calls (the shared 2-core machine makes single runs noisy).
 Implementations of the bootstrap: ``groups`` is ``audit`` (per-group sufficient statistics);
 ``dense`` (``dense_audit``) computes each recipe's credit the same way and then the original
 (samples × units) evaluation kept in
-``tests/audit/oracles.py``, run only at sizes where its predicted peak stays far below the machine's
+``tests/support/audit_oracles.py``, run only at sizes where its predicted peak stays far below the machine's
 memory. Where both run on the same batch the script checks that their intervals agree.
 """
 
@@ -73,9 +73,9 @@ def _median_s(fn: Callable[[], object]) -> float:
 
 def dense_audit(r, names: list[str], *, bootstrap: int, seed: int) -> SimpleNamespace:
     """The audit's bootstrap as it was first written: per recipe, the credit's units and the original
-    (samples × units) evaluation (``tests/audit/oracles.py``) on all units and on each breakdown
+    (samples × units) evaluation (``tests/support/audit_oracles.py``) on all units and on each breakdown
     subset — what ``audit`` computes from per-group statistics instead."""
-    from tests.audit.oracles import dense_bootstrap_intervals
+    from tests.support.audit_oracles import dense_bootstrap_intervals
 
     from stepcredit.auditing import metrics as M
     from stepcredit.auditing.run import recipe_part

@@ -22,14 +22,12 @@ None of that preparation is timed; ``build`` times the ``from_trainer_tensors`` 
 Methods, each timed in this one process: one warm-up call each, then 7 rounds, each round calling every
 method once in turn (so a burst of load from other processes hits one round of every method, not
 all the repeats of one); the median per method. Every stepcredit call starts cold (the batch's
-cached indices are dropped first, as on a freshly built batch); ``build`` writes its bool mask, and
-``to_tokens`` its output, into the buffer a previous call left (``stepcredit._buffers``), as in a
-training loop:
+cached indices are dropped first, as on a freshly built batch):
 
 * ``floor``: ``scores[:, None] * mask`` (float32 mask, scores summed beforehand) — one read of the
   mask, one write of the (B, T) output;
 * ``floor, reused output``: the same into an output allocated once beforehand (no page faults of a
-  fresh output), the yardstick for the recycled outputs of ``to_tokens``;
+  fresh output): what recycling outputs could save at most;
 * ``verl loop`` / ``verl vectorized``: verl 0.9.1's ``compute_grpo_outcome_advantage`` and
   ``compute_grpo_vectorized_outcome_advantage`` (outcome only, from the raw tensors);
 * every registered credit component that applies to a trainer batch, as
@@ -37,7 +35,7 @@ training loop:
   estimators on the tree batch);
 * ``full recipe``: ``Recipe`` with selection ``binary_gate`` + ``resample_on_correct`` (keep 6 of the
   group of 8) and credit ``gigpo`` + ``toolpo``, then ``to_tokens`` on the kept rows;
-* ``gigpo oracle (loop, steps)``: the loop reference of ``tests/estimators/oracles.py`` (dicts over
+* ``gigpo oracle (loop, steps)``: the loop reference of ``tests/support/estimator_oracles.py`` (dicts over
   Python floats), smallest size only, at the steps level (no tokens), beside ``gigpo (steps)``, the
   same estimator without the token broadcast; their max |diff| is printed.
 * ``build``: ``from_trainer_tensors`` with the call patterns, step rewards and states.
@@ -85,9 +83,8 @@ COMPONENTS: dict[str, tuple[str, dict[str, Any]]] = {
     "ms_grpo": ("chain", {"norm": "std"}),
     "gigpo": ("chain", {"step_weight": 1.0, "mode": "mean_norm", "gamma": 0.95}),
     "mt_grpo": ("chain", {"turn_reward": "tool_ok", "turns": "first"}),
-    "mt_grpo_first_turn": ("chain", {}),
-    "mt_grpo_per_index": ("chain", {}),
-    "mt_grpo_per_trajectory": ("chain", {}),
+    "mt_grpo, per_index": ("chain", {"turns": "per_index"}),
+    "mt_grpo, per_trajectory": ("chain", {"turns": "per_trajectory"}),
     "per_turn": ("chain", {}),
     "per_turn_index": ("chain", {}),
     "step_grpo": ("chain", {"key": "position"}),
@@ -203,7 +200,7 @@ def make_batch(b: int, t: int, seed: int = 0) -> Batch:
         torch.tensor(nodes, dtype=torch.int64),
         np.arange(b) // LEAVES,
     )
-    from stepcredit.integrations import name_calls
+    from stepcredit.integrations.calls import name_calls
 
     chain = name_calls(batch.build(), batch.responses, "tokens")
     c = chain.num_calls
@@ -239,7 +236,7 @@ def method(name: str, batch: Batch) -> Callable[[], object]:
 
         return run_recipe
     if name == ORACLE[0]:
-        from tests.estimators.oracles import gigpo_oracle
+        from tests.support.estimator_oracles import gigpo_oracle
 
         kw = dict(step_weight=1.0, mode="mean_norm", gamma=0.95, eps=1e-6, episode_weighting="steps")
         return lambda: gigpo_oracle(batch.chain, **kw)
@@ -247,9 +244,9 @@ def method(name: str, batch: Batch) -> Callable[[], object]:
         from stepcredit.estimators import gigpo
 
         return lambda: gigpo(uncached(batch.chain)).per_step(batch.chain)
-    from stepcredit.registry import REGISTRY
+    from stepcredit.core.registry import REGISTRY
 
-    fn = REGISTRY["credit"][name].fn
+    fn = REGISTRY["credit"][name.split(",")[0]].fn  # "mt_grpo, per_index": a component with parameters
     which, params = COMPONENTS[name]
     r = batch.chain if which == "chain" else batch.trees
     return lambda: fn(uncached(r), **params).to_tokens(r)
@@ -257,7 +254,7 @@ def method(name: str, batch: Batch) -> Callable[[], object]:
 
 def checks(batch: Batch) -> dict[str, float]:
     """Agreement with the loop references on ``batch`` (max |diff|); the tree batch must be a tree."""
-    from tests.estimators.oracles import gigpo_oracle, tree_grpo_loop, treepo_loop, treerl_loop
+    from tests.support.estimator_oracles import gigpo_oracle, tree_grpo_loop, treepo_loop, treerl_loop
 
     from stepcredit.estimators import gigpo, tree_grpo, treepo, treerl
 
@@ -377,7 +374,7 @@ def main() -> None:
     sizes = QUICK_SIZES if args.quick else SIZES
     plot_path = args.plot if args.plot is not None else (None if args.quick else PLOT)
 
-    from stepcredit.registry import REGISTRY
+    from stepcredit.core.registry import REGISTRY
 
     missing = sorted(set(REGISTRY["credit"]) - set(COMPONENTS) - set(SKIPPED))
     assert not missing, f"credit components neither benched nor skipped: {missing}"

@@ -72,8 +72,8 @@ def decoder() -> Callable[[list[list[int]]], list[str]]:
 def methods(batch: dict[str, object]) -> dict[str, Callable[[], object]]:
     from verl.trainer.ppo import core_algos
 
-    import stepcredit.integrations.verl_plugin  # noqa: F401  (registers stepcredit_*)
-    from stepcredit.integrations.verl import rows_from_verl
+    import stepcredit.integrations.verl.plugin  # noqa: F401  (registers stepcredit_*)
+    from stepcredit.integrations.verl.estimators import rows_from_verl
 
     mask, rewards, ids = batch["mask"], batch["rewards"], batch["responses"]
     assert isinstance(mask, torch.Tensor) and isinstance(rewards, torch.Tensor) and isinstance(ids, torch.Tensor)

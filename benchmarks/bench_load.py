@@ -12,9 +12,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from stepcredit.core import build
 from stepcredit.io import load, log_files, write_parquet
-from stepcredit.io._tau2 import read_tau2_records
-from stepcredit.rollouts import build
+from stepcredit.io.tau2 import read_tau2_records
 from timing import median_ms  # benchmarks/timing.py
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tau2-bench" / "airline"

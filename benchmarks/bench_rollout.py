@@ -26,10 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stepcredit.envs import env_factory
+from stepcredit.generation import NoisyOracle, rollout_chains, rollout_trees
 from stepcredit.recipe import Recipe
-from stepcredit.rollout import NoisyOracle, rollout_chains, rollout_trees
+from stepcredit.train import build_policy, rl_step, warm_start
 from stepcredit.train.experiment import load_experiment
-from stepcredit.train.trainer import build_policy, rl_step, warm_start
 
 TASKS = 16
 

@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python benchmarks/bench_structural.py`` (about a minute on 2 cores).
 
 * GiGPO at 8,192 trajectories × 30 steps (1,024 tasks × 8): ``gigpo`` vs two loop references from
-  ``tests/estimators/oracles.py``: the test oracle (dict loops over Python floats — faster than the
+  ``tests/support/estimator_oracles.py``: the test oracle (dict loops over Python floats — faster than the
   reference code) and the same loops in the cost structure of verl-agent's
   ``compute_gigpo_outcome_advantage`` (per-row torch scalars, ``torch.mean``/``torch.std`` per group;
   without its token broadcast). Steps revisit anchor states (3 choices per step index), rewards are
@@ -27,7 +27,7 @@ from timing import median_ms, uncached  # benchmarks/timing.py
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.estimators.oracles import (
+from tests.support.estimator_oracles import (
     gigpo_oracle,
     gigpo_verl_agent_style,
     tree_grpo_loop,
@@ -36,6 +36,7 @@ from tests.estimators.oracles import (
 )
 
 from stepcredit import Rollouts
+from stepcredit.core import Texts
 from stepcredit.envs.synthetic import make_tree_rollouts
 from stepcredit.estimators import (
     action_anchor,
@@ -47,7 +48,6 @@ from stepcredit.estimators import (
     treepo,
     treerl,
 )
-from stepcredit.rollouts import Texts
 
 
 def anchored_batch(tasks: int = 1024, group: int = 8, steps: int = 30, seed: int = 0) -> Rollouts:

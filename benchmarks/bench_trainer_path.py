@@ -24,29 +24,24 @@ threads:
 * ``floor``: ``scores[:, None] * mask`` with ``scores`` the per-row outcome summed beforehand — one read
   of the float mask, one write of the output; every ratio is to this, measured on the same batch;
 * ``floor, reused output``: the same into an output buffer allocated once beforehand (no page faults
-  of a fresh output; no target): the yardstick for what the recycled buffers below save;
+  of a fresh output; no target): what recycling outputs could save at most;
 * ``trainer path: grpo``: ``from_trainer_tensors(mask, index, token_level_rewards=...)`` (steps from
   mask runs, groups from uids, validation; what verl's registered ``stepcredit_grpo`` passes) +
-  ``Recipe.builtin("grpo").run`` + ``to_tokens`` (target ≤ 2× floor);
-  ``from_trainer_tensors`` writes its bool mask, and ``to_tokens`` its output, into buffers recycled
-  from the previous batch once that batch is gone (``stepcredit._buffers``), as in a training loop;
-  the next row,
-* ``trainer path, first batch``: the same with the pool emptied before each call, pays the page faults
-  of a fresh mask and output as a run's first batch does (no target);
+  ``Recipe.builtin("grpo").run`` + ``to_tokens`` (target ≤ 2× floor); every call allocates its mask
+  and its output afresh, as every batch of a training loop does;
 * ``build``: that ``from_trainer_tensors`` alone, and on the multi-turn batch also with its tool calls
   (``responses`` + markers), ``state`` keys and step rewards (no target; reported for the full recipe);
 * ``<estimator> + to_tokens``: every trajectory-level credit component (one value per trajectory) on
   a ``Rollouts`` built once from the batch (target ≤ 1.5×);
 * ``full recipe``: ``timing.FULL_RECIPE`` (``binary_gate`` + ``resample_on_correct`` keep 6 of 8 +
   ``gigpo`` + ``toolpo``), then the full ``(B, T)`` layout with dropped rows zeroed, through the verl integration's path
-  (``RowBatch.token_advantages``), on a prebuilt ``Rollouts`` (its calls' ``call_ok`` set, 80% ok) —
+  (``TrainerRows.token_advantages``), on a prebuilt ``Rollouts`` (its calls' ``call_ok`` set, 80% ok) —
   target ≤ 3× — and again including ``from_trainer_tensors`` (whose calls are of unknown outcome).
 
 Peak memory: each method runs again in a fresh subprocess; the figure is the peak resident memory
 above what the inputs (and a prebuilt ``Rollouts``) already held (``VmHWM`` reset through
-``/proc/self/clear_refs``), as in ``bench_grpo.py``, with the pool of recycled buffers emptied first
-(``timing.peak_extra_bytes``): the memory a call needs, whether a training loop keeps it in the pool
-between batches or not.
+``/proc/self/clear_refs``), as in ``bench_grpo.py`` (``timing.peak_extra_bytes``): the memory a call
+needs.
 """
 
 from __future__ import annotations
@@ -164,18 +159,17 @@ def with_call_outcomes(rollouts: Any, seed: int = 0) -> Any:
 def full_recipe_tokens(recipe: Any, rollouts: Any) -> torch.Tensor:
     """The recipe's credit on the full ``(B, T)`` layout, rows a selection dropped zeroed, as the verl
     integration returns it."""
-    from stepcredit.integrations._rows import RowBatch
+    from stepcredit.integrations.rows import TrainerRows
 
-    batch = RowBatch.from_rows(rollouts)
+    batch = TrainerRows.from_rows(rollouts)
     result = recipe.run(batch.rollouts)
     return batch.token_advantages(result.credit, result.kept, result.rollouts)
 
 
 def methods(kind: str, batch: dict[str, Any]) -> dict[str, tuple[Callable[[], object], float | None]]:
     """name → (call, target × floor) for one batch; the prebuilt rollouts are made here, untimed."""
-    from stepcredit import _buffers
+    from stepcredit.core.registry import get
     from stepcredit.recipe import Recipe
-    from stepcredit.registry import get
 
     grpo_recipe = Recipe.builtin("grpo")
     rollouts = build(batch)
@@ -189,11 +183,6 @@ def methods(kind: str, batch: dict[str, Any]) -> dict[str, tuple[Callable[[], ob
 
     out["trainer path: grpo (build + recipe + to_tokens)"] = (trainer_path, 2.0)
 
-    def cold_path() -> object:
-        _buffers.release_buffers()
-        return trainer_path()
-
-    out["trainer path, first batch (no recycled buffers)"] = (cold_path, None)
     out["build (from_trainer_tensors)"] = (lambda: build(batch, calls=False), None)
     if kind == "multi-turn":
         out["build with tool calls, states, step rewards"] = (lambda: build(batch), None)
@@ -223,7 +212,7 @@ def make(kind: str, b: int, t: int) -> dict[str, Any]:
 
 def peak_one(kind: str, name: str, b: int, t: int) -> None:
     """Subprocess body: print the peak extra resident memory of one call of ``name``, after one call
-    that loads what is imported lazily (``peak_extra_bytes`` empties the pool of recycled buffers)."""
+    that loads what is imported lazily."""
     torch.set_num_threads(2)
     fn, _ = methods(kind, make(kind, b, t))[name]
     fn()

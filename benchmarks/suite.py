@@ -105,7 +105,7 @@ built-in recipes' parameters, starting cold (the batch's cached indices dropped 
 is `binary_gate` + `resample_on_correct` (keep 6 of 8) + `gigpo` + `toolpo`, then `to_tokens` on the
 kept rows. References in the same run: the floor `scores[:, None] * mask`, verl 0.9.1's GRPO loop and
 vectorized estimator, and (smallest size only, at the steps level) the GiGPO loop oracle of
-`tests/estimators/oracles.py` beside `gigpo` without the token broadcast. `build` is the
+`tests/support/estimator_oracles.py` beside `gigpo` without the token broadcast. `build` is the
 `from_trainer_tensors` call itself. Peak extra memory at the largest size only, each method in a
 fresh subprocess. The script checks gigpo and the tree estimators against their loop references.
 
@@ -131,7 +131,7 @@ the targets; peak memory per method in a fresh subprocess unless `--no-peak`."""
         "Structural estimators vs loop references",
         """GiGPO on a batch of many tasks × 8 trajectories × 30 steps with anchor states revisited (3
 choices per step index, small integer ids) and sparse step rewards, against two loop references in
-`tests/estimators/oracles.py`: the test oracle over Python floats, and the same loops in the cost
+`tests/support/estimator_oracles.py`: the test oracle over Python floats, and the same loops in the cost
 structure of verl-agent's `compute_gigpo_outcome_advantage` (per-row torch scalars,
 `torch.mean`/`torch.std` per group). The tree estimators
 (`tree_grpo`, `treerl`, `treepo`) on `make_tree_rollouts` batches against their loops. Every stepcredit
@@ -153,7 +153,7 @@ batch in; *peak* = the process's highest resident memory (VmHWM, reset through `
 at the start of each stage) during the first call of the stage — the whole process, batch included.
 Times: median of further calls. `groups` is `audit` itself (the bootstrap from per-group sufficient
 statistics); `dense` (`dense_audit`) computes each recipe's credit the same way and then the
-original (samples × labelled units) evaluation kept in `tests/audit/oracles.py`, run only where its
+original (samples × labelled units) evaluation kept in `tests/support/audit_oracles.py`, run only where its
 predicted peak stays far below the machine's memory (it grows with every labelled unit). Where both
 ran, the script checks that their intervals agree. `default` = the `DEFAULT_RECIPES`.
 

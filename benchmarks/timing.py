@@ -66,12 +66,7 @@ def reset_peak() -> None:
 
 
 def peak_extra_bytes(fn: Callable[[], object]) -> int:
-    """The peak resident memory of one call of ``fn`` above what the process held before it, with
-    stepcredit's pool of recycled buffers emptied first (``release_buffers``): a call that writes into
-    a buffer an earlier call left would otherwise count none of it."""
-    from stepcredit import release_buffers
-
-    release_buffers()
+    """The peak resident memory of one call of ``fn`` above what the process held before it."""
     before = memory_bytes("VmRSS")
     reset_peak()
     out = fn()
@@ -87,7 +82,7 @@ def reference(name: str, rewards: Any, mask: Any, index: Any) -> Callable[[], ob
     ``"verl vectorized"``, verl 0.9.1's ``compute_grpo_outcome_advantage`` and
     ``compute_grpo_vectorized_outcome_advantage`` (they sum the rewards themselves); ``"floor, reused
     output"``, the floor written into one output buffer allocated beforehand, so without the page
-    faults of a fresh one — the yardstick for paths that recycle their output (``stepcredit._buffers``)."""
+    faults of a fresh one (what an allocator that recycles outputs could save at most)."""
     if name == "floor":
         scores = rewards.sum(-1)
         return lambda: scores[:, None] * mask

@@ -1,8 +1,14 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
+# One thread per test process (and per subprocess it starts): the suite runs one xdist worker per core,
+# and torch's intra-op threads on top of that oversubscribe the cores and slow every test down.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import pytest  # noqa: E402 - after the thread variables, before anything imports torch
 
 TAU2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tau2-bench" / "airline"
 
@@ -19,13 +25,3 @@ def tau2_rollouts(tau2_dir: Path):
     from stepcredit.io import load
 
     return load(tau2_dir)
-
-
-@pytest.fixture
-def empty_pool():
-    """stepcredit's pool of recycled host buffers emptied before and after the test."""
-    from stepcredit import release_buffers
-
-    release_buffers()
-    yield
-    release_buffers()

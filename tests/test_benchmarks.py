@@ -1,5 +1,6 @@
-"""Smoke tests of the benchmark suite: ``bench_estimators.py --quick`` runs and reports every method,
-and ``suite.py`` assembles ``RESULTS.md`` from captured outputs (no wall-clock assertions)."""
+"""Smoke tests of the benchmark suite: ``bench_estimators.py --quick`` and ``bench_trainer_path.py``
+run and report every method (marked ``slow``: ``make test-slow``, not ``make test``), and ``suite.py``
+assembles ``RESULTS.md`` from captured outputs (no wall-clock assertions)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ def _suite():
     return module
 
 
+@pytest.mark.slow
 @pytest.mark.verl
 @pytest.mark.skipif(importlib.util.find_spec("verl") is None, reason="verl is not installed")
 def test_bench_estimators_quick_reports_every_method(tmp_path: Path) -> None:
@@ -50,7 +52,7 @@ def test_bench_estimators_quick_reports_every_method(tmp_path: Path) -> None:
     assert expected <= set(data["methods"])
 
     import stepcredit.estimators  # noqa: F401  (registers every credit component)
-    from stepcredit.registry import REGISTRY
+    from stepcredit.core.registry import REGISTRY
 
     for name in REGISTRY["credit"]:  # every estimator is benched or skipped with a reason
         assert name in data["methods"] or data["skipped"].get(name), name
@@ -58,6 +60,7 @@ def test_bench_estimators_quick_reports_every_method(tmp_path: Path) -> None:
     assert "| method | batch |" in proc.stdout  # the Markdown table on stdout
 
 
+@pytest.mark.slow
 def test_bench_trainer_path_small_reports_every_target(tmp_path: Path) -> None:
     out = tmp_path / "path.json"
     proc = subprocess.run(

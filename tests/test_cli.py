@@ -1,18 +1,29 @@
-"""The command line, run as a user runs it (subprocess for exit codes and stderr)."""
+"""The command line, run as a user runs it (``tests.support.cli.run``: exit codes, stdout and stderr apart;
+in this process, and as a process where only a process shows it)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from pathlib import Path
 
 import pytest
 
-from stepcredit.envs.synthetic import make_rollouts
+from stepcredit import Recipe, RolloutError
+from stepcredit.envs import make_rollouts
+from stepcredit.io import write_chat_jsonl
+from tests.support.cli import one_line_exit_2, run
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stepcredit.cli", *args], capture_output=True, text=True, timeout=120)
+def test_the_command_runs_as_a_process(tmp_path):
+    """``python -m stepcredit.cli``: help, a command's output, and bad input as one line with exit 2."""
+    out = run("--help", process=True)
+    assert out.returncode == 0 and "Usage" in out.stdout, out.stderr
+    log = tmp_path / "log.jsonl"
+    write_chat_jsonl(make_rollouts(2, 2, seed=0), log)
+    out = run("credit", str(log), "-r", "grpo", "-o", str(tmp_path / "credit.jsonl"), process=True)
+    assert out.returncode == 0 and (tmp_path / "credit.jsonl").is_file(), out.stderr
+    one_line_exit_2(run("credit", str(log), "-r", "no_such_recipe", "-o", str(tmp_path / "c2.jsonl"), process=True),
+                    "unknown recipe")
 
 
 def test_help_on_every_command():
@@ -175,7 +186,6 @@ def test_structural_recipes_run_on_tau2(tau2_dir, tmp_path, recipe):
 
 
 def test_read_credit_jsonl_rejects_other_records(tmp_path):
-    from stepcredit import RolloutError
     from stepcredit.io import read_credit_jsonl
 
     p = tmp_path / "c.jsonl"
@@ -204,3 +214,77 @@ def test_demo_judges_shaped_recipes_by_logged_outcomes():
     grpo_row = next(line for line in out.stdout.splitlines() if "│ grpo " in line)
     # the same +1 calls in failed runs are counted for rlcr as for grpo
     assert row.split("│")[4].strip() == grpo_row.split("│")[4].strip()
+
+
+# ------------------------------------------------------------------- hostile input
+def test_cli_refuses_user_code_without_allow_imports(tmp_path):
+    log = tmp_path / "log.jsonl"
+    write_chat_jsonl(make_rollouts(2, 2, seed=0), log)
+    (tmp_path / "r.yaml").write_text("credit: [{toolpo: {correct: 'os:getcwd'}}]\n")
+    one_line_exit_2(
+        run("credit", str(log), "-r", str(tmp_path / "r.yaml"), "-o", str(tmp_path / "c.jsonl")), "--allow-imports"
+    )
+    assert "--allow-imports" in run("credit", "--help").stdout
+
+
+def test_a_folder_named_like_a_builtin_recipe_does_not_shadow_it(tmp_path):
+    (tmp_path / "grpo").mkdir()
+    log = tmp_path / "log.jsonl"
+    write_chat_jsonl(make_rollouts(2, 2, seed=0), log)
+    res = run("credit", str(log), "-r", "grpo", "-o", str(tmp_path / "c.jsonl"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert Recipe.load("grpo").name == "grpo"
+
+
+@pytest.fixture
+def log(tmp_path) -> Path:
+    path = tmp_path / "log.jsonl"
+    write_chat_jsonl(make_rollouts(3, 2, seed=0), path)
+    return path
+
+
+def test_output_never_overwrites_an_input(log):
+    before = log.read_bytes()
+    one_line_exit_2(run("credit", str(log), "-o", str(log)), "input")
+    one_line_exit_2(run("convert", str(log), "-o", str(log)), "input")
+    one_line_exit_2(run("audit", str(log), "-o", str(log)), "input")
+    assert log.read_bytes() == before
+
+
+def test_output_into_a_missing_folder_or_onto_a_folder(log, tmp_path):
+    one_line_exit_2(run("credit", str(log), "-o", str(tmp_path / "missing" / "c.jsonl")), "folder")
+    one_line_exit_2(run("credit", str(log), "-o", str(tmp_path)), "folder")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--bootstrap", "-5"], "--bootstrap"),
+        (["--bootstrap", "100000000"], "--bootstrap"),
+        (["--seed", str(10**22)], "--seed"),
+    ],
+)
+def test_audit_numbers_out_of_range(log, args, fragment):
+    res = run("audit", str(log), *args)
+    assert res.returncode == 2 and fragment in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("args", [["--groups", "0"], ["--group-size", "0"], ["--seed", str(10**22)]])
+def test_demo_numbers_out_of_range(args):
+    res = run("demo", *args)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+def test_error_json_output_is_valid_json(log, tmp_path):
+    res = run("credit", str(log), "-o", str(tmp_path / "c.jsonl"))
+    assert res.returncode == 0
+    for line in (tmp_path / "c.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))  # no NaN / Infinity
+
+
+def test_output_inside_an_input_folder(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    write_chat_jsonl(make_rollouts(2, 2, seed=0), logs / "a.jsonl")
+    one_line_exit_2(run("credit", str(logs), "-o", str(logs / "credit.jsonl")), "inside the input folder")
+    assert run("credit", str(logs), "-o", str(tmp_path / "credit.jsonl")).returncode == 0

@@ -1,15 +1,23 @@
-"""The public API is flat: everything a user needs is a name in ``stepcredit.__all__``."""
+"""The public API is narrow and lazy: the data model, the loaders, the recipe, the audit and the
+estimators at the top; everything else in its subpackage, imported on first use; Python name =
+registry name."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import stepcredit
+from stepcredit.core.registry import REGISTRY
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+HEAVY = ("gymnasium", "matplotlib", "transformers", "rich", "typer", "stepcredit.train", "stepcredit.envs",
+         "stepcredit.auditing", "stepcredit.generation", "stepcredit.feedback", "stepcredit.integrations")
 
 
 def test_every_public_name_is_importable():
@@ -17,70 +25,70 @@ def test_every_public_name_is_importable():
         assert getattr(stepcredit, name) is not None, name
     for name in ("Rollouts", "Credit", "Recipe", "load", "from_trainer_tensors", "audit", "build", "register"):
         assert name in stepcredit.__all__
-    registered = {c.fn.__name__ for kind in ("credit",) for c in stepcredit.registry.REGISTRY[kind].values()}
-    assert registered <= set(stepcredit.__all__)  # every estimator by name
+    assert len(stepcredit.__all__) == len(set(stepcredit.__all__))
+    assert len(set(stepcredit.__all__) - set(stepcredit.ESTIMATORS)) <= 20
+
+
+def test_the_estimators_at_the_top_are_the_registered_credit_components():
+    import stepcredit.estimators
+
+    assert set(stepcredit.ESTIMATORS) == set(REGISTRY["credit"]) == set(stepcredit.estimators.__all__)
+    for name in stepcredit.ESTIMATORS:
+        assert getattr(stepcredit, name) is getattr(stepcredit.estimators, name)
+
+
+@pytest.mark.parametrize("kind", ["shaping", "selection", "credit"])
+def test_python_name_is_registry_name(kind):
+    import importlib
+
+    import stepcredit.recipe  # noqa: F401 - registers every component
+
+    package = importlib.import_module(f"stepcredit.{'estimators' if kind == 'credit' else kind}")
+    for name, component in REGISTRY[kind].items():
+        assert component.fn.__name__ == name
+        assert getattr(package, name) is component.fn, f"stepcredit.{package.__name__}.{name}"
+
+
+def test_subpackages_are_attributes_on_first_use():
+    assert stepcredit.envs.__name__ == "stepcredit.envs"
+    assert stepcredit.train.TrainConfig is not None
+    with pytest.raises(AttributeError):
+        stepcredit.release_buffers  # noqa: B018 - gone with the buffer pool
 
 
 def test_subpackages_declare_all():
-    import stepcredit.auditing
-    import stepcredit.envs
-    import stepcredit.estimators
-    import stepcredit.io
-    import stepcredit.rollouts
-    import stepcredit.selection
-    import stepcredit.shaping
+    import importlib
 
-    for mod in (
-        stepcredit.auditing,
-        stepcredit.envs,
-        stepcredit.estimators,
-        stepcredit.io,
-        stepcredit.rollouts,
-        stepcredit.selection,
-        stepcredit.shaping,
-    ):
+    for name in ("auditing", "core", "envs", "estimators", "feedback", "generation", "io", "selection", "shaping",
+                 "streaming", "train", "views"):
+        mod = importlib.import_module(f"stepcredit.{name}")
         assert mod.__all__ and all(hasattr(mod, n) for n in mod.__all__), mod.__name__
 
 
-def python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.DOTALL)
+def _loaded_by(statement: str) -> list[str]:
+    code = f"import json, sys\n{statement}\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_import_stepcredit_loads_only_the_core():
+    loaded = _loaded_by("import stepcredit")
+    heavy = [m for m in loaded if any(m == h or m.startswith(h + ".") for h in HEAVY)]
+    assert not heavy, heavy
+    assert "stepcredit.core.batch" in loaded
+
+
+def test_a_recipe_run_loads_no_environment_trainer_or_plot():
+    loaded = _loaded_by("import torch, stepcredit\n"
+                        "r = stepcredit.from_trainer_tensors(torch.ones(2, 3), ['a', 'a'],\n"
+                        "                                    outcome=torch.tensor([0., 1.]))\n"
+                        "stepcredit.Recipe.load('call_evidence').run(r).credit.to_tokens(r)")
+    heavy = [m for m in loaded if any(m == h or m.startswith(h + ".") for h in HEAVY)]
+    assert not heavy, heavy
 
 
 def test_readme_examples_use_only_public_names():
-    blocks = python_blocks()
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.DOTALL)
     assert blocks
     for block in blocks:
         assert not re.search(r"from stepcredit\.\w+ import|import stepcredit\.", block), block
-
-
-@pytest.mark.realdata
-def test_readme_quick_tour_runs(tau2_dir, monkeypatch):
-    import torch
-
-    tour = python_blocks()[0]
-    # the trainer-tensor lines need a batch; give them a small one
-    n, t = 4, 6
-    names = {
-        "response_mask": torch.tensor([[1, 1, 0, 1, 1, 0]] * n),
-        "uids": ["a", "a", "b", "b"],
-        "rewards": torch.zeros(n, t),
-        "ids": torch.tensor([[7, 8, 0, 5, 6, 0]] * n),  # a tool call <7> ... <8> in the first turn
-        "tc_open": 7,
-        "tc_close": 8,
-    }
-    monkeypatch.chdir(README.parent)  # the tour loads ../shared/data/... from the repository root
-    exec(compile(tour, "README", "exec"), names)
-    whole, rollouts = names["whole"], names["rollouts"]
-    assert sorted(whole.texts.ids.to_pylist()) == sorted(rollouts.texts.ids.to_pylist())
-    assert whole.num_groups == rollouts.num_groups and whole.num_calls == rollouts.num_calls
-    assert names["report"].unit == "call"
-    build_example = python_blocks()[1]
-    exec(compile(build_example, "README", "exec"), {})
-
-
-def test_readme_environment_tour_runs():
-    block = next(b for b in python_blocks() if "rollout_trees" in b)
-    names: dict[str, object] = {}
-    exec(compile(block, "README", "exec"), names)
-    assert names["info"]["label"] == 1  # type: ignore[index]
-    assert names["trees"].rollouts.tree is not None  # type: ignore[attr-defined]

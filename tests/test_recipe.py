@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from stepcredit import Rollouts
-from stepcredit.envs.synthetic import make_rollouts
-from stepcredit.estimators import grpo, rloo
-from stepcredit.recipe import Recipe, RecipeError, builtin_recipes
-from stepcredit.registry import REGISTRY, register
+from stepcredit import Recipe, RecipeError, Rollouts, grpo
+from stepcredit.core.registry import REGISTRY, register
+from stepcredit.envs import make_rollouts
+from stepcredit.estimators import rloo
+from stepcredit.recipe import builtin_recipes
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +23,10 @@ def test_builtin_recipes_load_and_run(rollouts):
     names = builtin_recipes()
     assert {"grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "ms_grpo", "ms_grpo_sampled"} <= set(names)
     for name in names:
+        if name == "prm_step":  # the second half of prm_mix: the bare recipe needs PRM scores in the log
+            with pytest.raises(ValueError, match="prm_step needs PRM scores"):
+                Recipe.builtin(name).run(rollouts)
+            continue
         result = Recipe.builtin(name).run(rollouts)
         result.credit.check(result.rollouts)
         assert result.kept.numel() == result.rollouts.num_trajectories
@@ -138,11 +144,10 @@ def test_credit_selection_must_come_last():
 
 @pytest.mark.realdata
 def test_gated_example_recipe_runs_on_tau2(tau2_rollouts):
-    from pathlib import Path
 
     from stepcredit.estimators import grpo, toolpo
 
-    recipe = Recipe.load(str(Path(__file__).resolve().parents[1] / "examples" / "tau2_gated.yaml"))
+    recipe = Recipe.load(str(Path(__file__).resolve().parents[1] / "configs" / "recipes" / "tau2_gated.yaml"))
     assert [s.name for s in recipe.selection] == ["rubric_gate", "resample_on_correct"]
     result = recipe.run(tau2_rollouts)
     r = result.rollouts
@@ -157,3 +162,79 @@ def test_gated_example_recipe_runs_on_tau2(tau2_rollouts):
     assert torch.allclose(result.credit.trajectory, want, atol=1e-6)
     assert torch.equal(result.credit.call, 0.5 * toolpo(r).call)
     assert torch.equal(recipe.run(tau2_rollouts).kept, result.kept)  # seeded
+
+
+# ------------------------------------------------------------------- hostile input
+def test_yaml_billion_laughs_is_refused_quickly(tmp_path):
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [
+        f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, "
+        f"*a{i - 1}]"
+        for i in range(1, 10)
+    ]
+    lines.append("credit: [{grpo: {norm: *a9}}]")
+    (tmp_path / "laughs.yaml").write_text("\n".join(lines))
+    with pytest.raises(RecipeError, match="alias") as info:
+        Recipe.load(str(tmp_path / "laughs.yaml"))
+    assert len(str(info.value)) < 500
+
+
+def test_deeply_nested_yaml(tmp_path):
+    (tmp_path / "deep.yaml").write_text("credit: " + "[" * 20_000 + "]" * 20_000)
+    with pytest.raises(RecipeError, match="nested too deeply"):
+        Recipe.load(str(tmp_path / "deep.yaml"))
+
+
+def test_recipe_that_is_not_utf8(tmp_path):
+    (tmp_path / "r.yaml").write_bytes(b"credit: [grpo]\n# \xff\xfe\n")
+    with pytest.raises(RecipeError, match="UTF-8"):
+        Recipe.load(str(tmp_path / "r.yaml"))
+
+
+def test_huge_integers_in_yaml(tmp_path):
+    (tmp_path / "r.yaml").write_text("credit: [{grpo: {eps: " + "9" * 5000 + "}}]\n")
+    with pytest.raises(RecipeError) as info:
+        Recipe.load(str(tmp_path / "r.yaml"))
+    assert len(str(info.value)) < 500
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [[float("nan")], [float("inf")], [1e308, 1e308]],
+)
+def test_non_finite_recipe_weights(weights):
+    if len(weights) == 1:
+        with pytest.raises(RecipeError, match="finite"):
+            Recipe.load({"credit": [{"grpo": {"weight": weights[0]}}]})
+        return
+    recipe = Recipe.load({"credit": [{"grpo": {"weight": w}} for w in weights]})
+    with pytest.raises(ValueError, match="not finite"):  # the final credit is checked, not only the parts
+        recipe.run(make_rollouts(4, 4, seed=0))
+
+
+def test_recipes_that_name_user_code_need_an_opt_in():
+    spec = {"credit": [{"toolpo": {"correct": "os:getcwd"}}]}
+    with pytest.raises(RecipeError, match="allow_imports"):
+        Recipe.load(spec)
+    assert Recipe.load(spec, allow_imports=True).credit[0].params["correct"] == "os:getcwd"
+    for spec in (
+        {"shaping": [{"prm_mix": {"scorer": "os:getcwd"}}], "credit": ["grpo"]},
+        {"selection": [{"rubric_gate": {"rubrics": ["no_tool_errors", "os:getcwd"]}}], "credit": ["grpo"]},
+    ):
+        with pytest.raises(RecipeError, match="allow_imports"):
+            Recipe.load(spec)
+    Recipe.load({"selection": [{"rubric_gate": {"rubrics": ["no_tool_errors"]}}], "credit": ["grpo"]})  # built-in
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("1: a\nx: b\ncredit: [grpo]\n", "unknown stage"),  # keys of mixed types
+        ("description: !!timestamp x\ncredit: [grpo]\n", "cannot read recipe"),  # a malformed explicit tag
+        ("shaping: [expert_similarity]\ncredit: [grpo]\n", "needs experts"),  # a required parameter left out
+    ],
+)
+def test_recipe_files_found_by_fuzzing(tmp_path, text, fragment):
+    (tmp_path / "r.yaml").write_text(text)
+    with pytest.raises(RecipeError, match=fragment):
+        Recipe.load(str(tmp_path / "r.yaml"))

@@ -1,192 +1,159 @@
 """stepcredit: dense per-step and per-token credit for RL of tool-using LLM agents.
 
-The public API is flat::
+The top level holds the data model, the loaders, the recipe, the audit and the credit estimators::
 
-    from stepcredit import Rollouts, Credit, Recipe, load, from_trainer_tensors, audit, grpo, gigpo
+    import stepcredit as sc
 
-The stages of the flow live in subpackages (``rollouts`` → ``io`` → ``shaping`` → ``selection`` →
-``estimators`` → ``credit`` → ``auditing``); everything a user needs is importable from here.
+    rollouts = sc.from_trainer_tensors(response_mask, uids, outcome=scores)
+    credit = sc.Recipe.builtin("call_evidence").run(rollouts).credit
+    advantages = credit.to_tokens(rollouts)          # (N, T), aligned with response_mask
+
+Everything else lives in its stage's subpackage (``stepcredit.io``, ``.shaping``, ``.selection``,
+``.estimators``, ``.auditing``, ``.streaming``, ``.envs``, ``.generation``, ``.feedback``, ``.train``,
+``.integrations``). ``import stepcredit`` loads only the core (``stepcredit.core``); every other name
+and subpackage is imported on first use (PEP 562), so the verl plugin, a Ray worker or a script that
+needs one estimator does not pay for the environments, the trainer or the report.
 """
 
-from stepcredit import segments
-from stepcredit._buffers import release_buffers
-from stepcredit.auditing import DEFAULT_RECIPES, Audit, audit, write_report
-from stepcredit.credit import Credit
-from stepcredit.envs import BookingEnv, CalculatorEnv, LookupEnv, ToolEnv, env_factory, parse_action
-from stepcredit.errors import RolloutError
-from stepcredit.estimators import (
-    action_anchor,
-    brier_credit,
-    call_consensus,
-    call_evidence,
-    gigpo,
-    grpo,
-    ms_grpo,
-    mt_grpo,
-    mt_grpo_first_turn,
-    mt_grpo_per_index,
-    mt_grpo_per_trajectory,
-    oracle_labels,
-    per_turn,
-    per_turn_index,
-    prm_step,
-    reinforce_pp_baseline,
-    rloo,
-    step_grpo,
-    toolpo,
-    tree_grpo,
-    treepo,
-    treerl,
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from stepcredit.core import CallRecord, Credit, Rollouts, StepKind, StepRecord, TrajectoryRecord, build
+from stepcredit.core.errors import RolloutError
+from stepcredit.core.registry import register
+
+if TYPE_CHECKING:
+    from stepcredit.auditing import Audit, audit
+    from stepcredit.estimators import (
+        action_anchor,
+        brier,
+        call_consensus,
+        call_evidence,
+        gigpo,
+        grpo,
+        ms_grpo,
+        mt_grpo,
+        oracle,
+        per_turn,
+        per_turn_index,
+        prm_step,
+        reinforce_pp_baseline,
+        rloo,
+        step_grpo,
+        toolpo,
+        tree_grpo,
+        treepo,
+        treerl,
+    )
+    from stepcredit.io import from_trainer_tensors, load
+    from stepcredit.recipe import Recipe, RecipeError, RecipeResult
+
+ESTIMATORS = (
+    "action_anchor",
+    "brier",
+    "call_consensus",
+    "call_evidence",
+    "gigpo",
+    "grpo",
+    "ms_grpo",
+    "mt_grpo",
+    "oracle",
+    "per_turn",
+    "per_turn_index",
+    "prm_step",
+    "reinforce_pp_baseline",
+    "rloo",
+    "step_grpo",
+    "toolpo",
+    "tree_grpo",
+    "treepo",
+    "treerl",
 )
-from stepcredit.io import (
-    ChatFields,
-    from_trainer_tensors,
-    iter_group_chunks,
-    load,
-    load_records,
-    read_credit_jsonl,
-    read_parquet,
-    read_references,
-    write_chat_jsonl,
-    write_credit_jsonl,
-    write_credit_parquet,
-    write_parquet,
+"""The credit estimators, importable from here as from ``stepcredit.estimators`` (Python name =
+registry name)."""
+
+# name -> the module it is imported from on first use
+_LAZY: dict[str, str] = {
+    "Audit": "stepcredit.auditing",
+    "audit": "stepcredit.auditing",
+    "from_trainer_tensors": "stepcredit.io",
+    "load": "stepcredit.io",
+    "Recipe": "stepcredit.recipe",
+    "RecipeError": "stepcredit.recipe",
+    "RecipeResult": "stepcredit.recipe",
+    **dict.fromkeys(ESTIMATORS, "stepcredit.estimators"),
+}
+_SUBPACKAGES = frozenset(
+    {
+        "auditing",
+        "core",
+        "envs",
+        "estimators",
+        "feedback",
+        "generation",
+        "integrations",
+        "io",
+        "recipe",
+        "selection",
+        "shaping",
+        "streaming",
+        "train",
+        "views",
+    }
 )
-from stepcredit.recipe import Recipe, RecipeError, RecipeResult, builtin_recipes
-from stepcredit.registry import register
-from stepcredit.rollout import (
-    ChatFormat,
-    Context,
-    Generation,
-    NoisyOracle,
-    OraclePolicy,
-    Policy,
-    RolloutBatch,
-    SystematicOracle,
-    rollout_chains,
-    rollout_trees,
-)
-from stepcredit.rollout.tiny import tiny_policy
-from stepcredit.rollouts import (
-    CallRecord,
-    Rollouts,
-    StepKind,
-    StepRecord,
-    Texts,
-    TrajectoryRecord,
-    build,
-    observation_states,
-    summarize,
-)
-from stepcredit.selection import (
-    abs_adv_sampling,
-    accuracy_window,
-    binary_gate,
-    resample_on_correct,
-    rubric_gate,
-    zero_variance_filter,
-)
-from stepcredit.shaping import HFProcessRewardScorer, brier, expert_similarity, prm_mix
-from stepcredit.streaming import stream_audit, stream_credit
-from stepcredit.train import TrainConfig, train
 
 
-def __getattr__(name: str) -> object:
-    if name == "HFPolicy":  # needs transformers (the "hf" extra): imported on first use
-        from stepcredit.rollout.hf import HFPolicy
-
-        return HFPolicy
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # once loaded, an ordinary attribute
+        return value
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"stepcredit.{name}")
     raise AttributeError(f"module 'stepcredit' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, *_SUBPACKAGES})
+
+
 __all__ = [
-    "DEFAULT_RECIPES",
     "Audit",
-    "BookingEnv",
-    "CalculatorEnv",
     "CallRecord",
-    "ChatFields",
-    "ChatFormat",
-    "Context",
     "Credit",
-    "Generation",
-    "HFPolicy",
-    "HFProcessRewardScorer",
-    "LookupEnv",
-    "NoisyOracle",
-    "OraclePolicy",
-    "Policy",
     "Recipe",
     "RecipeError",
     "RecipeResult",
-    "RolloutBatch",
     "RolloutError",
     "Rollouts",
     "StepKind",
     "StepRecord",
-    "SystematicOracle",
-    "Texts",
-    "ToolEnv",
-    "TrainConfig",
     "TrajectoryRecord",
-    "abs_adv_sampling",
-    "accuracy_window",
     "action_anchor",
     "audit",
-    "binary_gate",
     "brier",
-    "brier_credit",
     "build",
-    "builtin_recipes",
     "call_consensus",
     "call_evidence",
-    "env_factory",
-    "expert_similarity",
     "from_trainer_tensors",
     "gigpo",
     "grpo",
-    "iter_group_chunks",
     "load",
-    "load_records",
     "ms_grpo",
     "mt_grpo",
-    "mt_grpo_first_turn",
-    "mt_grpo_per_index",
-    "mt_grpo_per_trajectory",
-    "observation_states",
-    "oracle_labels",
-    "parse_action",
+    "oracle",
     "per_turn",
     "per_turn_index",
-    "prm_mix",
     "prm_step",
-    "read_credit_jsonl",
-    "read_parquet",
-    "read_references",
     "register",
     "reinforce_pp_baseline",
-    "release_buffers",
-    "resample_on_correct",
     "rloo",
-    "rollout_chains",
-    "rollout_trees",
-    "rubric_gate",
-    "segments",
     "step_grpo",
-    "stream_audit",
-    "stream_credit",
-    "summarize",
-    "tiny_policy",
     "toolpo",
-    "train",
     "tree_grpo",
     "treepo",
     "treerl",
-    "write_chat_jsonl",
-    "write_credit_jsonl",
-    "write_credit_parquet",
-    "write_parquet",
-    "write_report",
-    "zero_variance_filter",
 ]
 __version__ = "0.1.0"

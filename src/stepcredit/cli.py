@@ -24,9 +24,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from stepcredit.errors import RolloutError
+from stepcredit.core import Rollouts
+from stepcredit.core.errors import RolloutError
 from stepcredit.io import FORMATS, REFERENCES_FORMAT
-from stepcredit.rollouts import Rollouts
 
 app = typer.Typer(
     name="stepcredit",
@@ -177,7 +177,7 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")] = False,
 ) -> None:
     """Summarize a rollout log: trajectories, groups, outcomes, steps, tool calls, errors, labels."""
-    from stepcredit.rollouts import summarize
+    from stepcredit.core import summarize
 
     summary = summarize(log.load(), success_threshold=success_threshold)
     if as_json:
@@ -273,7 +273,7 @@ def _streaming(log: Log, chunk_groups: int, engine: str, ray_address: str | None
             "--chunk-groups streams a Parquet file or a folder of them: convert the log first "
             "(stepcredit convert LOG -o log.parquet)", source=str(log.path)))
     if engine == "ray":
-        from stepcredit.integrations.ray_data import import_ray_data
+        from stepcredit.streaming.ray import import_ray_data
 
         try:
             import_ray_data()
@@ -351,8 +351,8 @@ def recipes() -> None:
     """List the built-in recipes and the registered components with their parameters."""
     import yaml
 
+    from stepcredit.core.registry import KINDS, REGISTRY
     from stepcredit.recipe import Recipe, builtin_recipes
-    from stepcredit.registry import KINDS, REGISTRY
 
     table = Table(title="built-in recipes (--recipe NAME)", title_justify="left")
     table.add_column("name", style="bold")
@@ -546,8 +546,8 @@ def rollouts_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from stepcredit.envs import env_factory
+    from stepcredit.generation import rollout_chains, rollout_trees, scripted_policy
     from stepcredit.io import check_output, write_chat_jsonl, write_parquet
-    from stepcredit.rollout import rollout_chains, rollout_trees, scripted_policy
 
     writers = {".jsonl": write_chat_jsonl, ".parquet": write_parquet}
     if output.suffix not in writers:
@@ -562,7 +562,7 @@ def rollouts_command(
     if policy in ("oracle", "noisy", "systematic"):
         agent: Any = scripted_policy(policy, error_rate=error_rate, seed=seed)
     elif Path(policy).is_dir():
-        from stepcredit.rollout.hf import HFPolicy
+        from stepcredit.generation.hf import HFPolicy
 
         agent = HFPolicy.from_pretrained(
             policy, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
@@ -637,9 +637,9 @@ def demo(
 ) -> None:
     """Run every built-in recipe on synthetic tool-use rollouts (labelled) and show where credit lands."""
     from stepcredit.auditing import blame_rate
+    from stepcredit.core import summarize
     from stepcredit.envs import make_rollouts
     from stepcredit.recipe import Recipe, builtin_recipes
-    from stepcredit.rollouts import summarize
 
     rollouts = make_rollouts(groups, group_size, seed=seed)
     console.print(summary_table(summarize(rollouts), f"synthetic tool-use rollouts (seed {seed})"))
@@ -649,8 +649,13 @@ def demo(
     )
     for col in ("recipe", "traj.", "credit ≠ 0", "+1 in fails", "mean", "blamed"):
         table.add_column(col, justify="right" if col != "recipe" else "left")
+    skipped: list[str] = []
     for name in sorted(builtin_recipes()):
-        result = Recipe.builtin(name).run(rollouts)
+        try:
+            result = Recipe.builtin(name).run(rollouts)
+        except ValueError as exc:  # a recipe that needs an input these rollouts lack (e.g. PRM scores)
+            skipped.append(f"{name}: not run ({exc})")
+            continue
         # judge by the logged outcomes: shaping (e.g. rlcr's Brier reward) rewrites the outcome it credits
         b = blame_rate(rollouts.select(result.kept), result.credit)
         nonzero = float((result.credit.per_step(result.rollouts) != 0).float().mean())
@@ -663,6 +668,8 @@ def demo(
             "–" if b["rate"] is None else f"{100 * b['rate']:.0f}%",
         )
     console.print(table)
+    for line in skipped:
+        console.print(escape(line), highlight=False)
 
 
 def main() -> None:

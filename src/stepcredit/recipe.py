@@ -28,10 +28,10 @@ from torch import Tensor
 import stepcredit.estimators  # registers the estimators
 import stepcredit.selection  # registers the selections
 import stepcredit.shaping  # noqa: F401 - registers the shaping components
-from stepcredit.credit import Credit
-from stepcredit.errors import clip, show
-from stepcredit.registry import KINDS, Component, Kind, check_params, get
-from stepcredit.rollouts import Rollouts
+from stepcredit.core import Rollouts
+from stepcredit.core.credit import Credit
+from stepcredit.core.errors import clip, show
+from stepcredit.core.registry import KINDS, Component, Kind, check_params, get
 
 
 class RecipeError(ValueError):
@@ -284,10 +284,24 @@ class Recipe:
 
 
 def builtin_recipes() -> dict[str, str]:
-    """Built-in recipe name → YAML text (``src/stepcredit/recipes/*.yaml``)."""
-    folder = resources.files("stepcredit") / "recipes"
-    return {
-        entry.name.removesuffix(".yaml"): entry.read_text(encoding="utf-8")
-        for entry in folder.iterdir()
-        if entry.name.endswith(".yaml")
+    """Built-in recipe name → YAML text: every registered credit component as a recipe of itself (its
+    defaults; the description is its docstring's first paragraph), and the compositions and configured
+    variants in ``src/stepcredit/recipes/*.yaml`` (a file named like a component replaces its bare
+    recipe)."""
+    from stepcredit.core.registry import REGISTRY
+
+    recipes = {
+        name: yaml.safe_dump(
+            {"name": name, "description": component.summary, "credit": [{name: {}}]}, sort_keys=False, width=10**6
+        )
+        for name, component in REGISTRY["credit"].items()
     }
+    folder = resources.files("stepcredit") / "recipes"
+    recipes.update(
+        {
+            entry.name.removesuffix(".yaml"): entry.read_text(encoding="utf-8")
+            for entry in folder.iterdir()
+            if entry.name.endswith(".yaml")
+        }
+    )
+    return dict(sorted(recipes.items()))

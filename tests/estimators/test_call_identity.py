@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from stepcredit import CallRecord, StepRecord, TrajectoryRecord, build
 from stepcredit.estimators import call_evidence
 from stepcredit.estimators.tool import call_keys
-from tests.estimators.test_properties import structured
+from tests.support.batches import structured
 
 
 def _traj(tid, group, outcome, calls):

@@ -6,12 +6,12 @@ from __future__ import annotations
 import torch
 from hypothesis import given, settings
 
-from stepcredit import CallRecord, Recipe, StepRecord, TrajectoryRecord, build, segments
+from stepcredit import CallRecord, Recipe, StepRecord, TrajectoryRecord, build
+from stepcredit.core import Rollouts, segments
 from stepcredit.estimators import call_consensus, call_evidence, grpo
 from stepcredit.estimators.evidence import evidence_rates, grounded_calls
 from stepcredit.estimators.tool import call_keys
-from stepcredit.rollouts import Rollouts
-from tests.estimators.test_properties import structured
+from tests.support.batches import structured
 
 
 def _traj(tid, group, outcome, calls, prompt="Customer user id: u7. Order o3 please.", results=None):
@@ -105,8 +105,8 @@ def test_em_learns_that_this_policy_repeats_its_mistakes():
     fitted rates say failed runs make a given wrong call at least as often as a given correct one —
     what fixed rates (0.1 vs 0.5) deny — and successes keep the correct calls."""
     from stepcredit.envs import env_factory
-    from stepcredit.rollout import rollout_chains
-    from stepcredit.rollout.scripted import SystematicOracle
+    from stepcredit.generation import rollout_chains
+    from stepcredit.generation.scripted import SystematicOracle
 
     batch = rollout_chains(env_factory("calculator", split="train"), SystematicOracle(0.3, seed=3), range(24),
                            group_size=8, seed=3).rollouts

@@ -9,11 +9,10 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from stepcredit import Rollouts
-from stepcredit.estimators import gigpo, grpo
-from stepcredit.rollouts import Texts
-
-from .oracles import gigpo_oracle
+from stepcredit import Rollouts, grpo
+from stepcredit.core import Texts, observation_states
+from stepcredit.estimators import gigpo
+from tests.support.estimator_oracles import gigpo_oracle
 
 
 @st.composite
@@ -101,7 +100,7 @@ def test_gigpo_bad_arguments():
 @given(anchored_batches(), st.sampled_from(["steps", "trajectories"]))
 def test_verl_agent_style_reference_agrees(r, weighting):
     """(verl-agent has one row per step, so a trajectory without steps cannot exist there.)"""
-    from .oracles import gigpo_verl_agent_style
+    from tests.support.estimator_oracles import gigpo_verl_agent_style
 
     assume(bool((r.steps_per_trajectory > 0).all()))
     kw = dict(step_weight=1.0, mode="mean_norm", gamma=0.5, eps=1e-6, episode_weighting=weighting)
@@ -129,7 +128,7 @@ def verl_agent_clusters(texts: list[str], threshold: float) -> list[int]:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_similarity_grouping_agrees_with_verl_agent_on_long_observations(seed):
-    from stepcredit.rollouts import observation_states
+    from stepcredit.core import observation_states
 
     rng = np.random.default_rng(seed)
     things = [
@@ -163,3 +162,27 @@ def test_similarity_grouping_agrees_with_verl_agent_on_long_observations(seed):
         same_ours = [[keys[i] == keys[j] for j in range(n)] for i in range(n)]
         same_ref = [[want[i] == want[j] for j in range(n)] for i in range(n)]
         assert same_ours == same_ref, threshold
+
+
+# ------------------------------------------------------------------- hostile input
+def test_gigpo_similarity_matches_verl_agent_on_long_observations():
+    # verl-agent's are_similar(new, representative): difflib.SequenceMatcher(None, a, b).ratio() with
+    # Python's default autojunk, which treats characters frequent in b (len >= 200) as junk
+    import difflib
+
+    reset = (
+        "-= Welcome to TextWorld, ALFRED! =- You are in the middle of a room. Looking quickly around you, you see "
+        "a cabinet 4, a cabinet 3, a cabinet 2, a cabinet 1, a coffeemachine 1, a countertop 1, a diningtable 3, "
+        "a diningtable 2, a diningtable 1, a drawer 1, a fridge 1, a garbagecan 1, a microwave 1, a sidetable 1, "
+        "a sinkbasin 1, a stoveburner 4, a stoveburner 3, a stoveburner 2, a stoveburner 1, and a toaster 1. "
+        "Your task is to: put a clean lettuce in diningtable."
+    )
+    other = reset.replace("a fridge 1, ", "a fridge 1, a fridge 2, ")
+    reference = difflib.SequenceMatcher(None, other, reset).ratio()
+    assert reference < 0.9 < difflib.SequenceMatcher(None, other, reset, autojunk=False).ratio()
+    r = Rollouts(
+        group=[0, 0], outcome=[1.0, 0.0], step_offsets=[0, 1, 2], texts=Texts.create(2, 1, 2, 0, prompt=[reset, other])
+    )
+    keys = observation_states(r, similarity=0.9)
+    assert keys[0] != keys[1]  # kept apart, as verl-agent does
+    assert observation_states(r, similarity=0.5)[1] == keys[0]  # reference ratio 0.59 >= 0.5: merged

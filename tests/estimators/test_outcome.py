@@ -9,8 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stepcredit import Rollouts
-from stepcredit.estimators import grpo, ms_grpo, reinforce_pp_baseline, rloo
+from stepcredit import Rollouts, grpo
+from stepcredit.core import Texts
+from stepcredit.estimators import ms_grpo, reinforce_pp_baseline, rloo
 from stepcredit.io import from_trainer_tensors
 
 
@@ -157,3 +158,27 @@ def test_masked_tokens_get_exactly_zero(data):
         assert tokens.shape == (b, t)
         assert torch.equal(tokens[~mask], torch.zeros(int((~mask).sum())))
         assert torch.isfinite(tokens).all()
+
+
+# ------------------------------------------------------------------- hostile input
+def one_step_batch(outcomes: list[float], group: list[int] | None = None) -> Rollouts:
+    n = len(outcomes)
+    g = group or [0] * n
+    return Rollouts(group=g, outcome=outcomes, step_offsets=list(range(n + 1)), texts=Texts.create(n, max(g) + 1, n, 0))
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e10, 2e19, 1e30, 3e38])
+def test_grpo_at_large_magnitudes(scale):
+    adv = grpo(one_step_batch([scale, -scale])).trajectory
+    assert torch.isfinite(adv).all()
+    assert adv.tolist() == pytest.approx([0.7071067, -0.7071067], rel=1e-5)  # (x - mean) / std, n = 2
+
+
+def test_constant_group_within_tolerance_is_exactly_zero():
+    # equal in exact arithmetic, one ulp apart after summing in another order
+    x, y, z = (torch.tensor(v, dtype=torch.float32) for v in (0.1, 0.2, 0.05))
+    a, b = (x + y) + z, x + (y + z)
+    assert a.item() != b.item()  # 0.35000002 and 0.34999999
+    assert grpo(one_step_batch([a.item(), b.item(), b.item()])).trajectory.tolist() == [0.0, 0.0, 0.0]
+    # a real difference, however small relative to the tolerance's scale, is kept
+    assert grpo(one_step_batch([0.3, 0.3001, 0.3])).trajectory.abs().max() > 0.5

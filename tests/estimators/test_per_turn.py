@@ -16,13 +16,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stepcredit import Recipe, Rollouts, segments
-from stepcredit.credit import Credit
+from stepcredit import Recipe, Rollouts
+from stepcredit.core import StepKind, segments
+from stepcredit.core.credit import Credit
 from stepcredit.estimators.outcome import rloo
 from stepcredit.estimators.turn import per_turn, per_turn_index
-from stepcredit.rollouts import StepKind
-
-from .test_properties import structured
+from tests.support.batches import structured
 
 ANSWER, CALL = int(StepKind.ANSWER), int(StepKind.TOOL_CALL)
 

@@ -117,8 +117,7 @@ def test_bad_arguments():
 @pytest.mark.parametrize("seed", range(8))
 def test_tree_estimators_match_loop_oracles_on_random_trees(seed):
     from stepcredit.envs.synthetic import make_tree_rollouts
-
-    from .oracles import tree_grpo_loop, treepo_loop, treerl_loop
+    from tests.support.estimator_oracles import tree_grpo_loop, treepo_loop, treerl_loop
 
     r = make_tree_rollouts(6, trees_per_task=1 + seed % 3, leaves_per_tree=2 + seed % 4, depth=4, seed=seed)
     assert torch.allclose(tree_grpo(r).trajectory, tree_grpo_loop(r), atol=1e-5)

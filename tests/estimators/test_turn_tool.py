@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from stepcredit import Rollouts
+from stepcredit.core import Texts
 from stepcredit.estimators import action_anchor, grpo, mt_grpo, toolpo
-from stepcredit.rollouts import Texts
 
 SQ = math.sqrt
 

@@ -255,7 +255,7 @@ def check_references_case(c: Campaign, case: Any) -> None:
     log = c.workdir / "log.jsonl"
     if not log.exists():
         log.write_text("".join(json.dumps(rec) + "\n" for rec in REFERENCE_LOG))
-    ok, _ = c.call("read_references", stepcredit.read_references, path)
+    ok, _ = c.call("read_references", stepcredit.io.read_references, path)
     if ok:
         ok, r = c.call("load(references=)", stepcredit.load, log, references=path)
         if ok:
@@ -290,7 +290,7 @@ def check_parquet(c: Campaign, case: Any) -> None:
         data = parquet_edits.damage(data, edit)
     path = c.workdir / "log.parquet"
     path.write_bytes(data)
-    ok, r = c.call("read_parquet", stepcredit.read_parquet, path)
+    ok, r = c.call("read_parquet", stepcredit.io.read_parquet, path)
     if ok:
         c.finite("read_parquet", r)
     ok, r = c.call("load", stepcredit.load, path)

@@ -651,7 +651,7 @@ def hint_texts(hint: Any) -> list[str]:
 
 def _registry() -> dict[str, dict[str, dict[str, Any]]]:
     import stepcredit.recipe  # noqa: F401 - registers the components
-    from stepcredit.registry import REGISTRY
+    from stepcredit.core.registry import REGISTRY
 
     return {kind: {name: c.params for name, c in comps.items()} for kind, comps in REGISTRY.items()}
 

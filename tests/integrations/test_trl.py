@@ -33,14 +33,15 @@ from trl.trainer.grpo_trainer import GRPOTrainer
 from trl.trainer.utils import nanstd
 
 import stepcredit.integrations.trl as sc_trl
-from stepcredit.integrations import RowBatch, name_calls
+from stepcredit.integrations.calls import name_calls
+from stepcredit.integrations.rows import TrainerRows
 from stepcredit.integrations.trl import (
     StepcreditGRPOTrainer,
     check_trl_version,
     combined_rewards,
     well_formed_calls,
 )
-from stepcredit.io._tensors import from_trainer_tensors
+from stepcredit.io.tensors import from_trainer_tensors
 from stepcredit.recipe import Recipe, RecipeError
 
 MARKERS = ("<tool_call>", "</tool_call>")
@@ -280,7 +281,7 @@ def _recompute(tok: Any, batch: dict[str, Any], rewards_per_func: torch.Tensor, 
                                 tool_call_start=start, tool_call_end=end)
     rows = name_calls(rows, ids, identity, decode=tok.batch_decode, markers=MARKERS)
     assert rows.texts is not None
-    return RowBatch.from_rows(rows).run(recipe).advantages, rows.texts.call_name.to_pylist()
+    return TrainerRows.from_rows(rows).run(recipe).advantages, rows.texts.call_name.to_pylist()
 
 
 def _loss_rows(batch: dict[str, Any], inputs: dict[str, Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

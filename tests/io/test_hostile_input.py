@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stepcredit import RolloutError, load, write_parquet
+from stepcredit import RolloutError, load
+from stepcredit.core import TOOL_ERROR, TOOL_OK
 from stepcredit.envs import make_rollouts
-from stepcredit.io import parse_record, parse_tau2
-from stepcredit.rollouts import TOOL_ERROR, TOOL_OK
+from stepcredit.io import parse_record, parse_tau2, write_parquet
 
 from .test_io_chat import CALL, record
 

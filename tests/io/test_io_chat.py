@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from stepcredit import RolloutError, StepKind
+from stepcredit.core import build
 from stepcredit.io import ChatFields, load, parse_record
-from stepcredit.rollouts import build
 
 CALL = {"id": "c1", "type": "function", "function": {"name": "search", "arguments": '{"q": "x", "a": 1}'}}
 

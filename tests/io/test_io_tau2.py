@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from stepcredit import RolloutError
+from stepcredit.core import CallRecord, StepRecord, TrajectoryRecord, summarize
 from stepcredit.io import label_calls, load, parse_tau2
-from stepcredit.rollouts import CallRecord, StepRecord, TrajectoryRecord, summarize
 
 pytestmark = pytest.mark.realdata
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from stepcredit import RolloutError, StepKind, gigpo
+from stepcredit.core import text_keys
 from stepcredit.io import from_trainer_tensors
-from stepcredit.rollouts import text_keys
 
 OPEN, CLOSE = [7, 8], [9]
 
@@ -153,7 +153,7 @@ def test_anchor_observations_hash_within_their_group():
 
 def test_anchor_observations_reach_the_similarity_path():
     # gigpo(similarity=...) reads anchors as texts: they must be the given ones, not blanks
-    from stepcredit.rollouts._texts import anchor_observations
+    from stepcredit.views import anchor_observations
 
     anchors = ["start", "after search", "start", "start"]
     r = from_trainer_tensors(MASK3, ["a", "a", "b"], outcome=torch.zeros(3), anchor_observations=anchors)

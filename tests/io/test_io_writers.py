@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from stepcredit import RolloutError, Rollouts
-from stepcredit.envs.synthetic import make_rollouts
+from stepcredit.core import Texts
+from stepcredit.envs import make_rollouts
 from stepcredit.io import from_trainer_tensors, load, write_chat_jsonl, write_parquet
-from stepcredit.rollouts import Texts
-from tests.test_schema import columns_of
+from tests.support.schema import columns_of
 
 TENSOR_FIELDS = (
     "group",
@@ -127,3 +127,24 @@ def test_parquet_keeps_contiguous_groups_in_their_order(tmp_path, synthetic):
     assert bool((descending.group[1:] < descending.group[:-1]).any())
     write_parquet(descending, tmp_path / "d.parquet")
     assert pq.read_table(tmp_path / "d.parquet").column("id").to_pylist() == descending.texts.ids.to_pylist()
+
+
+# ------------------------------------------------------------------- hostile input
+def test_writes_are_atomic(tmp_path, monkeypatch):
+    import stepcredit.io.chat as chat
+
+    out = tmp_path / "c.jsonl"
+    out.write_text("previous\n")
+    real, calls = chat.json.dumps, []
+
+    def interrupted(*args, **kwargs):  # the run is stopped while the third record is written
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(chat.json, "dumps", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_chat_jsonl(make_rollouts(3, 2, seed=0), out)
+    assert out.read_text() == "previous\n"  # the old file, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl"]  # no torn temp file left

@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stepcredit import RolloutError, Rollouts
-from stepcredit.credit import Credit
+from stepcredit.core import build
+from stepcredit.core.credit import Credit
 from stepcredit.envs.synthetic import make_records, make_rollouts
 from stepcredit.io import (
-    _stream,
     credit_records,
     from_arrow,
     from_trainer_tensors,
@@ -26,7 +26,10 @@ from stepcredit.io import (
     to_arrow,
     write_parquet,
 )
-from stepcredit.io._stream import (
+from stepcredit.io import (
+    stream as _stream,
+)
+from stepcredit.io.stream import (
     CREDIT_SCHEMA,
     ParquetCreditWriter,
     credit_table,
@@ -36,7 +39,6 @@ from stepcredit.io._stream import (
     read_chunk,
     write_credit_parquet,
 )
-from stepcredit.rollouts import build
 
 
 # ------------------------------------------------------------------------------------------ helpers

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from stepcredit import RolloutError, _buffers
-from stepcredit.io import _tensors, from_trainer_tensors
-from stepcredit.io._tensors import _scan_numpy, _scan_torch, _sorted_groups, _string_codes, dense_groups
-from stepcredit.rollouts import Rollouts
-from tests.test_schema import columns_of
+from stepcredit import RolloutError
+from stepcredit.core import Rollouts
+from stepcredit.io import from_trainer_tensors
+from stepcredit.io import tensors as _tensors
+from stepcredit.io.tensors import _scan_numpy, _scan_torch, _sorted_groups, _string_codes, dense_groups
+from tests.support.schema import columns_of
 
 
 def _reference_groups(index):
@@ -194,42 +195,21 @@ def test_default_ids_and_names_are_text():
     assert r.texts.action.to_pylist() == ["", "", ""]
 
 
-def base(x):
-    """The address of the buffer a tensor views (a view's own ``data_ptr`` is offset into it)."""
-    return x.untyped_storage().data_ptr()
-
-
-def test_recycled_mask_buffer_is_never_shared_while_alive_and_fully_rewritten(empty_pool):
-    """The scan's mask buffer goes back to the pool only when every view of it is gone; a recycled
-    buffer holding the previous batch's bytes gives exactly the torch kernels' mask."""
+def test_scan_masks_of_successive_batches_are_independent():
+    """A scan's mask stays as it was while later batches (of other sizes, other bytes) are scanned,
+    and each later scan gives exactly the torch kernels' result."""
     first, _ = _random_batch(40, 101, seed=1)
     kept = _tensors._scan(first, None, []).mask
-    view = kept[3:9]  # a view alone keeps the buffer
+    view = kept[3:9]
     del kept
-    a, b = _tensors._scan(first, None, []).mask, _tensors._scan(first, None, []).mask
-    assert base(a) != base(b) and base(view) not in (base(a), base(b))
     want_view = first[3:9] != 0
-    assert torch.equal(view, want_view)
-    used = {base(a), base(b)}
-    del a, b
-    for seed in range(2, 6):  # the pool now holds the two buffers: each scan reuses one
+    for seed in range(2, 6):
         mask, _ = _random_batch(40, 101, seed=seed)
         if seed % 2:
-            mask = torch.ones_like(mask)  # every byte of the old mask changes
-        got = _tensors._scan(mask, None, [])
-        assert base(got.mask) in used
-        _same_scan(got, _scan_torch(mask, None, []))
-        assert torch.equal(view, want_view)  # the live view was never handed out again
-        del got
-    smaller, _ = _random_batch(20, 101, seed=9)  # a buffer up to twice the size serves a smaller batch
+            mask = torch.ones_like(mask)
+        _same_scan(_tensors._scan(mask, None, []), _scan_torch(mask, None, []))
+        assert torch.equal(view, want_view)
+    smaller, _ = _random_batch(20, 101, seed=9)
     got = _tensors._scan(smaller, None, [])
-    assert base(got.mask) in used and got.mask.shape == (20, 101)
+    assert got.mask.shape == (20, 101)
     _same_scan(got, _scan_torch(smaller, None, []))
-
-
-def test_mask_pool_keeps_at_most_keep_buffers(empty_pool):
-    masks = [_tensors._scan(torch.ones(8, 16), None, []).mask for _ in range(_buffers.KEEP + 3)]
-    del masks
-    assert _buffers.free_buffers() == _buffers.KEEP
-    _buffers.release_buffers()
-    assert _buffers.free_buffers() == 0 and not _buffers._free_scratch

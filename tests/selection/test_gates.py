@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from stepcredit import Rollouts
+from stepcredit.core import Texts
 from stepcredit.estimators import grpo
 from stepcredit.recipe import Recipe
-from stepcredit.rollouts import Texts
 from stepcredit.selection import accuracy_window, binary_gate, rubric_gate, zero_variance_filter
 
 
@@ -108,7 +108,7 @@ def test_infeasible_rescore_keeps_token_columns_and_checks_the_new_outcome(monke
     recipe = Recipe.from_dict(
         {"selection": [{"rubric_gate": {"mode": "infeasible", "infeasible_value": -1.0}}], "credit": ["grpo"]}
     )
-    from stepcredit import segments
+    from stepcredit.core import segments
 
     real = segments.span_coverage
 

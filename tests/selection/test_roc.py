@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from stepcredit import Rollouts
-from stepcredit.rollouts import Texts
+from stepcredit.core import Texts
 from stepcredit.selection import resample_on_correct
 from stepcredit.selection.roc import answer_format_penalty, tool_error_penalty
 

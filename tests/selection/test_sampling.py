@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from stepcredit import Rollouts
-from stepcredit.credit import Credit
-from stepcredit.selection import abs_adv_sampling
+from stepcredit.core.credit import Credit
+from stepcredit.envs import make_rollouts
+from stepcredit.selection import abs_adv_sampling, resample_on_correct
 
 
 def setup():
@@ -44,3 +45,15 @@ def test_bad_arguments():
         abs_adv_sampling(r, c, num_samples=-1)
     zero = Credit(torch.zeros(6))
     assert abs_adv_sampling(r, zero, num_samples=2).numel() == 0
+
+
+# ------------------------------------------------------------------- hostile input
+@pytest.mark.parametrize("seed", [10**22, -1])
+def test_seeds_out_of_range(seed):
+    with pytest.raises(ValueError, match="seed"):
+        resample_on_correct(make_rollouts(2, 4, seed=0), seed=seed)
+
+
+def test_keep_out_of_range():
+    with pytest.raises(ValueError, match="keep"):
+        resample_on_correct(make_rollouts(2, 4, seed=0), keep=10**22)

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from stepcredit import Rollouts
+from stepcredit import Rollouts, estimators
 from stepcredit.auditing import brier_score, confidence_auroc, expected_calibration_error
-from stepcredit.estimators import brier_credit, grpo
+from stepcredit.core import Texts
+from stepcredit.estimators import grpo
 from stepcredit.recipe import Recipe
-from stepcredit.rollouts import Texts
 from stepcredit.shaping import brier, parse_confidence
 
 
@@ -78,7 +78,7 @@ def test_column_source_and_threshold():
 def test_brier_credit_is_mean_normalised_reward_and_composes():
     r = batch(ACTIONS, OUTCOME)
     reward = brier(r).outcome
-    assert torch.allclose(brier_credit(r).trajectory, reward - reward.mean())
+    assert torch.allclose(estimators.brier(r).trajectory, reward - reward.mean())
     recipe = Recipe.from_dict({"credit": ["grpo", {"brier": {"weight": 0.5}}]})
     got = recipe.run(r).credit.trajectory
     assert torch.allclose(got, grpo(r).trajectory + 0.5 * (reward - reward.mean()))

@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from stepcredit import RolloutError, Rollouts
+from stepcredit import Recipe, RolloutError, Rollouts
+from stepcredit.core import Texts
+from stepcredit.envs import make_rollouts
 from stepcredit.estimators import prm_step, step_grpo
-from stepcredit.recipe import Recipe
-from stepcredit.rollouts import Texts
 from stepcredit.shaping import expert_similarity, prm_mix
 
 
@@ -179,3 +179,12 @@ def test_hf_scorer_shapes_and_determinism():
         HFProcessRewardScorer(model, tokenizer, separator="two words")
     with pytest.raises(ValueError, match="separators"):
         HFProcessRewardScorer(model, tokenizer, max_length=4)(r)
+
+
+# ------------------------------------------------------------------- hostile input
+def test_expert_file_that_is_not_utf8(tmp_path):
+    from stepcredit.shaping import expert_similarity
+
+    (tmp_path / "experts.json").write_bytes(b'{"g": ["\xff"]}')
+    with pytest.raises(RolloutError, match="UTF-8"):
+        expert_similarity(make_rollouts(2, 2, seed=0), experts=str(tmp_path / "experts.json"))

@@ -15,8 +15,7 @@ import pytest
 import yaml
 
 from stepcredit.train.experiment import load_experiment, rollouts_to_reach, summarize_runs
-
-from .test_trainer import TINY
+from tests.support.train import TINY
 
 
 def history(successes: list[float], per_step: float = 100.0) -> list[dict[str, Any]]:
@@ -115,8 +114,8 @@ def test_a_tiny_experiment_end_to_end(tmp_path: Path) -> None:
 
 
 def test_runs_share_a_warm_start_unless_it_differs() -> None:
+    from stepcredit.train import TrainConfig
     from stepcredit.train.experiment import warm_key
-    from stepcredit.train.trainer import TrainConfig
 
     base = TrainConfig()
     assert warm_key(base) == warm_key(dataclasses.replace(base, recipe="gigpo", lr=3e-3, critique={}, opd={}))

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from stepcredit.generation.scoring import entropy_from_logits
 from stepcredit.train.losses import (
     agg_loss,
-    entropy_from_logits,
     kl_penalty,
     on_off_policy_loss,
     policy_shaping,

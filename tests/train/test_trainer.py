@@ -8,23 +8,10 @@ from typing import Any
 import pytest
 import torch
 
-from stepcredit.rollout import rollout_chains
-from stepcredit.train import TrainConfig, sequence_logprobs, train
-from stepcredit.train.trainer import build_policy, update
-
-TINY = {
-    "env": "calculator",
-    "depth": 2,
-    "env_options": {"shape": "chain", "max_operand": 9, "echo": True},
-    "sft_demos": 16,
-    "sft_epochs": 1,
-    "groups_per_step": 2,
-    "group_size": 2,
-    "eval_tasks": 3,
-    "eval_every": 1,
-    "max_new_tokens": 10,
-    "max_steps": 4,
-}
+from stepcredit.generation import rollout_chains
+from stepcredit.generation.scoring import sequence_logprobs
+from stepcredit.train import TrainConfig, build_policy, train, update
+from tests.support.train import TINY
 
 
 def without_times(history: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -19,9 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from stepcredit import segments
-from stepcredit.credit import Credit
-from stepcredit.rollouts import Rollouts
+from stepcredit.core import Rollouts, segments
+from stepcredit.core.credit import Credit
 
 
 @dataclass(frozen=True)
@@ -66,9 +65,9 @@ def always_made(rollouts: Rollouts, kind: str) -> Tensor:
     result, ``tool.call_keys``), or for step units the same action text? Such units
     (reading the user record, say) earn consensus without telling anything about the task; a group
     with one trajectory makes all its units always-made."""
+    from stepcredit.core import text_keys
     from stepcredit.estimators.tool import call_keys
-    from stepcredit.rollouts import text_keys
-    from stepcredit.rollouts._texts import step_action_texts
+    from stepcredit.views import step_action_texts
 
     r = rollouts
     if kind == "call":

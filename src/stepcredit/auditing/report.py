@@ -7,15 +7,13 @@ import html
 import io
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from stepcredit import segments
 from stepcredit.auditing.run import Audit
-from stepcredit.rollouts import StepKind
+from stepcredit.core import StepKind, segments
 
 METRIC_NAMES = {
     "blame": "blame ↓",
@@ -408,8 +406,3 @@ def breakdown_markdown(audit: Audit) -> str:
     """``breakdown_cells`` as a Markdown table."""
     head = "| recipe | units | n | BSA (failed) ↑ | AUROC +1 vs −1 (failed) ↑ |\n|---|---|---:|---:|---:|"
     return "\n".join([head, *(f"| {r} | {label} | " + " | ".join(c) + " |" for r, label, c in breakdown_cells(audit))])
-
-
-def summary_rows(audit: Audit) -> list[dict[str, Any]]:
-    """One row per recipe with the headline metrics and their intervals (for tables and JSON)."""
-    return [{"recipe": a.name, **a.metrics, "intervals": a.intervals} for a in audit.recipes]

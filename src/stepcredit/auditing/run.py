@@ -18,9 +18,9 @@ import torch
 from torch import Tensor
 
 from stepcredit.auditing import metrics as M
-from stepcredit.credit import Credit
+from stepcredit.core import Rollouts
+from stepcredit.core.credit import Credit
 from stepcredit.recipe import Recipe
-from stepcredit.rollouts import Rollouts
 
 DEFAULT_RECIPES = (
     "grpo",
@@ -262,20 +262,6 @@ def finish(
         trajectories=sum(p.trajectories for p in parts), groups=sum(p.groups for p in parts), chunks=len(parts),
         failed=int((correct == 0).sum()),
     )
-
-
-def audit_recipe(
-    rollouts: Rollouts,
-    recipe: Recipe,
-    *,
-    success_threshold: float = 1.0,
-    bootstrap: int = 1000,
-    seed: int = 0,
-    subsets: bool = True,
-) -> RecipeAudit:
-    part, c = recipe_part(rollouts, recipe, success_threshold=success_threshold, subsets=subsets)
-    (fields,) = finish_recipes([recipe], [[part]], bootstrap=bootstrap, seed=seed)
-    return RecipeAudit(kept=c.kept, step_credit=c.step_credit, call_credit=c.call_credit, **fields)
 
 
 def audit(

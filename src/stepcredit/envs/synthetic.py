@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stepcredit.rollouts import (
+from stepcredit.core import (
     TOOL_ERROR,
     TOOL_OK,
     CallRecord,

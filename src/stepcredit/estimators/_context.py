@@ -39,8 +39,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from stepcredit.rollouts import TOOL_ERROR, Rollouts
-from stepcredit.rollouts._texts import MAX_ARGUMENT_DEPTH, argument_leaves, seen_before_steps
+from stepcredit.core import TOOL_ERROR, Rollouts
+from stepcredit.views import MAX_ARGUMENT_DEPTH, argument_leaves, seen_before_steps
 
 __all__ = ["call_sources", "context_features", "feature_strings", "fit_logistic"]
 

@@ -6,11 +6,10 @@ from typing import Annotated, Literal
 
 from torch import Tensor
 
-from stepcredit import segments
-from stepcredit.credit import Credit
-from stepcredit.registry import Interval, register
-from stepcredit.rollouts import Rollouts
-from stepcredit.segments import Norm
+from stepcredit.core import Rollouts, segments
+from stepcredit.core.credit import Credit
+from stepcredit.core.registry import Interval, register
+from stepcredit.core.segments import Norm
 
 
 def step_returns(rollouts: Rollouts, gamma: float) -> Tensor:
@@ -25,11 +24,11 @@ def step_returns(rollouts: Rollouts, gamma: float) -> Tensor:
 
 def state_groups(rollouts: Rollouts, similarity: float | None = None) -> tuple[Tensor, int]:
     """Dense id of every step's ``(group, state)`` decision point; with ``similarity`` the states come
-    from anchor-observation similarity (``stepcredit.rollouts.observation_states``)."""
+    from anchor-observation similarity (``stepcredit.core.observation_states``)."""
     r = rollouts
     if similarity is None:
         return r.decision_points
-    from stepcredit.rollouts import observation_states
+    from stepcredit.core import observation_states
 
     return segments.unique_pairs(r.step_group, observation_states(r, similarity=similarity), a_size=r.num_groups)
 

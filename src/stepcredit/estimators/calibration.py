@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from stepcredit import segments
-from stepcredit.credit import Credit
-from stepcredit.registry import register
-from stepcredit.rollouts import Rollouts
-from stepcredit.segments import Norm
+from stepcredit.core import Rollouts, segments
+from stepcredit.core.credit import Credit
+from stepcredit.core.registry import register
+from stepcredit.core.segments import Norm
 from stepcredit.shaping.calibration import rlcr_reward
 
-__all__ = ["brier_credit"]
+__all__ = ["brier"]
 
 
-@register("credit", "brier")
-def brier_credit(
+@register("credit")
+def brier(
     rollouts: Rollouts,
     *,
     variant: Literal["paper", "released"] = "paper",

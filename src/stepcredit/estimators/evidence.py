@@ -28,13 +28,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from stepcredit import segments
-from stepcredit.credit import Credit
+from stepcredit.core import TOOL_ERROR, TOOL_UNKNOWN, Rollouts, segments
+from stepcredit.core.credit import Credit
+from stepcredit.core.registry import Count, NonNegative, register
 from stepcredit.estimators._context import call_sources, context_features, fit_logistic
 from stepcredit.estimators.tool import CallIdentity, call_keys
-from stepcredit.registry import Count, NonNegative, register
-from stepcredit.rollouts import TOOL_ERROR, TOOL_UNKNOWN, Rollouts
-from stepcredit.rollouts._texts import argument_leaves, seen_before_steps
+from stepcredit.views import argument_leaves, seen_before_steps
 
 __all__ = ["call_evidence", "evidence_rates", "grounded_calls"]
 

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import torch
 
-from stepcredit import segments
-from stepcredit.credit import Credit
-from stepcredit.registry import Positive, register
-from stepcredit.rollouts import Rollouts
-from stepcredit.segments import Norm
+from stepcredit.core import Rollouts, segments
+from stepcredit.core.credit import Credit
+from stepcredit.core.registry import Positive, register
+from stepcredit.core.segments import Norm
 
 
-@register("credit", name="oracle")
-def oracle_labels(rollouts: Rollouts, *, weight: Positive = 1.0, norm: Norm = "std", eps: float = 1e-6) -> Credit:
+@register("credit")
+def oracle(rollouts: Rollouts, *, weight: Positive = 1.0, norm: Norm = "std", eps: float = 1e-6) -> Credit:
     """Oracle step credit from the environment's labels (the yardstick of the experiment; reads labels):
 
         A(step) = weight · label(step)        if label(step) ∈ {+1, −1}

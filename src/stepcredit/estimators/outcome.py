@@ -10,11 +10,10 @@ from typing import Literal
 
 from torch import Tensor
 
-from stepcredit import segments
-from stepcredit.credit import Credit
-from stepcredit.registry import register
-from stepcredit.rollouts import Rollouts
-from stepcredit.segments import Norm, Singleton
+from stepcredit.core import Rollouts, segments
+from stepcredit.core.credit import Credit
+from stepcredit.core.registry import register
+from stepcredit.core.segments import Norm, Singleton
 
 Weighting = Literal["auto", "tokens", "trajectories"]
 

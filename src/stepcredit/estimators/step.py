@@ -6,11 +6,10 @@ from typing import Literal
 
 import torch
 
-from stepcredit import segments
-from stepcredit.credit import Credit
-from stepcredit.registry import Probability, register
-from stepcredit.rollouts import Rollouts
-from stepcredit.segments import Norm
+from stepcredit.core import Rollouts, segments
+from stepcredit.core.credit import Credit
+from stepcredit.core.registry import Probability, register
+from stepcredit.core.segments import Norm
 
 
 def step_positions(rollouts: Rollouts) -> torch.Tensor:

@@ -12,11 +12,10 @@ import pyarrow.compute as pc
 import torch
 from torch import Tensor
 
-from stepcredit import segments
-from stepcredit.credit import Credit
-from stepcredit.registry import NonNegative, OpenUnit, UserCode, import_callable, register
-from stepcredit.rollouts import TOOL_OK, Rollouts
-from stepcredit.rollouts._texts import argument_leaves
+from stepcredit.core import TOOL_OK, Rollouts, segments
+from stepcredit.core.credit import Credit
+from stepcredit.core.registry import NonNegative, OpenUnit, UserCode, import_callable, register
+from stepcredit.views import argument_leaves
 
 Verifier = Callable[[str, str, str], bool]
 

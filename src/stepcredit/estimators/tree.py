@@ -13,12 +13,11 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from stepcredit import segments
-from stepcredit.credit import Credit
+from stepcredit.core import Rollouts, segments
+from stepcredit.core.credit import Credit
+from stepcredit.core.registry import register
+from stepcredit.core.segments import Norm, Singleton
 from stepcredit.estimators.outcome import Weighting, token_weights
-from stepcredit.registry import register
-from stepcredit.rollouts import Rollouts
-from stepcredit.segments import Norm, Singleton
 
 
 class Nodes:

@@ -22,12 +22,11 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from stepcredit import segments
-from stepcredit.credit import Credit
+from stepcredit.core import TOOL_OK, Rollouts, StepKind, segments
+from stepcredit.core.credit import Credit
+from stepcredit.core.registry import register
+from stepcredit.core.segments import Norm, Singleton
 from stepcredit.estimators.step import step_positions
-from stepcredit.registry import register
-from stepcredit.rollouts import TOOL_OK, Rollouts, StepKind
-from stepcredit.segments import Norm, Singleton
 
 __all__ = [
     "calls_before",
@@ -62,7 +61,6 @@ def _outcome_advantage(r: Rollouts, norm: Norm, eps: float) -> Tensor:
     return segments.group_normalize(r.outcome, r.group, r.num_groups, norm=norm, eps=eps)
 
 
-@register("credit")
 def mt_grpo_first_turn(
     rollouts: Rollouts,
     *,
@@ -88,7 +86,6 @@ def mt_grpo_first_turn(
     return Credit(_outcome_advantage(r, norm, eps), step=turn_coef * torch.where(credited, turn[r.step_traj], zero))
 
 
-@register("credit")
 def mt_grpo_per_index(
     rollouts: Rollouts,
     *,
@@ -125,7 +122,6 @@ def mt_grpo_per_index(
     return Credit(_outcome_advantage(r, norm, eps), step=turn_coef * turn_adv)
 
 
-@register("credit")
 def mt_grpo_per_trajectory(
     rollouts: Rollouts,
     *,

@@ -1,12 +1,8 @@
-"""Adapters to the trainers people already use: verl (registered estimators, a v1 trainer mode, the
-verl-agent step-row layout) and TRL (a ``GRPOTrainer`` subclass). The shared part: a trainer's token
-rows as trajectories (``RowBatch``), any recipe on them, credit back on the rows' tokens.
+"""Adapters to the trainers people already use: verl (``verl``: registered estimators, a v1 trainer
+mode, the verl-agent step-row layout, the plugin) and TRL (``trl``: a ``GRPOTrainer`` subclass). The
+shared part: a trainer's token rows as trajectories (``rows.TrainerRows``), any recipe on them, credit
+back on the rows' tokens; and tool calls named from their tokens (``calls``).
 
-Importing this package imports neither verl nor TRL; ``stepcredit.integrations.verl_trainer`` and
-``stepcredit.integrations.trl`` do.
+Importing this package imports nothing (the verl plugin imports it in every Ray worker);
+``stepcredit.integrations.verl.trainer`` and ``stepcredit.integrations.trl`` import verl and TRL.
 """
-
-from stepcredit.integrations._calls import CallIdentity, name_calls, parse_call_text
-from stepcredit.integrations._rows import RowBatch, RowCredit, credit_metrics
-
-__all__ = ["CallIdentity", "RowBatch", "RowCredit", "credit_metrics", "name_calls", "parse_call_text"]

@@ -24,7 +24,7 @@ What happens per generation batch (``_generate_and_score_completions``):
 4. Tool calls are found by their marker token ids (malformed ones — never closed, nested, crossing a
    tool result — are ignored rather than fatal, since a sampled completion may be cut anywhere) and
    named by their decoded JSON (``call_identity="text"``) or token ids (``"tokens"``).
-5. The recipe runs on the trajectories (``RowBatch``); this process keeps its rows and its completion
+5. The recipe runs on the trajectories (``TrainerRows``); this process keeps its rows and its completion
    width, and ``out["advantages"]`` becomes that ``(B, T)`` float32 tensor. stepcredit's metrics are
    logged next to TRL's (``stepcredit/...``), and the completions table's ``advantages`` column shows
    each completion's mean token advantage.
@@ -51,9 +51,9 @@ import trl
 from torch import Tensor
 from trl.trainer.grpo_trainer import GRPOTrainer
 
-from stepcredit.integrations._calls import CallIdentity, name_calls, well_formed_calls
-from stepcredit.integrations._rows import RowBatch, RowCredit
-from stepcredit.io._tensors import from_trainer_tensors
+from stepcredit.integrations.calls import CallIdentity, name_calls, well_formed_calls
+from stepcredit.integrations.rows import RowCredit, TrainerRows
+from stepcredit.io.tensors import from_trainer_tensors
 from stepcredit.recipe import Recipe
 
 __all__ = ["TRL_VERSION", "StepcreditGRPOTrainer", "check_trl_version", "combined_rewards", "well_formed_calls"]
@@ -239,7 +239,7 @@ class StepcreditGRPOTrainer(GRPOTrainer):
                 rows, ids, self.stepcredit_call_identity, decode=self._tokenizer.batch_decode,
                 markers=self.stepcredit_markers,
             )
-        return RowBatch.from_rows(rows).run(self.stepcredit_recipe)
+        return TrainerRows.from_rows(rows).run(self.stepcredit_recipe)
 
     def _log_completion_advantages(self, advantages: Tensor, mask: Tensor) -> None:
         """The completions table shows, per completion, the mean advantage of its model tokens (TRL

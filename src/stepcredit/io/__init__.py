@@ -9,9 +9,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from stepcredit.errors import RolloutError
-from stepcredit.io._atomic import atomic_write, check_output
-from stepcredit.io._chat import (
+from stepcredit.core import Rollouts, StatePolicy, TrajectoryRecord, build
+from stepcredit.core.errors import RolloutError
+from stepcredit.io.atomic import atomic_write, check_output
+from stepcredit.io.chat import (
     ChatFields,
     parse_record,
     read_chat_records,
@@ -19,10 +20,10 @@ from stepcredit.io._chat import (
     to_chat_records,
     write_chat_jsonl,
 )
-from stepcredit.io._credit_file import credit_records, read_credit_jsonl, write_credit_jsonl
-from stepcredit.io._labels import REFERENCES_FORMAT, check_references, label_calls, read_references
-from stepcredit.io._parquet import ROW_GROUP_SIZE, from_arrow, read_parquet, to_arrow, write_parquet
-from stepcredit.io._stream import (
+from stepcredit.io.credit_file import credit_records, read_credit_jsonl, write_credit_jsonl
+from stepcredit.io.labels import REFERENCES_FORMAT, check_references, label_calls, read_references
+from stepcredit.io.parquet import ROW_GROUP_SIZE, from_arrow, read_parquet, to_arrow, write_parquet
+from stepcredit.io.stream import (
     ChunkPlan,
     ParquetCreditWriter,
     credit_table,
@@ -32,9 +33,8 @@ from stepcredit.io._stream import (
     read_chunk,
     write_credit_parquet,
 )
-from stepcredit.io._tau2 import TAU2_FIELDS, is_tau2, parse_tau2
-from stepcredit.io._tensors import from_trainer_tensors
-from stepcredit.rollouts import Rollouts, StatePolicy, TrajectoryRecord, build
+from stepcredit.io.tau2 import TAU2_FIELDS, is_tau2, parse_tau2
+from stepcredit.io.tensors import from_trainer_tensors
 
 Format = Literal["auto", "chat", "tau2", "parquet"]
 FORMATS: tuple[str, ...] = ("auto", "chat", "tau2", "parquet")
@@ -153,7 +153,7 @@ def load(
     Trajectories from several files are built together, so groups with the same name (e.g. a tau2
     task run by several agents) become one group. ``fields`` says where chat records keep their fields
     (``ChatFields``; its ``id`` also applies to tau2 simulations). ``labels`` controls tau2 call
-    labelling; ``states`` how decision-point keys are derived (see ``stepcredit.rollouts.build``).
+    labelling; ``states`` how decision-point keys are derived (see ``stepcredit.core.build``).
     ``references`` (a mapping or a JSON file, see ``read_references``) maps group names to reference
     actions: every call is then labelled by the rule of ``label_calls`` (a group without references
     labels its writes −1 when they succeed); at least one group must match. A Parquet file loads as

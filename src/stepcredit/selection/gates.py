@@ -8,9 +8,8 @@ from typing import Annotated, Literal
 import torch
 from torch import Tensor
 
-from stepcredit import segments
-from stepcredit.registry import NonNegative, Probability, UserCode, register
-from stepcredit.rollouts import Rollouts
+from stepcredit.core import Rollouts, segments
+from stepcredit.core.registry import NonNegative, Probability, UserCode, register
 from stepcredit.selection import rubrics as rubric_checks
 
 

@@ -8,10 +8,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from stepcredit import segments
-from stepcredit.registry import Count, Positive, PositiveInt, Seed, register
-from stepcredit.rollouts import TOOL_ERROR, Rollouts
-from stepcredit.rollouts._texts import trajectory_actions
+from stepcredit.core import TOOL_ERROR, Rollouts, segments
+from stepcredit.core.registry import Count, Positive, PositiveInt, Seed, register
+from stepcredit.views import trajectory_actions
 
 ANSWER_BLOCK = re.compile(r"<answer>.*?</answer>", re.DOTALL)
 

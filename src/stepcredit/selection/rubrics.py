@@ -11,9 +11,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from stepcredit import segments
-from stepcredit.registry import import_callable
-from stepcredit.rollouts import TOOL_ERROR, Rollouts, StepKind
+from stepcredit.core import TOOL_ERROR, Rollouts, StepKind, segments
+from stepcredit.core.registry import import_callable
 
 Rubric = Callable[[Rollouts], Tensor]
 

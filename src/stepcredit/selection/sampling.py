@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from stepcredit import segments
-from stepcredit.credit import Credit
-from stepcredit.registry import Count, Probability, Seed, register
-from stepcredit.rollouts import Rollouts
+from stepcredit.core import Rollouts, segments
+from stepcredit.core.credit import Credit
+from stepcredit.core.registry import Count, Probability, Seed, register
 
 
 @register("selection", needs_credit=True)

@@ -9,9 +9,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from stepcredit.registry import register
-from stepcredit.rollouts import Rollouts
-from stepcredit.rollouts._texts import trajectory_actions
+from stepcredit.core import Rollouts
+from stepcredit.core.registry import register
+from stepcredit.views import trajectory_actions
 
 __all__ = ["brier", "parse_confidence", "rlcr_reward", "stated_confidence"]
 
@@ -78,7 +78,7 @@ def brier(
                    acc = c · fmt, and the Brier term is 0 when fmt = 0
 
     As shaping, the new reward replaces the outcome (later selections see it: gate on correctness
-    before, or use the ``brier`` *credit* component (``stepcredit.estimators.brier_credit``), which adds the
+    before, or use the ``brier`` *credit* component (``stepcredit.estimators.brier``), which adds the
     calibration advantage to the sum and leaves the outcome alone). q is the number in the *last*
     ``<confidence>`` tag of the
     trajectory's assistant texts (``source="tag"``) or the ``confidence`` column. An unparsable or

@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
-from stepcredit.errors import RolloutError, show
-from stepcredit.registry import register
-from stepcredit.rollouts import Rollouts, canonical_json
-from stepcredit.rollouts._texts import malformed_call_steps, step_action_texts
+from stepcredit.core import Rollouts, canonical_json
+from stepcredit.core.errors import RolloutError, show
+from stepcredit.core.registry import register
+from stepcredit.views import malformed_call_steps, step_action_texts
 
 
 def render_expert_action(action: Any) -> str:
@@ -32,7 +32,7 @@ def load_experts(experts: str | Mapping[str, list[Any]]) -> dict[str, list[str]]
     """Expert trajectories per group: a mapping group name → list of actions, or a JSON file of it."""
     if isinstance(experts, str):
         path = Path(experts)
-        from stepcredit.io._chat import read_json
+        from stepcredit.io.chat import read_json
 
         experts = read_json(path)
     if not isinstance(experts, Mapping):

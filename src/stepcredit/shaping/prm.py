@@ -15,10 +15,9 @@ from typing import Annotated, Any, Literal
 import torch
 from torch import Tensor
 
-from stepcredit import segments
-from stepcredit.registry import Probability, UserCode, import_callable, register
-from stepcredit.rollouts import Rollouts
-from stepcredit.rollouts._texts import step_action_texts
+from stepcredit.core import Rollouts, segments
+from stepcredit.core.registry import Probability, UserCode, import_callable, register
+from stepcredit.views import step_action_texts
 
 __all__ = ["HFProcessRewardScorer", "Scorer", "prm_mix", "prm_scores"]
 

@@ -5,7 +5,7 @@ teacher-forces ``[q ; ĉ_i ; y]`` for every rollout i of a task and reads off th
 each reference token. The reference tokens whose log-probability varies across the group's
 rollouts ("reasoning-reflective" tokens) are the ones that say something about the reasoning, so
 they get the weight. Xu et al. 2025, arXiv:2506.13351 (v1 §4.1–4.2; our spec with every quoted
-formula and every ambiguity: ``docs/research/dro_r3.md``).
+formula and every ambiguity: ``docs/methods/dro_r3.md``).
 
 Inputs, as a trainer computes them with the model in the loop (N rollouts, references padded to L):
 
@@ -18,7 +18,7 @@ Inputs, as a trainer computes them with the model in the loop (N rollouts, refer
   correction (b).
 
 Values at masked positions never matter (NaN or ``-inf`` padding there is fine). Statistics are
-computed in float64 through ``stepcredit.segments``; results have the input's dtype.
+computed in float64 through ``stepcredit.core.segments``; results have the input's dtype.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from stepcredit import segments
+from stepcredit.core import segments
 
 __all__ = ["Weighting", "group_reference_mask", "r3_filter", "r3_reward", "r3_weights", "reflectivity"]
 
@@ -134,7 +134,7 @@ def reflectivity(ref_logprobs: Tensor, ref_mask: Tensor, group: Tensor, num_grou
 
     with ``log p_ij = log π(y_j | q, ĉ_i, y_<j)``. Paper (v1 §4.1.2): "tokens ... that exhibit high
     standard deviation in their log-probabilities across 16 distinct CoT traces". Our choices where
-    v1 is silent (``docs/research/dro_r3.md`` §6.2): the *population* std (ddof 0, so a group of one
+    v1 is silent (``docs/methods/dro_r3.md``): the *population* std (ddof 0, so a group of one
     rollout has σ = 0 rather than undefined), of log-probabilities (v1), not of probabilities and not
     the variance (v3's abstract wording); centred two-pass form for stability. σ is exactly 0 at
     masked positions, for groups without rollouts, and where the group's log-probs agree to within
@@ -153,7 +153,7 @@ def r3_weights(sigma: Tensor, mask: Tensor, *, weighting: Weighting = "linear", 
 
     Paper (v1 §4.1.2): "w_Δ(σ_j) assigns greater weight to tokens with higher standard deviation σ_j"
     — and nothing more: v1 gives no functional form, normalisation or temperature
-    (``docs/research/dro_r3.md`` §1 and §6.1). **The forms below are our choices**, each normalised so
+    (``docs/methods/dro_r3.md``). **The forms below are our choices**, each normalised so
     that a group's weights sum to 1 over its real positions (R3 is then a weighted *mean* of log-probs):
 
         linear  (default):  w_j = σ_j / Σ_k σ_k          (uniform 1/L_g when every σ_k is 0:
@@ -218,8 +218,8 @@ def r3_reward(
 
     summed over the real reference positions j of rollout i's group; σ from ``reflectivity`` (on the
     uncorrected log-probs: v1 defines σ_j on log π(y_j | q, ĉ_i, y_<j)), w from ``r3_weights``.
-    Paper: the weighted sum of log-probs, not probabilities (v1). Ours (``docs/research/dro_r3.md``
-    §6): the form of w, normalised to sum 1, which makes R3 a weighted mean — a per-group scale
+    Paper: the weighted sum of log-probs, not probabilities (v1). Ours (``docs/methods/dro_r3.md``,
+    the ambiguities): the form of w, normalised to sum 1, which makes R3 a weighted mean — a per-group scale
     of v1's sum that the std-normalised GRPO advantage does not see, but a mix with the length penalty
     does. ``baseline_logprobs`` is v1's masked-CoT correction (b), subtracted token by token; what
     "masked" means is the trainer's choice (v1 does not say). If it is the same for every rollout of a
@@ -269,7 +269,7 @@ def r3_filter(
     has σ = 0, so s = 0.
 
     Paper (v1 §4.2.2): "rank all prompts in descending order of max(σ_j) and remove a proportion of the
-    lowest-ranked samples"; the proportion is not given (``docs/research/dro_r3.md`` §3, §6.6). Ours:
+    lowest-ranked samples"; the proportion is not given (``docs/methods/dro_r3.md``). Ours:
     the threshold form, the tie rule, and applying it per batch to whole groups (v1 filters the
     training set in rounds, with a stage-1 rank filter and a 10% carry-over that are not implemented
     here). A trajectory-level mask rather than indices, so a trainer that expects every row back (verl)

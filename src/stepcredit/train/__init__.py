@@ -1,15 +1,8 @@
-"""Training: losses (``losses``), the trainer (``trainer``) and the experiment runner (``experiment``)."""
+"""Training: the config (``config``), the warm start (``warmstart``), the RL loop (``loop``), the loss
+terms (``losses``) and the experiment runner (``experiment``)."""
 
-from stepcredit.train.losses import agg_loss, entropy_from_logits, kl_penalty, ppo_clip_loss
-from stepcredit.train.trainer import TrainConfig, sequence_logprobs, train, warm_start
+from stepcredit.train.config import TrainConfig
+from stepcredit.train.loop import build_policy, evaluate, rl_step, train, update
+from stepcredit.train.warmstart import warm_start
 
-__all__ = [
-    "TrainConfig",
-    "agg_loss",
-    "entropy_from_logits",
-    "kl_penalty",
-    "ppo_clip_loss",
-    "sequence_logprobs",
-    "train",
-    "warm_start",
-]
+__all__ = ["TrainConfig", "build_policy", "evaluate", "rl_step", "train", "update", "warm_start"]

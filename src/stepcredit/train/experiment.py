@@ -41,18 +41,20 @@ from typing import Any, Literal
 
 import numpy as np
 
-from stepcredit.train.trainer import TrainConfig, build_policy, train, warm_start
+from stepcredit.train.config import TrainConfig
+from stepcredit.train.loop import build_policy, train
+from stepcredit.train.warmstart import warm_start
 
 __all__ = ["DEFAULT_EXPERIMENT", "Experiment", "RunSpec", "load_experiment", "run_experiment", "summarize_runs"]
 
 
 @dataclass
 class RunSpec:
-    """One curve of the experiment: a recipe (built-in name or YAML path), its rollout shape, and any
-    ``TrainConfig`` overrides."""
+    """One curve of the experiment: a recipe (built-in name, YAML path, or the recipe itself inline as a
+    mapping), its rollout shape, and any ``TrainConfig`` overrides."""
 
     name: str
-    recipe: str
+    recipe: str | dict[str, Any]
     rollout: Literal["chains", "trees"] = "chains"
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -127,7 +129,15 @@ def load_experiment(spec: str | Path | Mapping[str, Any] | None = None) -> Exper
         rollout = run.get("rollout", "chains")
         if rollout not in ("chains", "trees"):
             raise ValueError(f"{source}: runs[{i}].rollout must be 'chains' or 'trees', got {rollout!r}")
-        runs.append(RunSpec(str(run.get("name", run["recipe"])), str(run["recipe"]), rollout, overrides))
+        recipe = run["recipe"]
+        if isinstance(recipe, Mapping):  # inline: the run's name names the recipe too
+            name = run.get("name", recipe.get("name"))
+            if name is None:
+                raise ValueError(f"{source}: runs[{i}] with an inline recipe needs a name")
+            recipe = {**recipe, "name": str(recipe.get("name", name))}
+        else:
+            name, recipe = run.get("name", recipe), str(recipe)
+        runs.append(RunSpec(str(name), recipe, rollout, overrides))
     if not runs:
         raise ValueError(f"{source}: no runs")
     names = [r.name for r in runs]
@@ -156,7 +166,7 @@ WARM_FIELDS = ("env", "depth", "distractors", "noise", "max_steps", "env_options
 def warm_key(config: TrainConfig) -> str:
     """The warm-start setting of a run (``skills`` on puts the bank's skills in the demonstrations)."""
     fields = {name: getattr(config, name) for name in WARM_FIELDS}
-    fields["skills"] = config.options("skills")
+    fields["skills"] = dataclasses.asdict(config.skills) if config.skills is not None else None
     return json.dumps(fields, sort_keys=True, default=repr)
 
 
@@ -386,7 +396,9 @@ def plot_curves(exp: Experiment, histories: dict[str, list[list[dict[str, Any]]]
 def _audit_last(exp: Experiment, out: Path) -> Any:
     """The audit of the baseline run's last rollouts (first seed; the first run's when there is no
     baseline run) with every recipe of the experiment."""
-    from stepcredit import audit, load
+    from stepcredit.auditing import audit
+    from stepcredit.io import load
+    from stepcredit.recipe import Recipe
 
     names = [r.name for r in exp.runs]
     audited = exp.baseline if exp.baseline in names else names[0]
@@ -394,8 +406,8 @@ def _audit_last(exp: Experiment, out: Path) -> Any:
     if not first.exists():
         return None
     rollouts = load(first)
-    recipes = [r.recipe for r in exp.runs]
-    result = audit(rollouts, list(dict.fromkeys(recipes)), bootstrap=200)
+    recipes = {json.dumps(r.recipe, sort_keys=True): Recipe.load(r.recipe) for r in exp.runs}  # each once
+    result = audit(rollouts, list(recipes.values()), bootstrap=200)
     (out / "audit.json").write_text(json.dumps(result.to_dict(), indent=1, default=_json_default))
     return result
 

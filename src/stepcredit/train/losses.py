@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "AggMode", "KLKind", "agg_loss", "entropy_from_logits", "kl_penalty", "masked_mean", "on_off_policy_loss",
-    "opd_advantages", "policy_shaping", "ppo_clip_loss",
+    "AggMode", "KLKind", "agg_loss", "kl_penalty", "masked_mean", "on_off_policy_loss", "policy_shaping",
+    "ppo_clip_loss",
 ]
 
 AggMode = Literal["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
@@ -154,31 +154,6 @@ def on_off_policy_loss(
     return agg_loss(losses, mask, agg), metrics
 
 
-def opd_advantages(
-    advantages: Tensor,
-    teacher_log_prob: Tensor,
-    old_log_prob: Tensor,
-    hinted: Tensor,
-    *,
-    w_rl: float = 1.0,
-    w_opd: float = 1.0,
-) -> Tensor:
-    """OpenClaw-RL's combined evaluative + directive token advantage (Wang et al. 2026,
-    arXiv:2603.10165, ``openclaw-combine/combine_loss.py``):
-
-        A_j = w_rl · A_j^RL + w_opd · (log π_teacher(y_j | s ⊕ hint, y_<j) − log π_old(y_j | s, y_<j))
-
-    where ``hinted`` (the tokens of turns with a hint); ``w_rl · A_j^RL`` elsewhere (a turn without a
-    hint gives no OPD sample). ``A^RL`` is any recipe's token advantage; the log-ratio is unnormalised
-    (it can be large: the PPO clip bounds the step). Weights default to the released 1 and 1."""
-    if not (advantages.shape == teacher_log_prob.shape == old_log_prob.shape == hinted.shape):
-        raise ValueError(f"shapes differ: advantages {tuple(advantages.shape)}, "
-                         f"teacher {tuple(teacher_log_prob.shape)}, old {tuple(old_log_prob.shape)}, "
-                         f"hinted {tuple(hinted.shape)}")
-    directive = torch.where(hinted.bool(), teacher_log_prob - old_log_prob, 0.0)
-    return w_rl * advantages + w_opd * directive
-
-
 def kl_penalty(log_prob: Tensor, ref_log_prob: Tensor, kind: KLKind = "k3") -> Tensor:
     """Per-token estimate of KL(π ‖ π_ref) from sampled tokens (Schulman 2020, "Approximating KL"):
 
@@ -197,9 +172,3 @@ def kl_penalty(log_prob: Tensor, ref_log_prob: Tensor, kind: KLKind = "k3") -> T
         d = torch.clamp(ref_log_prob - log_prob, -20.0, 20.0)
         return torch.clamp(torch.exp(d) - d - 1.0, -10.0, 10.0)
     raise ValueError(f"unknown KL estimator {kind!r}; expected one of {KLKind.__args__}")  # type: ignore[attr-defined]
-
-
-def entropy_from_logits(logits: Tensor) -> Tensor:
-    """Entropy of the next-token distribution per position: ``logsumexp(z) − Σ softmax(z)·z``."""
-    p = torch.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (p * logits).sum(dim=-1)
