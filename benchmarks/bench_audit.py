@@ -45,7 +45,7 @@ GROUP_SIZE = 8
 BOOTSTRAP = 1000
 REPEATS = 3  # timed calls after the first (median); the first call gives the peak
 RECIPES = "grpo,call_consensus"
-DEFAULT = "default"  # stepcredit.DEFAULT_RECIPES, what `stepcredit audit` runs without --recipes
+DEFAULT = "default"  # stepcredit.auditing.DEFAULT_RECIPES, what `stepcredit audit` runs without --recipes
 # per batch size (groups of 8): (bootstrap implementation, recipes); the dense original only where its
 # (samples × calls) float64 matrices stay far below the machine's memory (~39 KiB per labelled call)
 SIZES = [

@@ -155,7 +155,7 @@ def test_nan_in_mask_counts_as_one(monkeypatch):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_from_trainer_tensors_equals_fully_validated_build(threads, monkeypatch):
     """The trusted construction gives a batch that full validation accepts and that equals one built
-    from the same columns the ordinary way; several blocks and threads give the same as one."""
+    from the same columns the ordinary way; several scan blocks and torch thread counts give the same as one."""
     monkeypatch.setattr(_tensors, "_CHUNK_BYTES", 256)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)

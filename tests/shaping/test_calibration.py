@@ -75,7 +75,7 @@ def test_column_source_and_threshold():
         brier(batch(["a"], [1.0]), variant="other")  # type: ignore[arg-type]
 
 
-def test_brier_credit_is_mean_normalised_reward_and_composes():
+def test_brier_component_is_mean_normalised_reward_and_composes():
     r = batch(ACTIONS, OUTCOME)
     reward = brier(r).outcome
     assert torch.allclose(estimators.brier(r).trajectory, reward - reward.mean())

@@ -9,7 +9,7 @@ beside the rollout engine:
    templates with their entities abstracted (``[N]``, ``[ID]``, ``[NAME]``, …); failed episodes become
    "mistakes to avoid" lessons ``(trigger, mistake, principle)``. ``Summariser`` is anything mapping
    episodes to skills: ``RuleSummariser`` is *our* deterministic, rule-based stand-in for the teacher,
-   written for the calculator / lookup / booking families; ``LLMSummariser`` wraps any
+   with generic rules and each family's own (``stepcredit.envs.teaching``); ``LLMSummariser`` wraps any
    ``Callable[[str], str]`` (a prompt in, JSON text of skills out) and is the SkillRL path proper.
 2. **SkillBank** (SkillRL's ``claude_style_skills.json``): general skills, task-specific skills per task
    type and common mistakes, each ``{skill_id, title, principle, when_to_apply}``. Retrieval is SkillRL's
@@ -265,8 +265,13 @@ class Skills(Feedback):
             from stepcredit.generation import NoisyOracle, rollout_chains
 
             s = self.setup
-            demos = rollout_chains(s.make_env("train"), NoisyOracle(s.demo_error_rate, seed=s.seed),
-                                   range(10**9, 10**9 + max(s.demos, 1)), group_size=1, seed=s.seed)
+            demos = rollout_chains(
+                s.make_env("train"),
+                NoisyOracle(s.demo_error_rate, seed=s.seed),
+                range(10**9, 10**9 + max(s.demos, 1)),
+                group_size=1,
+                seed=s.seed,
+            )
             self._initial = distill(episodes_from_batch(demos))
         return self._initial
 
@@ -287,9 +292,15 @@ class Skills(Feedback):
         if batch.off_policy is not None:
             episodes = [e for e, off in zip(episodes, batch.off_policy.tolist(), strict=True) if not off]
         o = self.options
-        self._bank, added = evolve(self.bank, episodes, success_rates(episodes), threshold=o.threshold,
-                                   max_new_skills=o.max_new_skills, last_steps=o.last_steps,
-                                   max_examples=o.max_examples)
+        self._bank, added = evolve(
+            self.bank,
+            episodes,
+            success_rates(episodes),
+            threshold=o.threshold,
+            max_new_skills=o.max_new_skills,
+            last_steps=o.last_steps,
+            max_examples=o.max_examples,
+        )
         return {"skills": float(len(self._bank)), "skills_added": float(len(added))}
 
     def state(self) -> Any:
@@ -301,4 +312,3 @@ class Skills(Feedback):
 
     def save(self, folder: Path) -> None:
         self.bank.save(folder / "skills.json")
-

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from stepcredit.core.errors import clip, show
+from stepcredit.envs.teaching import printable
 from stepcredit.io.atomic import atomic_write
 
 __all__ = [
@@ -357,15 +358,6 @@ def _skill_entry(item: Any, kind: SkillKind, task_type: str | None, source: str,
 
 
 # ---------------------------------------------------------------------------------------------- rendering
-_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
-
-
-def _line(text: str) -> str:
-    """One line of printable ASCII (the environments' observation charset): white space collapsed,
-    any other character shown as '?'."""
-    return _UNPRINTABLE.sub("?", " ".join(text.split()))
-
-
 def render(skills: Sequence[Skill]) -> str:
     """The compact text block to prepend to a prompt: ``HEADER``, then one line per skill, in the order
     given (retrieval order): ``- {title}: {principle} (when: {when_to_apply})`` for general and task
@@ -376,11 +368,11 @@ def render(skills: Sequence[Skill]) -> str:
         return ""
     lines = [HEADER]
     for s in skills:
-        when = f" (when: {_line(s.when_to_apply)})" if s.when_to_apply.strip() else ""
+        when = f" (when: {printable(s.when_to_apply)})" if s.when_to_apply.strip() else ""
         if s.kind == "mistake":
-            lines.append(f"- Avoid: {_line(s.title)}{when}. Instead: {_line(s.principle)}")
+            lines.append(f"- Avoid: {printable(s.title)}{when}. Instead: {printable(s.principle)}")
         else:
-            lines.append(f"- {_line(s.title)}: {_line(s.principle)}{when}")
+            lines.append(f"- {printable(s.title)}: {printable(s.principle)}{when}")
     return "\n".join(lines)
 
 
