@@ -244,6 +244,7 @@ def method(name: str, batch: Batch) -> Callable[[], object]:
         from stepcredit.estimators import gigpo
 
         return lambda: gigpo(uncached(batch.chain)).per_step(batch.chain)
+    import stepcredit.estimators  # noqa: F401 - registers the credit components (imports are lazy)
     from stepcredit.core.registry import REGISTRY
 
     fn = REGISTRY["credit"][name.split(",")[0]].fn  # "mt_grpo, per_index": a component with parameters

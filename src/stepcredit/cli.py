@@ -26,6 +26,7 @@ from rich.table import Table
 
 from stepcredit.core import Rollouts
 from stepcredit.core.errors import RolloutError
+from stepcredit.core.limits import MAX_GROUP_SIZE, MAX_NEW_TOKENS
 from stepcredit.io import FORMATS, REFERENCES_FORMAT
 
 app = typer.Typer(
@@ -497,13 +498,24 @@ def audit(
         webbrowser.open(output.resolve().as_uri())
 
 
+BLOCK_TRAJECTORIES = 4096
+"""``rollouts`` generates and writes this many trajectories at a time (whole groups; at least one group):
+memory stays flat however many groups are asked for."""
+
+
 def _tree_spec(spec: str) -> tuple[int, int, int]:
+    from stepcredit.core.limits import MAX_TREE, MAX_TREE_LEAVES, tree_leaves
+
     parts = spec.split(",")
     if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
         _exit(ValueError(f"--tree expects M,N,L (trees, nodes expanded, iterations), e.g. 2,2,1; got {spec!r}"))
     m, n, iterations = (int(p) for p in parts)
-    if m < 1 or n < 1 or m > 1_000 or n > 1_000 or iterations > 100:
-        _exit(ValueError(f"--tree M,N,L needs 1 ≤ M, N ≤ 1000 and 0 ≤ L ≤ 100; got {spec!r}"))
+    if m < 1 or n < 1 or m > MAX_TREE[0] or n > MAX_TREE[1] or iterations > MAX_TREE[2]:
+        _exit(ValueError(f"--tree M,N,L needs 1 ≤ M ≤ {MAX_TREE[0]}, 1 ≤ N ≤ {MAX_TREE[1]} and 0 ≤ L ≤ "
+                         f"{MAX_TREE[2]}; got {spec!r}"))
+    if tree_leaves(m, n, iterations) > MAX_TREE_LEAVES:
+        _exit(ValueError(f"--tree {spec} grows {tree_leaves(m, n, iterations)} leaves per task; at most "
+                         f"{MAX_TREE_LEAVES} (M · (1 + N · L))"))
     return m, n, iterations
 
 
@@ -517,7 +529,9 @@ def rollouts_command(
         str, typer.Option(help="oracle, noisy, systematic, or a folder holding a Hugging Face causal LM + tokenizer.")
     ] = "noisy",
     groups: Annotated[int, typer.Option(min=1, max=1_000_000, help="Tasks (one group each).")] = 64,
-    group_size: Annotated[int, typer.Option(min=1, max=1_000, help="Chains per task (ignored with --tree).")] = 8,
+    group_size: Annotated[
+        int, typer.Option(min=1, max=MAX_GROUP_SIZE, help="Chains per task (ignored with --tree).")
+    ] = 8,
     tree: Annotated[
         str | None, typer.Option(help="Tree-GRPO rollouts M,N,L: M trees per task, N nodes expanded per tree, L times.")
     ] = None,
@@ -535,22 +549,24 @@ def rollouts_command(
         float, typer.Option(min=0.0, max=1.0, help="noisy/systematic: chance of a mistake per step/decision point.")
     ] = 0.15,
     temperature: Annotated[float, typer.Option(min=0.0, max=10.0, help="HF policy: sampling temperature.")] = 1.0,
-    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="HF policy: nucleus sampling mass.")] = 1.0,
-    max_new_tokens: Annotated[int, typer.Option(min=1, max=4096, help="HF policy: tokens per action.")] = 48,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="HF policy: nucleus sampling mass, in (0, 1].")] = 1.0,
+    max_new_tokens: Annotated[
+        int, typer.Option(min=1, max=MAX_NEW_TOKENS, help="HF policy: tokens per action.")
+    ] = 48,
     batch_size: Annotated[
         int | None, typer.Option(min=1, max=100_000, help="Contexts per policy call (default: all live ones).")
     ] = None,
     seed: Annotated[int, typer.Option(min=0, max=2**31 - 1, help="Seed of environments, policy and tree picks.")] = 0,
 ) -> None:
     """Play a policy on a task family and write the rollouts (labels, trees, token spans) to a file."""
+    import numpy as np
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from stepcredit.envs import env_factory
     from stepcredit.generation import rollout_chains, rollout_trees, scripted_policy
-    from stepcredit.io import check_output, write_chat_jsonl, write_parquet
+    from stepcredit.io import ChatWriter, RolloutsWriter, check_output
 
-    writers = {".jsonl": write_chat_jsonl, ".parquet": write_parquet}
-    if output.suffix not in writers:
+    if output.suffix not in (".jsonl", ".parquet"):
         _exit(RolloutError("expected a .parquet or .jsonl file name", source=str(output), field="output"))
     _guard(lambda: check_output(output))
     if split not in ("train", "test"):
@@ -563,42 +579,61 @@ def rollouts_command(
         agent: Any = scripted_policy(policy, error_rate=error_rate, seed=seed)
     elif Path(policy).is_dir():
         from stepcredit.generation.hf import HFPolicy
+        from stepcredit.train.config import check_model
 
+        if not top_p > 0:
+            _exit(ValueError(f"--top-p must be in (0, 1] for a model policy, got {top_p:g}"))
+        _guard(lambda: check_model(policy, "--policy"))
         agent = HFPolicy.from_pretrained(
             policy, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
         )
         chat_format = agent.format
     else:
         _exit(ValueError(f"--policy must be oracle, noisy, systematic or a model folder; {policy!r} is none"))
-    tasks = range(first_task, first_task + groups)
+    if first_task + groups > 2**31:
+        _exit(ValueError(f"--first-task {first_task} + --groups {groups} passes the last task index 2^31 - 1"))
     spec = _tree_spec(tree) if tree is not None else None
-    total = groups * (group_size if spec is None else spec[0] * (1 + spec[1] * spec[2]))
+    per_group = group_size if spec is None else spec[0] * (1 + spec[1] * spec[2])
+    total = groups * per_group
+    block = max(1, BLOCK_TRAJECTORIES // per_group)  # groups generated (and held) at a time
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=True) as bar:
+    trajectories, successes, tokens = 0, 0.0, 0.0
+    writer = RolloutsWriter(output) if output.suffix == ".parquet" else ChatWriter(output)
+    with writer, Progress(*columns, console=err_console, transient=True) as bar:
         job = bar.add_task(f"rollouts · {env} · {policy}", total=total)
 
         def advance(n: int) -> None:
             bar.advance(job, n)
 
-        def play() -> Any:
-            if spec is None:
-                return rollout_chains(
-                    make_env, agent, tasks, group_size=group_size, chat_format=chat_format, seed=seed,
-                    batch_size=batch_size, progress=advance,
-                )
-            m, n, iterations = spec
-            return rollout_trees(
-                make_env, agent, tasks, trees=m, expand=n, iterations=iterations, keep=keep,
-                chat_format=chat_format, seed=seed, batch_size=batch_size, progress=advance,
-            )
+        for start in range(first_task, first_task + groups, block):
+            tasks = range(start, min(start + block, first_task + groups))
+            # the first block plays under --seed itself; each later one under a seed of its own
+            block_seed = seed
+            if start != first_task:
+                block_seed = int(np.random.SeedSequence([seed, start]).generate_state(1)[0])
 
-        batch = _guard(play)
-    writers[output.suffix](batch.rollouts, output)
-    r = batch.rollouts
-    tokens = f", {batch.tokens_per_trajectory:.1f} generated tokens per trajectory" if chat_format else ""
+            def play(tasks: range = tasks, block_seed: int = block_seed) -> Any:
+                if spec is None:
+                    return rollout_chains(
+                        make_env, agent, tasks, group_size=group_size, chat_format=chat_format, seed=block_seed,
+                        batch_size=batch_size, progress=advance,
+                    )
+                m, n, iterations = spec
+                return rollout_trees(
+                    make_env, agent, tasks, trees=m, expand=n, iterations=iterations, keep=keep,
+                    chat_format=chat_format, seed=block_seed, batch_size=batch_size, progress=advance,
+                )
+
+            batch = _guard(play)
+            writer.write(batch.rollouts)
+            trajectories += batch.rollouts.num_trajectories
+            successes += float(batch.rollouts.outcome.sum())
+            tokens += float(batch.generated_tokens)
+            del batch
+    shown = f", {tokens / max(trajectories, 1):.1f} generated tokens per trajectory" if chat_format else ""
     console.print(
-        f"wrote {r.num_trajectories} trajectories of {r.num_groups} tasks to {escape(str(output))} "
-        f"(success {100 * batch.success_rate:.1f}%{tokens})"
+        f"wrote {trajectories} trajectories of {groups} tasks to {escape(str(output))} "
+        f"(success {100 * successes / max(trajectories, 1):.1f}%{shown})"
     )
 
 
@@ -611,20 +646,31 @@ def experiment(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted experiment in --out: finished runs are kept, "
-                           "unfinished ones continue from their last checkpoint (their config must be unchanged).")
+                           "unfinished ones continue from their newest intact checkpoint (their config must be "
+                           "unchanged).")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Start again in a --out that holds an earlier run of the experiment "
+                           "(what the runs wrote there is removed).")
     ] = False,
 ) -> None:
     """The main job: train a small policy with each recipe × seed on one task family, compare the
     learning curves (outcome GRPO, dense recipes, the oracle upper bound), audit the credit, and write
-    runs/<name>/ with curves.png, summary.md and report.html."""
-    from stepcredit.train.experiment import load_experiment, run_experiment, summary_markdown
+    runs/<name>/ with curves.png, summary.md and report.html. The config and the output folder are
+    checked whole before anything runs."""
+    from stepcredit.train.experiment import experiment_folder, load_experiment, run_experiment, summary_markdown
 
+    if resume and overwrite:
+        _exit(ValueError("--resume continues the runs in --out and --overwrite starts them again: give one"))
     if config is not None and not config.is_file():
         _exit(ValueError(f"{config}: no such experiment file"))
     exp = _guard(lambda: load_experiment(config))
+    if out.exists() and not out.is_dir():
+        _exit(ValueError(f"{out}: --out is a file; expected a folder"))
     if not out.parent.is_dir():
         _exit(ValueError(f"{out.parent}: no such folder for --out"))
-    summary = _guard(lambda: run_experiment(exp, out, progress=not quiet, resume=resume,
+    _guard(lambda: experiment_folder(exp, out, resume=resume, overwrite=overwrite))
+    summary = _guard(lambda: run_experiment(exp, out, progress=not quiet, resume=resume, overwrite=overwrite,
                                             log=lambda s: err_console.print(escape(s))))
     console.print(summary_markdown(summary), highlight=False, markup=False)
 
@@ -672,7 +718,14 @@ def demo(
         console.print(escape(line), highlight=False)
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds: a file being written is removed, not left half-done
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     app()
 
 

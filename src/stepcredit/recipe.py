@@ -73,7 +73,8 @@ class RecipeResult:
 
 class _SafeLoader(yaml.SafeLoader):
     """YAML without its bombs: what aliases expand to is counted (a 400-byte "billion laughs" names
-    a billion nodes) and bounded; nesting depth is bounded by the parser's recursion."""
+    a billion nodes) and bounded; nesting depth is bounded by the parser's recursion; a key given
+    twice in one mapping is refused (YAML would keep the last one silently)."""
 
     max_expanded = 10_000  # nodes that aliases may stand for, in all
 
@@ -89,6 +90,19 @@ class _SafeLoader(yaml.SafeLoader):
                         f"aliases (*name) expand to more than {self.max_expanded} values: not a recipe"
                     )
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    key = self.construct_object(key_node, deep=deep)
+                    if isinstance(key, str | int | float | bool) or key is None:
+                        if key in seen:
+                            line = key_node.start_mark.line + 1
+                            raise RecipeError(f"line {line}: duplicate key {show(key)} (YAML keeps only the last)")
+                        seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:

@@ -6,7 +6,10 @@ Loaders: ``chat`` (chat JSONL / JSON: ``load``, ``parse_record``), ``tau2`` (``l
 ``parse_tau2``), ``parquet`` (``read_parquet``, ``load``, ``from_arrow``, the streaming readers
 ``iter_group_chunks``, ``plan_group_chunks`` + ``read_chunk``), ``references``
 (``read_references``, ``check_references``, ``load(..., references=)``) and ``recipe``
-(``Recipe.load`` of a YAML file, then ``Recipe.run`` on a small synthetic batch).
+(``Recipe.load`` of a YAML file, then ``Recipe.run`` on a small synthetic batch); and the training side
+(``tests/fuzz/training.py``): ``experiment`` (``load_experiment`` + ``experiment_folder`` of a YAML
+config, writing nothing), ``resume`` (``resume_point`` on damaged real run folders) and ``tensors``
+(``from_trainer_tensors``, ``rows_from_verl_agent``).
 
 Each example passes when every call either returns or raises the documented error type
 (``RolloutError``; ``RecipeError`` for recipe files; any ``ValueError`` from running a recipe), the
@@ -58,7 +61,7 @@ from stepcredit.io import (
     plan_group_chunks,
     read_chunk,
 )
-from tests.fuzz import parquet_edits
+from tests.fuzz import parquet_edits, training
 from tests.fuzz.strategies import CASES, FIELD_SETS, ParquetCase, compact, python_value
 
 MAX_MESSAGE = 1000
@@ -335,7 +338,9 @@ CHECKS = {
     "parquet": check_parquet,
     "references": check_references_case,
     "recipe": check_recipe,
+    **training.CHECKS,
 }
+STRATEGIES = {**CASES, **training.CASES}
 
 
 # ------------------------------------------------------------------------------ the process
@@ -371,11 +376,13 @@ def run(
         workdir = Path(tmp)
         os.chdir(workdir)  # a recipe parameter may name a file: never one of the repository's
         campaign = Campaign(loader, workdir, last)
-        check, strategy = CHECKS[loader], CASES[loader]()
+        check, strategy = CHECKS[loader], STRATEGIES[loader]()
         signal.signal(signal.SIGALRM, _on_alarm)
         # warm up (thread pools, lazy imports) before measuring the size the bound is added to
         campaign.example(ParquetCase("tokens", [], []), check_parquet, timeout)
         Recipe.load("grpo").run(_batch("flat"))
+        if loader == "resume":
+            training.prepared_runs(workdir)  # the real runs the cases damage, trained before the bound
         campaign.failures.clear()
         campaign.examples = campaign.skipped = 0
         campaign.outcomes.clear()

@@ -1,4 +1,5 @@
-"""Fuzz the loaders: chat JSONL, tau2 results, Parquet, reference files and recipe YAML.
+"""Fuzz the loaders (chat JSONL, tau2 results, Parquet, reference files, recipe YAML) and the training
+side (experiment configs, resume folders, the trainer-tensor APIs; ``tests/fuzz/training.py``).
 
 Each loader's campaign (``tests/fuzz/campaign.py``) runs in its own process under an address-space
 bound and a wall-clock limit, and must end with zero failures: every call returns or raises the
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-LOADERS = ["chat", "tau2", "parquet", "references", "recipe"]
+LOADERS = ["chat", "tau2", "parquet", "references", "recipe", "experiment", "resume", "tensors"]
 EXAMPLES = int(os.environ.get("STEPCREDIT_FUZZ_EXAMPLES", "1000"))
 SEED = int(os.environ.get("STEPCREDIT_FUZZ_SEED", "0"))
 HEADROOM_MIB = 2048

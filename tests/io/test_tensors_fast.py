@@ -38,7 +38,7 @@ INDEXES = {
     "tensor": torch.tensor([4, 0, 4, 1]),
     "bool tensor": torch.tensor([True, False, True]),
     "floats": [1.5, 2.0, 1.5],
-    "mixed objects": np.array([1, "1", "a", 2.5, None], dtype=object),
+    "mixed objects": np.array([1, "a", 2.5, None, 1], dtype=object),
     "mixed list": ["a", 1, "b", "a"],
     "None among strings": np.array(["a", None, "a"], dtype=object),
     "bytes among strings": np.array([b"x", "x", b"y"], dtype=object),
@@ -67,8 +67,10 @@ def test_dense_groups_equal_the_sorting_path(name):
 
 
 def test_dense_groups_by_hand():
-    ids, names = dense_groups(np.array(["b", "a", "b", "c\x00", 3], dtype=object))  # the sorting path
-    assert ids.tolist() == [0, 1, 0, 2, 3] and names == ["b", "a", "c", "3"]  # astype(str) drops a trailing NUL
+    ids, names = dense_groups(np.array(["b", "a", "b", "c\x00", 3, "c"], dtype=object))  # the object path
+    assert ids.tolist() == [0, 1, 0, 2, 3, 4] and names == ["b", "a", "c\x00", "3", "c"]  # a trailing NUL is kept
+    ids, names = dense_groups(np.array([np.str_("q"), "q", "r"], dtype=object))  # a str subclass is its text
+    assert ids.tolist() == [0, 0, 1] and names == ["q", "r"]
     ids, names = dense_groups(np.array(["é", "x", "é"], dtype=object))  # the hashed path
     assert ids.tolist() == [0, 1, 0] and names == ["é", "x"]
 

@@ -53,7 +53,7 @@ def test_collapse_is_ending_below_the_warm_start() -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ({"train": {}, "runs": []}, "no runs"),
+        ({"train": {}, "runs": []}, "non-empty list of runs"),
         ({"train": {"lr": 1e-3, "colour": 1}, "runs": [{"recipe": "grpo"}]}, "unknown key"),
         ({"train": {}, "runs": [{"recipe": "grpo"}, {"recipe": "grpo"}]}, "unique"),
         ({"train": {}, "runs": [{"name": "x"}]}, "at least a recipe"),

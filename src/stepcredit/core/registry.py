@@ -45,6 +45,7 @@ __all__ = [
     "Probability",
     "Seed",
     "UserCode",
+    "check_fields",
     "check_params",
     "component_params",
     "describe",
@@ -68,8 +69,8 @@ class Interval:
     high_open: bool = False
 
     def __contains__(self, x: object) -> bool:
-        if not isinstance(x, int | float) or isinstance(x, bool) or math.isnan(x):
-            return False
+        if not isinstance(x, int | float) or isinstance(x, bool) or (isinstance(x, float) and math.isnan(x)):
+            return False  # (ints compare exactly with the bounds, however large)
         lo_ok = self.low is None or (x > self.low if self.low_open else x >= self.low)
         hi_ok = self.high is None or (x < self.high if self.high_open else x <= self.high)
         return lo_ok and hi_ok
@@ -106,6 +107,14 @@ def _marked(hint: Any, marker: type) -> bool:
     return False
 
 
+def _finite(value: int | float) -> bool:
+    """A finite float, or an int a float can hold (an int past float's range is no finite number)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _accepts(value: Any, hint: Any) -> bool:
     origin = typing.get_origin(hint)
     if hint is Any:
@@ -122,8 +131,18 @@ def _accepts(value: Any, hint: Any) -> bool:
     if origin is list:
         (item,) = typing.get_args(hint) or (Any,)
         return isinstance(value, list) and all(_accepts(v, item) for v in value)
+    if origin is tuple:  # fixed length (a YAML list stands for it)
+        items = typing.get_args(hint)
+        return (
+            isinstance(value, list | tuple)
+            and len(value) == len(items)
+            and all(_accepts(v, h) for v, h in zip(value, items, strict=True))
+        )
+    if origin is dict:
+        key, item = typing.get_args(hint) or (Any, Any)
+        return isinstance(value, Mapping) and all(_accepts(k, key) and _accepts(v, item) for k, v in value.items())
     if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        return isinstance(value, int | float) and not isinstance(value, bool) and _finite(value)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if origin is collections.abc.Callable:
@@ -146,6 +165,11 @@ def describe(hint: Any) -> str:
         return " | ".join(describe(h) for h in typing.get_args(hint))
     if origin is list:
         return f"a list of {describe(typing.get_args(hint)[0])}"
+    if origin is tuple:
+        return f"a list of {len(typing.get_args(hint))}: " + ", ".join(describe(h) for h in typing.get_args(hint))
+    if origin is dict:
+        key = (typing.get_args(hint) or (Any,))[0]
+        return "a mapping" + (f" of {describe(key)} keys" if key is not Any else "")
     if hint is float:
         return "a finite number"
     if origin is collections.abc.Callable:
@@ -237,24 +261,37 @@ def register(kind: Kind, name: str | None = None, *, needs_credit: bool = False)
 Opts = TypeVar("Opts")
 
 
+def check_fields(cls: type, given: Mapping[str, Any], where: str, *, skip: tuple[str, ...] = ()) -> None:
+    """Check ``given`` against the fields of the dataclass ``cls`` by their type hints, as a component's
+    parameters are checked: unknown fields refused with the known ones listed, each value against its
+    hint (``ValueError`` naming ``where.field`` and what it accepts). Fields in ``skip`` are left to the
+    caller."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(str(k) for k in set(given) - fields)
+    if unknown:
+        shown = ", ".join(show(k) for k in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise ValueError(f"{where}: unknown key(s) [{shown}]; expected some of {sorted(fields)}")
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for key, value in given.items():
+        if key not in skip and not _accepts(value, hints[key]):
+            raise ValueError(f"{where}.{key} must be {describe(hints[key])}, got {show(value)}")
+
+
 def options(cls: type[Opts], given: Mapping[str, Any] | Opts | None, where: str) -> Opts:
     """``given`` as an instance of the options dataclass ``cls``, each field checked against its type
-    hint as a component's parameters are (``ValueError`` naming ``where.field`` and what it accepts;
-    unknown fields are refused with the known ones listed). ``None`` or ``{}`` give the defaults."""
+    hint as a component's parameters are (``check_fields``). ``None`` or ``{}`` give the defaults."""
     if isinstance(given, cls):
         given = {f.name: getattr(given, f.name) for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     if given is None:
         given = {}
     if not isinstance(given, Mapping):
         raise ValueError(f"{where} must be a mapping of options (or null to turn it off), got {show(given)}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(str(k) for k in set(given) - set(fields))
-    if unknown:
-        raise ValueError(f"{where}: unknown option(s) {unknown}; expected some of {sorted(fields)}")
-    hints = typing.get_type_hints(cls, include_extras=True)
-    for key, value in given.items():
-        if not _accepts(value, hints[key]):
-            raise ValueError(f"{where}.{key} must be {describe(hints[key])}, got {show(value)}")
+    try:
+        check_fields(cls, given, where)
+    except ValueError as exc:
+        if "unknown key(s)" in str(exc):
+            raise ValueError(str(exc).replace("unknown key(s)", "unknown option(s)", 1)) from None
+        raise
     return cls(**given)
 
 

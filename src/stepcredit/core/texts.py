@@ -11,6 +11,7 @@ import pyarrow as pa
 from torch import Tensor
 
 from stepcredit.core.columns import Column, column, schema
+from stepcredit.core.errors import RolloutError
 
 __all__ = ["TEXT_COLUMNS", "Texts"]
 
@@ -18,7 +19,11 @@ __all__ = ["TEXT_COLUMNS", "Texts"]
 def _strings(values: Sequence[str] | pa.Array | pa.ChunkedArray) -> pa.Array:
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
-    arr = values if isinstance(values, pa.Array) else pa.array(list(values), type=pa.large_string())
+    try:
+        arr = values if isinstance(values, pa.Array) else pa.array(list(values), type=pa.large_string())
+    except UnicodeEncodeError as exc:
+        bad = exc.object[max(exc.start - 20, 0) : exc.end + 20] if isinstance(exc.object, str) else ""
+        raise RolloutError(f"a text holds a lone surrogate, which is not valid UTF-8 (near {bad!r})") from None
     if not pa.types.is_large_string(arr.type):
         arr = arr.cast(pa.large_string())
     return arr

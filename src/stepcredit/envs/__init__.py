@@ -20,7 +20,7 @@ from typing import Any
 import gymnasium
 
 from stepcredit.envs.actions import ParsedAction, ToolCall, format_call, parse_action
-from stepcredit.envs.base import CORRECT, NEUTRAL, WRONG, Snapshot, Tool, ToolEnv
+from stepcredit.envs.base import CORRECT, NEUTRAL, WRONG, Snapshot, Tool, ToolEnv, option_names
 from stepcredit.envs.booking import BookingEnv
 from stepcredit.envs.calculator import CalculatorEnv
 from stepcredit.envs.lookup import LookupEnv
@@ -39,15 +39,34 @@ FAMILIES: dict[str, type[ToolEnv]] = {
 
 
 
-def env_factory(name: str, **knobs: Any) -> Callable[[], ToolEnv]:
-    """A function making fresh environments of the family ``name`` (``"booking"`` or its gymnasium id
-    ``"stepcredit/Booking-v0"``) with the given knobs (checked now: a bad knob raises ``ValueError``)."""
+def family_of(name: str) -> str:
+    """The family ``name`` names (``"booking"`` or its gymnasium id ``"stepcredit/Booking-v0"``), or
+    ``ValueError``."""
     family = next((f for f, env_id in ENV_IDS.items() if name in (f, env_id)), None)
     if family is None:
         raise ValueError(f"unknown environment {name!r}; expected one of {', '.join(FAMILIES)}")
-    knobs = {k: v for k, v in knobs.items() if v is not None}
-    factory = functools.partial(FAMILIES[family], **knobs)
-    factory()  # check the knobs once
+    return family
+
+
+def knobs(name: str) -> tuple[str, ...]:
+    """The keyword options a family's environment takes (its constructor's and ``ToolEnv``'s), sorted."""
+    return option_names(FAMILIES[family_of(name)])
+
+
+def env_factory(name: str, **options: Any) -> Callable[[], ToolEnv]:
+    """A function making fresh environments of the family ``name`` (``"booking"`` or its gymnasium id
+    ``"stepcredit/Booking-v0"``) with the given options (checked now: an unknown option or a bad value
+    raises ``ValueError``; ``knobs(name)`` lists them)."""
+    family = family_of(name)
+    options = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(str(k) for k in set(options) - set(knobs(family)))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for {family}; expected some of {list(knobs(family))}")
+    factory = functools.partial(FAMILIES[family], **options)
+    try:
+        factory()  # check the values once
+    except TypeError as exc:
+        raise ValueError(f"bad option for {family}: {exc}") from None
     return factory
 
 
@@ -70,7 +89,9 @@ __all__ = [
     "ToolCall",
     "ToolEnv",
     "env_factory",
+    "family_of",
     "format_call",
+    "knobs",
     "make_records",
     "make_rollouts",
     "make_tree_records",

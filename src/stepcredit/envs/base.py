@@ -27,6 +27,7 @@ branch from any step and replay the same future for the same actions.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import re
 import string
@@ -142,6 +143,22 @@ class Snapshot:
     state: Any
     rng_state: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
+    setting: dict[str, Any] = field(default_factory=dict)  # the options of the env it came from (split, depth, …)
+
+
+def option_names(cls: type) -> tuple[str, ...]:
+    """The keyword options an environment class takes: its constructor's, and its bases' while a
+    constructor passes ``**knobs`` on; sorted."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)} - {"self"}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return tuple(sorted(names))
 
 
 _UNPRINTABLE = re.compile(r"[^\t\n\r\x20-\x7e]")
@@ -349,15 +366,25 @@ class ToolEnv(gymnasium.Env[str, Any]):
         if self._state is None:
             raise RuntimeError("call reset() before snapshot()")
         rng_state = dict(self.np_random.bit_generator.state)
-        return Snapshot(self.family, copy.deepcopy(self._state), rng_state, dict(self._meta))
+        return Snapshot(self.family, copy.deepcopy(self._state), rng_state, dict(self._meta), self._setting())
 
     def restore(self, snapshot: Snapshot) -> None:
-        """Put the environment back in ``snapshot``'s state (the snapshot stays reusable)."""
+        """Put the environment back in ``snapshot``'s state (the snapshot stays reusable). The snapshot
+        must come from an environment of the same family and options (split, depth, …)."""
         if not isinstance(snapshot, Snapshot) or snapshot.family != self.family:
             raise ValueError(f"expected a snapshot of a {self.family} environment")
+        mine = self._setting()
+        differ = sorted(k for k in set(mine) | set(snapshot.setting) if mine.get(k) != snapshot.setting.get(k))
+        if differ:
+            shown = ", ".join(f"{k} {snapshot.setting.get(k)!r} (this env: {mine.get(k)!r})" for k in differ)
+            raise ValueError(f"the snapshot comes from a {self.family} environment with other options: {shown}")
         self._state = copy.deepcopy(snapshot.state)
         self.np_random.bit_generator.state = snapshot.rng_state
         self._meta = dict(snapshot.meta)
+
+    def _setting(self) -> dict[str, Any]:
+        """The options this environment was made with (those it keeps as attributes of the same name)."""
+        return {k: getattr(self, k) for k in option_names(type(self)) if k != "render_mode" and hasattr(self, k)}
 
     # ------------------------------------------------------------------ helpers
     def tool_schemas(self) -> list[dict[str, Any]]:

@@ -35,12 +35,12 @@ METHODS: dict[str, tuple[type[Any], Callable[[Any, Setup], Feedback]]] = {
 }
 
 
-def parse_options(method: str, given: Any) -> Any:
+def parse_options(method: str, given: Any, where: str | None = None) -> Any:
     """``given`` (a mapping, an options instance, or None: off) as the method's options, checked
-    from their type hints; None stays None."""
+    from their type hints (errors name ``where``, default the method's name); None stays None."""
     if given is None:
         return None
-    return options(METHODS[method][0], given, method)
+    return options(METHODS[method][0], given, where or method)
 
 
 def build(chosen: Mapping[str, Any], setup: Setup) -> list[Feedback]:

@@ -14,6 +14,7 @@ from stepcredit.core.errors import RolloutError
 from stepcredit.io.atomic import atomic_write, check_output
 from stepcredit.io.chat import (
     ChatFields,
+    ChatWriter,
     parse_record,
     read_chat_records,
     read_json,
@@ -22,7 +23,7 @@ from stepcredit.io.chat import (
 )
 from stepcredit.io.credit_file import credit_records, read_credit_jsonl, write_credit_jsonl
 from stepcredit.io.labels import REFERENCES_FORMAT, check_references, label_calls, read_references
-from stepcredit.io.parquet import ROW_GROUP_SIZE, from_arrow, read_parquet, to_arrow, write_parquet
+from stepcredit.io.parquet import ROW_GROUP_SIZE, RolloutsWriter, from_arrow, read_parquet, to_arrow, write_parquet
 from stepcredit.io.stream import (
     ChunkPlan,
     ParquetCreditWriter,
@@ -46,9 +47,11 @@ __all__ = [
     "ROW_GROUP_SIZE",
     "TAU2_FIELDS",
     "ChatFields",
+    "ChatWriter",
     "ChunkPlan",
     "Format",
     "ParquetCreditWriter",
+    "RolloutsWriter",
     "atomic_write",
     "check_output",
     "check_references",

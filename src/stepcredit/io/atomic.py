@@ -40,6 +40,12 @@ def check_output(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
     return p
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     """Write ``path`` all at once: the file appears (or replaces the old one) only when the block
@@ -49,6 +55,7 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: the file gets what open() would give it
         os.replace(tmp, p)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from stepcredit.core import (
@@ -54,6 +55,7 @@ from stepcredit.io.atomic import atomic_write
 
 __all__ = [
     "ChatFields",
+    "ChatWriter",
     "iter_json_records",
     "parse_record",
     "read_chat_records",
@@ -494,6 +496,27 @@ def to_chat_records(rollouts: Rollouts) -> list[dict[str, Any]]:
 
 def write_chat_jsonl(rollouts: Rollouts, path: str | Path) -> None:
     """Write one chat record a line (see ``to_chat_records``)."""
-    with atomic_write(path) as f:
+    with ChatWriter(path) as out:
+        out.write(rollouts)
+
+
+class ChatWriter:
+    """Append batch after batch of rollouts to one chat JSONL file (``write_chat_jsonl`` of their
+    concatenation), holding one batch at a time; the file appears whole when the ``with`` block ends
+    and not at all after an error or an interrupt. ``rows``: records written."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._target = atomic_write(path)
+        self._file = self._target.__enter__()
+        self.rows = 0
+
+    def __enter__(self) -> ChatWriter:
+        return self
+
+    def write(self, rollouts: Rollouts) -> None:
         for rec in to_chat_records(rollouts):
-            f.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
+            self._file.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
+            self.rows += 1
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._target.__exit__(kind, exc, tb)

@@ -9,7 +9,11 @@ columnar speed.
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +24,7 @@ from stepcredit.core import TEXT_COLUMNS, Column, Rollouts, Texts, segments
 from stepcredit.core.errors import RolloutError, show
 from stepcredit.io.atomic import atomic_write
 
-__all__ = ["from_arrow", "read_parquet", "to_arrow", "write_parquet"]
+__all__ = ["RolloutsWriter", "from_arrow", "read_parquet", "to_arrow", "write_parquet"]
 
 FORMAT_VERSION = "1"
 RESPONSE_LENGTH = b"stepcredit.response_length"
@@ -89,6 +93,84 @@ def write_parquet(rollouts: Rollouts, path: str | Path) -> None:
         r = r.select(torch.argsort(r.group, stable=True))
     with atomic_write(path, "wb") as f:
         pq.write_table(to_arrow(r), f, row_group_size=ROW_GROUP_SIZE)
+
+
+def _grouped(r: Rollouts) -> Rollouts:
+    runs = 1 + int((r.group[1:] != r.group[:-1]).sum()) if r.num_trajectories else 0
+    return r.select(torch.argsort(r.group, stable=True)) if runs != r.num_groups else r
+
+
+class RolloutsWriter:
+    """Append batch after batch of rollouts to one Parquet file, as ``write_parquet`` would write their
+    concatenation (each batch's groups together; the groups of different batches must differ), holding
+    one batch at a time. The file appears whole at ``path`` on ``close`` (leaving the ``with`` block);
+    an error or an interrupt removes what was written. Batches with response tokens are written to a
+    temporary file first and copied, row group by row group, under the longest response length of all
+    (``stepcredit.response_length``, known only at the end). ``rows``: trajectories written."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.rows = 0
+        self._stack = contextlib.ExitStack()
+        self._writer: pq.ParquetWriter | None = None
+        self._schema: pa.Schema | None = None
+        self._length: int | None = None  # the longest response so far; None: no response tokens
+        self._scratch: Any = None
+
+    def __enter__(self) -> RolloutsWriter:
+        return self
+
+    def write(self, rollouts: Rollouts) -> None:
+        table = to_arrow(_grouped(rollouts))
+        meta = dict(table.schema.metadata or {})
+        length = meta.pop(RESPONSE_LENGTH, None)
+        table = table.replace_schema_metadata(meta)
+        if self._writer is None:
+            self._schema = table.schema
+            if length is not None:
+                self._length = int(length)
+                self._scratch = self._stack.enter_context(tempfile.TemporaryFile(dir=self.path.parent))  # noqa: SIM115
+                sink: IO[Any] = self._scratch
+            else:
+                sink = self._stack.enter_context(atomic_write(self.path, "wb"))
+            self._writer = pq.ParquetWriter(sink, self._schema)
+        assert self._schema is not None
+        if (length is None) != (self._length is None):
+            raise RolloutError("every batch must have response tokens, or none", source=str(self.path))
+        if not table.schema.equals(self._schema):
+            try:
+                table = table.cast(self._schema)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as exc:
+                raise RolloutError(f"a batch's columns differ from the first batch's ({exc})",
+                                   source=str(self.path)) from None
+        if length is not None:
+            self._length = max(self._length or 0, int(length))
+        self._writer.write_table(table, row_group_size=ROW_GROUP_SIZE)
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        if self._writer is None:
+            raise RolloutError("no batch was written", source=str(self.path))
+        self._writer.close()
+        if self._length is not None:
+            assert self._schema is not None
+            self._scratch.seek(0)
+            meta = {**(self._schema.metadata or {}), RESPONSE_LENGTH: str(self._length).encode()}
+            with atomic_write(self.path, "wb") as f, pq.ParquetFile(self._scratch) as scratch:
+                out = pq.ParquetWriter(f, self._schema.with_metadata(meta))
+                for i in range(scratch.num_row_groups):
+                    out.write_table(scratch.read_row_group(i).replace_schema_metadata(meta))
+                out.close()
+        self._stack.close()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if kind is None:
+            self.close()
+        else:
+            if self._writer is not None:
+                with contextlib.suppress(Exception):
+                    self._writer.close()
+            self._stack.__exit__(kind, exc, tb)  # atomic_write removes its temporary file
 
 
 def _flat(col: pa.ChunkedArray | pa.Array, name: str, source: str) -> tuple[np.ndarray, pa.Array]:

@@ -251,7 +251,8 @@ def iter_group_chunks(
     ``read_parquet`` needs, and all must have the same columns as the first (an error names both).
     Each chunk is validated by ``from_arrow``: a bad row gives ``read_parquet``'s message, naming its
     file (positions in messages that count steps of the table, e.g. token spans, count within the
-    chunk). Trajectory ids are checked to be unique within a chunk, not across chunks.
+    chunk). Trajectory ids are checked to be unique in the whole dataset, whatever the chunk size: within a
+    chunk by ``from_arrow``, across chunks by 64-bit hashes of the ids already passed (8 bytes each).
 
     Args:
         source: a Parquet file, or a folder of them (``dataset_files``: ``*.parquet`` below it in
@@ -286,11 +287,46 @@ def _files(source: str | Path, chunk_groups: int, batch_size: int, cls: type[Rol
 Piece = tuple[int, int, pa.RecordBatch]  # (file, the batch's first row in that file, rows)
 
 
+class _SeenIds:
+    """The trajectory ids of the chunks already passed, as a sorted array of their 64-bit hashes (8 bytes
+    a trajectory, whatever the chunk size), so an id that reappears in a later chunk is refused as it
+    would be in one batch. Ids within a chunk are left to ``from_arrow`` (its message names both rows)."""
+
+    def __init__(self, files: list[_File]) -> None:
+        self.files = files
+        self.sorted = np.empty(0, dtype=np.int64)
+
+    def add(self, pieces: list[Piece]) -> None:
+        # raw bytes: a value that is not valid UTF-8 is left to from_arrow's message
+        ids = [(i, start, batch.column("id").cast(pa.large_binary()).to_pylist()) for i, start, batch in pieces]
+        hashes = [np.fromiter(map(hash, values), dtype=np.int64, count=len(values)) for _, _, values in ids]
+        if not hashes:
+            return
+        h = np.concatenate(hashes)
+        if self.sorted.size:
+            pos = np.minimum(np.searchsorted(self.sorted, h), self.sorted.size - 1)
+            hit = np.flatnonzero(self.sorted[pos] == h)
+            if hit.size:
+                k = int(hit[0])
+                for i, start, values in ids:
+                    if k < len(values):
+                        raise RolloutError(
+                            f"row {start + k}: trajectory id {name(_text(values[k]))} already appeared in an earlier "
+                            "chunk; ids must be unique in the whole dataset",
+                            source=self.files[i].source,
+                            field="id",
+                        )
+                    k -= len(values)
+        self.sorted = np.sort(np.concatenate([self.sorted, np.sort(h)]), kind="stable")  # a merge of two runs
+
+
 def _walk(
     files: list[_File], chunk_groups: int, batch_size: int, columns: list[str] | None = None
 ) -> Iterator[list[Piece]]:
     """The dataset's rows in group-aligned chunks of pieces (one pass, record batch by record batch;
-    ``columns`` limits what is read — the planner reads the group names only)."""
+    ``columns`` limits what is read — the planner reads the group names and ids only). Trajectory ids
+    are checked across chunks (``_SeenIds``)."""
+    seen = _SeenIds(files)
     finished: set[bytes] = set()  # groups whose rows ended: seeing one again means interleaving
     current: bytes | None = None  # the group of the last row read
     pending: list[Piece] = []  # the pieces of the chunk being gathered
@@ -325,11 +361,13 @@ def _walk(
             for cut in cuts:
                 if cut > done:
                     pending.append((i, row + done, batch.slice(done, cut - done)))
+                seen.add(pending)
                 yield pending
                 pending, done = [], cut
             pending.append((i, row + done, batch.slice(done)))
             row += batch.num_rows
     if pending:
+        seen.add(pending)
         yield pending
 
 
@@ -362,7 +400,7 @@ def plan_group_chunks(
     chunk ``iter_group_chunks`` yields at ``plan.index``."""
     files = _files(source, chunk_groups, batch_size, cls)
     plans = []
-    for k, pieces in enumerate(_walk(files, chunk_groups, batch_size, columns=["group"])):
+    for k, pieces in enumerate(_walk(files, chunk_groups, batch_size, columns=["group", "id"])):
         spans: list[tuple[str, int, int]] = []
         for i, start, batch in pieces:
             path = str(files[i].path)

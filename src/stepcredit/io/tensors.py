@@ -17,7 +17,7 @@ is skipped while every other check runs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -46,10 +46,52 @@ def _dense_groups(index: Sequence[object] | np.ndarray | Tensor) -> tuple[Tensor
     return fast if fast is not None else _sorted_groups(arr)
 
 
+def _as_tensor(value: Any, field: str) -> Tensor:
+    """A tensor argument given as a tensor, or as a numpy array or nested list of numbers."""
+    if isinstance(value, Tensor):
+        return value
+    try:
+        return torch.as_tensor(np.asarray(value))
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise RolloutError(f"expected a tensor (or an array of numbers), got {type(value).__name__} ({exc})",
+                           field=field) from None
+
+
+def _object_groups(arr: np.ndarray) -> tuple[Tensor, list[str]]:
+    """Group ids of an object array, keyed by value *and* type in order of first appearance (``1`` and
+    ``"1"``, ``b"a"`` and ``"a"``, ``"a\0"`` and ``"a"`` are different groups); names are ``str`` of the
+    ids, and two different ids whose names print the same (``None`` and ``"None"``) are refused."""
+    codes: dict[tuple[type, Any], int] = {}
+    names: list[str] = []
+    out = np.empty(arr.size, dtype=np.int64)
+    for i, x in enumerate(arr.tolist()):
+        # str and bytes subclasses (numpy.str_) key as their base type: equal text is one id
+        key = (str if isinstance(x, str) else bytes if isinstance(x, bytes) else type(x), x)
+        try:
+            code = codes.get(key)
+        except TypeError:
+            raise RolloutError(f"row {i}: a group id must be hashable (a string or a number), got "
+                               f"{type(x).__name__}", field="index") from None
+        if code is None:
+            code = codes[key] = len(names)
+            names.append(str(x))
+        out[i] = code
+    if len(set(names)) != len(names):
+        seen: dict[str, tuple[type, Any]] = {}
+        for (kind, value), code in codes.items():
+            name = names[code]
+            if name in seen:
+                other = seen[name]
+                raise RolloutError(f"the group ids {other[1]!r} ({other[0].__name__}) and {value!r} ({kind.__name__}) "
+                                   "are different but print the same; give ids of one type", field="index")
+            seen[name] = (kind, value)
+    return torch.from_numpy(out), names
+
+
 def _sorted_groups(arr: np.ndarray) -> tuple[Tensor, list[str]]:
-    """Group ids by sorting (any element type; objects compared as their text)."""
+    """Group ids by sorting (numbers, numpy strings); object arrays by value and type (``_object_groups``)."""
     if arr.dtype == object:
-        arr = arr.astype(str)
+        return _object_groups(arr)
     uniq, first, inverse = np.unique(arr, return_index=True, return_inverse=True)
     order = np.argsort(first, kind="stable")
     rank = np.empty_like(order)
@@ -256,6 +298,12 @@ def from_trainer_tensors(
         tree: ``[N]`` rollout-tree id of each row (ints or strings, any hashable), numbered densely in
             order of first appearance (the ``tree`` column; trees are told apart within a group).
     """
+    response_mask = _as_tensor(response_mask, "response_mask")
+    outcome = None if outcome is None else _as_tensor(outcome, "outcome")
+    if token_level_rewards is not None:
+        token_level_rewards = _as_tensor(token_level_rewards, "token_level_rewards")
+    responses = None if responses is None else _as_tensor(responses, "responses")
+    step_rewards = None if step_rewards is None else _as_tensor(step_rewards, "step_rewards")
     if response_mask.dim() != 2:
         raise RolloutError(f"expected shape (N, T), got {tuple(response_mask.shape)}", field="response_mask")
     n = response_mask.shape[0]

@@ -33,6 +33,7 @@ import html
 import io
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,11 +42,22 @@ from typing import Any, Literal
 
 import numpy as np
 
+from stepcredit.core.errors import show
+from stepcredit.train.checkpoints import resume_point
 from stepcredit.train.config import TrainConfig
-from stepcredit.train.loop import build_policy, train
+from stepcredit.train.loop import DivergenceError, build_policy, train
 from stepcredit.train.warmstart import warm_start
 
-__all__ = ["DEFAULT_EXPERIMENT", "Experiment", "RunSpec", "load_experiment", "run_experiment", "summarize_runs"]
+__all__ = [
+    "DEFAULT_EXPERIMENT",
+    "Experiment",
+    "RunSpec",
+    "check_name",
+    "experiment_folder",
+    "load_experiment",
+    "run_experiment",
+    "summarize_runs",
+]
 
 
 @dataclass
@@ -95,13 +107,45 @@ DEFAULT_EXPERIMENT: dict[str, Any] = {
 
 
 def _check_keys(data: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
-    unknown = sorted(set(data) - set(allowed))
+    unknown = sorted(str(k) for k in set(data) - set(allowed))
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(allowed)}")
+        shown = ", ".join(show(k) for k in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise ValueError(f"{where}: unknown key(s) [{shown}]; expected some of {sorted(allowed)}")
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]{0,99}")
+MAX_SEEDS = 1000
+
+
+def check_name(value: Any, where: str) -> str:
+    """A name that becomes a folder: letters, digits and ``_ . + = -``, not starting with a dot or a
+    dash, at most 100 characters — no separator, no ``..``, no absolute path."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ValueError(f"{where} must be a name (letters, digits, _ . + = -; starting with a letter or digit; at "
+                         f"most 100 characters), got {value!r}")
+    return value
+
+
+def _finite_positive(value: Any) -> bool:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value)) and value > 0
+    except OverflowError:  # an integer past float's range
+        return False
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where} must be a mapping, got {type(value).__name__}")
+    return value
 
 
 def load_experiment(spec: str | Path | Mapping[str, Any] | None = None) -> Experiment:
-    """An experiment from a YAML file, a dict, or the built-in default (``None``)."""
+    """An experiment from a YAML file, a dict, or the built-in default (``None``), checked whole before
+    anything runs: every key and value by type and range, names that are names, unique seeds, each
+    run's config resolved (environment and options, recipe, model, device, sizes), the stability runs'
+    scaled learning rate. ``ValueError`` naming the file and the field."""
     from stepcredit.recipe import read_yaml
 
     if spec is None:
@@ -111,49 +155,87 @@ def load_experiment(spec: str | Path | Mapping[str, Any] | None = None) -> Exper
         data, source = spec, "experiment"
     else:
         path = Path(spec)
-        data, source = read_yaml(path.read_text(encoding="utf-8"), str(path)), str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read the experiment ({type(exc).__name__})") from None
+        data, source = read_yaml(text, str(path)), str(path)
     if not isinstance(data, Mapping):
         raise ValueError(f"{source}: expected a mapping with name, train, runs")
     _check_keys(data, ("name", "seeds", "train", "runs", "baseline", "oracle", "stability"), source)
+    name = check_name(data.get("name", "experiment"), f"{source}: name")
+    base = dict(_mapping(data.get("train") or {}, f"{source}: train"))
+    train_config = TrainConfig.parse(base, f"{source}: train")
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    base = dict(data.get("train") or {})
-    _check_keys(base, sorted(train_fields), f"{source}: train")
-    if "tree" in base:
-        base["tree"] = tuple(base["tree"])
+    raw_runs = data.get("runs")
+    if not isinstance(raw_runs, list) or not raw_runs:
+        raise ValueError(f"{source}: runs must be a non-empty list of runs, got {show(raw_runs)}")
     runs = []
-    for i, run in enumerate(data.get("runs") or []):
+    for i, run in enumerate(raw_runs):
+        where = f"{source}: runs[{i}]"
         if not isinstance(run, Mapping) or "recipe" not in run:
-            raise ValueError(f"{source}: runs[{i}] must be a mapping with at least a recipe")
-        _check_keys(run, ("name", "recipe", "rollout", *sorted(train_fields)), f"{source}: runs[{i}]")
+            raise ValueError(f"{where} must be a mapping with at least a recipe")
+        _check_keys(run, ("name", "recipe", "rollout", *sorted(train_fields - {"recipe", "rollout", "seed"})), where)
         overrides = {k: v for k, v in run.items() if k not in ("name", "recipe", "rollout")}
+        TrainConfig.check_fields(overrides, where)
         rollout = run.get("rollout", "chains")
         if rollout not in ("chains", "trees"):
-            raise ValueError(f"{source}: runs[{i}].rollout must be 'chains' or 'trees', got {rollout!r}")
+            raise ValueError(f"{where}.rollout must be 'chains' or 'trees', got {show(rollout)}")
         recipe = run["recipe"]
         if isinstance(recipe, Mapping):  # inline: the run's name names the recipe too
-            name = run.get("name", recipe.get("name"))
-            if name is None:
-                raise ValueError(f"{source}: runs[{i}] with an inline recipe needs a name")
-            recipe = {**recipe, "name": str(recipe.get("name", name))}
+            run_name = run.get("name", recipe.get("name"))
+            if run_name is None:
+                raise ValueError(f"{where} with an inline recipe needs a name")
+            recipe = {**recipe, "name": str(recipe.get("name", run_name))}
+        elif isinstance(recipe, str):
+            run_name = run.get("name", Path(recipe).stem if recipe.endswith((".yaml", ".yml")) else recipe)
         else:
-            name, recipe = run.get("name", recipe), str(recipe)
-        runs.append(RunSpec(str(name), recipe, rollout, overrides))
-    if not runs:
-        raise ValueError(f"{source}: no runs")
+            raise ValueError(f"{where}.recipe must be a recipe name, a YAML file or a mapping, got {show(recipe)}")
+        runs.append(RunSpec(check_name(run_name, f"{where}.name"), recipe, rollout, overrides))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ValueError(f"{source}: run names must be unique, got {names}")
-    seeds = [int(s) for s in data.get("seeds", [0])]
-    stability = data.get("stability") or {}
+    seeds = data.get("seeds", [0])
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or len(seeds) > MAX_SEEDS
+        or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**63 for s in seeds)
+    ):
+        raise ValueError(f"{source}: seeds must be a non-empty list of at most {MAX_SEEDS} integers in [0, 2^63), "
+                         f"got {show(seeds)}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{source}: seeds must be distinct (each seed is a run folder), got {seeds}")
+    for key in ("baseline", "oracle"):
+        if key in data:
+            check_name(data[key], f"{source}: {key}")
+    stability = dict(_mapping(data.get("stability") or {}, f"{source}: stability"))
     _check_keys(stability, ("lr_scale", "runs"), f"{source}: stability")
-    stable_runs = [str(r) for r in stability["runs"]] if "runs" in stability else None
-    if stable_runs is not None and set(stable_runs) - set(names):
-        raise ValueError(f"{source}: stability.runs names unknown runs {sorted(set(stable_runs) - set(names))}")
-    exp = Experiment(str(data.get("name", "experiment")), TrainConfig(**base), runs, seeds,
-                     str(data.get("baseline", "grpo")), str(data.get("oracle", "oracle")),
-                     float(stability["lr_scale"]) if "lr_scale" in stability else None, stable_runs)
-    for run in runs:
-        run_config(exp, run, seeds[0]).check()
+    scale = stability.get("lr_scale")
+    if scale is not None and not _finite_positive(scale):
+        raise ValueError(f"{source}: stability.lr_scale must be a finite number > 0, got {show(scale)}")
+    stable_runs = None
+    if "runs" in stability:
+        if not isinstance(stability["runs"], list) or not all(isinstance(r, str) for r in stability["runs"]):
+            raise ValueError(f"{source}: stability.runs must be a list of run names, got {show(stability['runs'])}")
+        stable_runs = list(stability["runs"])
+        if set(stable_runs) - set(names):
+            raise ValueError(f"{source}: stability.runs names unknown runs {sorted(set(stable_runs) - set(names))}")
+    exp = Experiment(name, train_config, runs, list(seeds), str(data.get("baseline", "grpo")),
+                     str(data.get("oracle", "oracle")), float(scale) if scale is not None else None, stable_runs)
+    for i, run in enumerate(runs):
+        where = f"{source}: runs[{i}] ({run.name})"
+        try:
+            config = run_config(exp, run, seeds[0])
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        config.check(where)
+        if exp.stability_lr_scale and (stable_runs is None or run.name in stable_runs):
+            scaled = f"{where} at stability.lr_scale {exp.stability_lr_scale:g}"
+            try:
+                run_config(exp, run, seeds[0], exp.stability_lr_scale).check(scaled)
+            except ValueError as exc:
+                raise ValueError(str(exc) if str(exc).startswith(scaled) else f"{scaled}: {exc}") from None
     return exp
 
 
@@ -176,62 +258,100 @@ def run_config(exp: Experiment, run: RunSpec, seed: int, lr_scale: float = 1.0) 
 
 
 # ----------------------------------------------------------------------------------- running
+def _run_plan(exp: Experiment) -> list[tuple[int, RunSpec, str, float]]:
+    """Every (seed, run, folder name, lr scale) the experiment trains, in order."""
+    scales = [("", 1.0)] + ([(f"@{exp.stability_lr_scale:g}xlr", exp.stability_lr_scale)]
+                            if exp.stability_lr_scale else [])
+    plan = []
+    for seed in exp.seeds:
+        for suffix, scale in scales:
+            for run in exp.runs:
+                if suffix and exp.stability_runs is not None and run.name not in exp.stability_runs:
+                    continue
+                plan.append((seed, run, run.name + suffix, scale))
+    return plan
+
+
+def experiment_folder(exp: Experiment, out_root: str | Path, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """``out_root/<name>``, after checking every run folder in it (``train.checkpoints.resume_point``) and
+    that nothing lands outside ``out_root``; writes nothing."""
+    root = Path(out_root)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root}: --out is a file; expected a folder")
+    out = root / check_name(exp.name, "experiment name")
+    if root.resolve() not in out.resolve().parents:
+        raise ValueError(f"{out}: resolves outside {root}; choose another name or --out")
+    for seed, run, name, scale in _run_plan(exp):
+        run_dir = out / f"{name}-seed{seed}"
+        if out.resolve() not in run_dir.resolve().parents:
+            raise ValueError(f"{run_dir}: resolves outside {out}")
+        resume_point(run_config(exp, run, seed, scale), run_dir, resume=resume, overwrite=overwrite)
+    return out
+
+
 def run_experiment(
     exp: Experiment, out_root: str | Path = "runs", *, progress: bool = True, log: Callable[[str], None] = print,
-    resume: bool = False,
+    resume: bool = False, overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run every run × seed (and the stability runs), then write curves, audit, summary and report.
 
-    ``resume``: runs already in ``out_root`` continue from their last checkpoint (``train(resume=True)``),
-    so a finished run is read back, not retrained, and no warm start is paid for it."""
+    Every file lies under ``out_root/<name>/``. Before anything is trained or written, every run folder
+    is checked: a fresh experiment needs them empty (``overwrite`` clears what earlier runs wrote);
+    ``resume``: runs already there continue from their newest intact checkpoint (``train(resume=True)``),
+    so a finished run is read back, not retrained, and no warm start is paid for it. A run that
+    diverges (``DivergenceError``) is logged, marked in the summary, and the others go on."""
     from stepcredit.io import write_parquet
 
-    out = Path(out_root) / exp.name
+    out = experiment_folder(exp, out_root, resume=resume, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
     (out / "experiment.json").write_text(json.dumps(_to_dict(exp), indent=1))
     started = time.perf_counter()
     histories: dict[str, list[list[dict[str, Any]]]] = {}
     timings: dict[str, float] = {}
-    scales = [("", 1.0)] + ([(f"@{exp.stability_lr_scale:g}xlr", exp.stability_lr_scale)]
-                            if exp.stability_lr_scale else [])
-    for seed in exp.seeds:
-        warm_states: dict[str, dict[str, Any]] = {}
+    warm_states: dict[tuple[int, str], dict[str, Any]] = {}
 
-        def warm_for(config: TrainConfig, seed: int = seed, cache: dict[str, dict[str, Any]] = warm_states) -> Any:
-            """One warm start per seed and per warm-start setting (runs differing only in RL share it)."""
-            key = warm_key(config)
-            if key not in cache:
-                t0 = time.perf_counter()
-                policy = build_policy(config.check())
-                warm_start(policy, config, log)
-                cache[key] = {k: v.detach().clone() for k, v in policy.model.state_dict().items()}
-                label = f"warm start seed {seed}" + (f" ({len(cache)})" if len(cache) > 1 else "")
-                timings[label] = time.perf_counter() - t0
-            return cache[key]
+    def warm_for(config: TrainConfig) -> Any:
+        """One warm start per seed and per warm-start setting (runs differing only in RL share it)."""
+        key = (config.seed, warm_key(config))
+        if key not in warm_states:
+            t0 = time.perf_counter()
+            policy = build_policy(config.check())
+            warm_start(policy, config, log)
+            warm_states[key] = {k: v.detach().clone() for k, v in policy.model.state_dict().items()}
+            count = sum(k[0] == config.seed for k in warm_states)
+            label = f"warm start seed {config.seed}" + (f" ({count})" if count > 1 else "")
+            timings[label] = time.perf_counter() - t0
+        return warm_states[key]
 
-        for suffix, scale in scales:
-            for run in exp.runs:
-                if suffix and exp.stability_runs is not None and run.name not in exp.stability_runs:
-                    continue
-                name = run.name + suffix
-                t1 = time.perf_counter()
-                last: dict[str, Any] = {}
+    for seed, run, name, scale in _run_plan(exp):
+        if warm_states and all(k[0] != seed for k in warm_states):
+            warm_states.clear()  # the previous seed's weights are no longer needed
+        t1 = time.perf_counter()
+        last: dict[str, Any] = {}
 
-                def keep_last(row: dict[str, Any], batch: Any, last: dict[str, Any] = last) -> None:
-                    last["batch"] = batch
+        def keep_last(row: dict[str, Any], batch: Any, last: dict[str, Any] = last) -> None:
+            last["batch"] = batch
 
-                run_dir = out / f"{name}-seed{seed}"
-                config = run_config(exp, run, seed, scale)
-                continued = resume and any(run_dir.glob("checkpoint-*.pt"))  # train() continues it: no warm start
-                history = train(config, run_dir, init_state=None if continued else warm_for(config), progress=progress,
-                                on_step=keep_last, resume=resume)
-                if "batch" in last:
-                    write_parquet(last["batch"].rollouts, run_dir / "last_rollouts.parquet")
-                histories.setdefault(name, []).append(history)
-                timings[f"{name} seed {seed}"] = time.perf_counter() - t1
-                evals = [h["eval_success"] for h in history if "eval_success" in h]
-                log(f"{name} seed {seed}: held-out success {100 * evals[0]:.0f}% → {100 * evals[-1]:.0f}% "
-                    f"({timings[f'{name} seed {seed}']:.0f} s)")
+        run_dir = out / f"{name}-seed{seed}"
+        config = run_config(exp, run, seed, scale)
+        point = resume_point(config, run_dir, resume=resume, overwrite=overwrite)
+        continued = point.state is not None  # train() continues it: no warm start
+        try:
+            history = train(config, run_dir, init_state=None if continued else warm_for(config), progress=progress,
+                            on_step=keep_last, resume=resume, overwrite=overwrite)
+        except DivergenceError as exc:
+            if not any("eval_success" in row for row in exc.history):
+                raise  # the warm start itself diverged: every run of the seed starts from it
+            history = exc.history
+            log(f"{name} seed {seed}: {exc}")
+        if "batch" in last:
+            write_parquet(last["batch"].rollouts, run_dir / "last_rollouts.parquet")
+        histories.setdefault(name, []).append(history)
+        timings[f"{name} seed {seed}"] = time.perf_counter() - t1
+        evals = [h["eval_success"] for h in history if "eval_success" in h]
+        if evals:
+            log(f"{name} seed {seed}: held-out success {100 * evals[0]:.0f}% → {100 * evals[-1]:.0f}% "
+                f"({timings[f'{name} seed {seed}']:.0f} s)")
     summary = summarize_runs(exp, histories)
     summary["seconds"] = time.perf_counter() - started
     summary["timings"] = timings
@@ -309,6 +429,8 @@ def summarize_runs(exp: Experiment, histories: dict[str, list[list[dict[str, Any
             "rollouts_to_final": reach(finals),
             "rollouts_to_mid": reach(mids),
             "collapsed": sum(_final(h) < _evals(h)[2][0] - 1e-9 for h in hs) / len(hs),
+            "diverged": [f"step {h[-1]['step']}: {h[-1]['diverged']}" if h and "diverged" in h[-1] else None
+                         for h in hs],
             "seconds_per_step": float(np.mean([np.mean([r["time_generate"] + r["time_credit"] + r["time_update"]
                                                         for r in st]) for st in steps if st] or [math.nan])),
             "credit_share": float(np.mean([sum(r["time_credit"] for r in st)
@@ -345,15 +467,17 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"per seed: {summary['baseline']}'s final success (mean {100 * summary['target_final']:.0f}%) and half-way "
         f"to it (mean {100 * summary['target_mid']:.0f}%)",
         "",
-        "| run | final success | rollouts to mid | rollouts to GRPO's final | vs GRPO | gap closed | collapsed |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| run | final success | rollouts to mid | rollouts to GRPO's final | vs GRPO | gap closed | collapsed |"
+        " diverged |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, rec in summary["runs"].items():
         ratio = "–" if rec["rollouts_vs_baseline"] is None else f"{rec['rollouts_vs_baseline']:.2f}×"
         gap = "–" if rec["gap_closed"] is None else f"{100 * rec['gap_closed']:.0f}%"
         lines.append(
             f"| {name} | {_fmt_stat(rec['final_success'], pct=True)} | {_fmt_stat(rec['rollouts_to_mid'])} | "
-            f"{_fmt_stat(rec['rollouts_to_final'])} | {ratio} | {gap} | {100 * rec['collapsed']:.0f}% |"
+            f"{_fmt_stat(rec['rollouts_to_final'])} | {ratio} | {gap} | {100 * rec['collapsed']:.0f}% | "
+            f"{'; '.join(d for d in rec.get('diverged', []) if d) or '–'} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -16,7 +16,6 @@ and CUDA (``device``), with the tiny local model (``model="tiny"``) or any HF ca
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -33,11 +32,23 @@ from stepcredit.feedback.critique import CritiqueOptions
 from stepcredit.generation import TrainingBatch, rollout_chains, rollout_trees
 from stepcredit.generation.scoring import sequence_logprobs
 from stepcredit.recipe import Recipe
+from stepcredit.train.checkpoints import clear_run, load_checkpoint, resume_point, save_checkpoint, start_run
 from stepcredit.train.config import TrainConfig
 from stepcredit.train.losses import kl_penalty, masked_mean, on_off_policy_loss, ppo_clip_loss
 from stepcredit.train.warmstart import minibatches, warm_start
 
-__all__ = ["build_policy", "evaluate", "rl_step", "rollouts_for_step", "train", "update"]
+__all__ = ["DivergenceError", "build_policy", "evaluate", "rl_step", "rollouts_for_step", "train", "update"]
+
+
+class DivergenceError(ValueError):
+    """A non-finite loss, gradient or weight: the run stops at ``step``, naming the ``quantity``; the
+    weights of that step are never saved. ``history``: the metrics up to it (the last row marks it)."""
+
+    def __init__(self, quantity: str, step: int | None = None, history: list[dict[str, Any]] | None = None) -> None:
+        self.quantity, self.step, self.history = quantity, step, history or []
+        at = f" at step {step}" if step is not None else ""
+        super().__init__(f"training diverged{at}: {quantity} is not finite (a smaller lr or max_grad_norm may "
+                         "help)")
 
 
 # ----------------------------------------------------------------------------------------- policy
@@ -153,10 +164,21 @@ def update(
                 kl = masked_mean(kl_penalty(logp, ref_logp, config.kl), m)
                 loss = loss + config.kl_coef * kl
                 stats["kl"].append(float(kl.detach()))
+            if not bool(torch.isfinite(loss.detach())):
+                raise DivergenceError("the loss")
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
+            if not math.isfinite(float(grad_norm)):
+                raise DivergenceError("the gradient norm")
+            try:
+                optimizer.step()
+            except RuntimeError as exc:
+                if "overflow" not in str(exc):
+                    raise
+                raise DivergenceError("a weight (it overflows in the optimizer step)") from None
+            if not _finite_weights(model):
+                raise DivergenceError("a weight")
             stats["loss"].append(float(loss.detach()))
             stats["clipfrac"].append(metrics["clipfrac"])
             stats["ppo_kl"].append(metrics["ppo_kl"])
@@ -166,6 +188,11 @@ def update(
             stats["grad_norm"].append(float(grad_norm))
     model.eval()
     return {k: float(np.mean(v)) for k, v in stats.items() if v}
+
+
+def _finite_weights(model: Any) -> bool:
+    norms = [torch.linalg.vector_norm(p.detach()) for p in model.parameters()]
+    return not norms or bool(torch.isfinite(torch.stack(norms)).all())
 
 
 def _off_policy_shaping(feedback: Sequence[Feedback]) -> tuple[float, bool]:
@@ -201,9 +228,14 @@ def rl_step(
     assert mask is not None
     off_policy = batch.off_policy[kept] if batch.off_policy is not None else None
     shaping = _off_policy_shaping(feedback)
-    out = update(policy, optimizer, config, [batch.prompt_ids[i] for i in kept.tolist()], batch.response_ids[kept],
-                 batch.old_logprobs[kept], advantages, mask, ref_model=ref_model, seed=(config.seed, step, 1),
-                 off_policy=off_policy, shaping=shaping)
+    if not bool(torch.isfinite(advantages).all()):
+        raise DivergenceError("an advantage", step)
+    try:
+        out = update(policy, optimizer, config, [batch.prompt_ids[i] for i in kept.tolist()],
+                     batch.response_ids[kept], batch.old_logprobs[kept], advantages, mask, ref_model=ref_model,
+                     seed=(config.seed, step, 1), off_policy=off_policy, shaping=shaping)
+    except DivergenceError as exc:
+        raise DivergenceError(exc.quantity, step) from None
     t3 = time.perf_counter()
     on_policy = ~batch.off_policy if batch.off_policy is not None else torch.ones(len(batch.paths), dtype=torch.bool)
     out |= {
@@ -222,18 +254,12 @@ def rl_step(
 
 
 # ------------------------------------------------------------------------------------ checkpoints
-def _checkpoints(out_dir: Path) -> list[Path]:
-    return sorted(out_dir.glob("checkpoint-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-
-
 def _save(out_dir: Path, step: int, policy: Any, optimizer: torch.optim.Optimizer, history: list[dict[str, Any]],
           counters: dict[str, float], feedback: Sequence[Feedback]) -> None:
     state = {"step": step, "model": policy.model.state_dict(), "optimizer": optimizer.state_dict(),
              "history": history, "counters": counters,
              "feedback": {m.name: s for m in feedback if (s := m.state()) is not None}}
-    tmp = out_dir / f".checkpoint-{step}.pt.tmp"
-    torch.save(state, tmp)
-    tmp.replace(out_dir / f"checkpoint-{step}.pt")
+    save_checkpoint(out_dir, state)
 
 
 # ------------------------------------------------------------------------------------ the run
@@ -242,22 +268,29 @@ def train(
     out_dir: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     init_state: dict[str, Tensor] | None = None,
     progress: bool = True,
     on_step: Callable[[dict[str, Any], TrainingBatch], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Warm start (unless ``init_state`` gives the warm weights), then ``config.steps`` RL steps.
 
-    Writes ``out_dir/config.json``, ``metrics.jsonl`` (one line per step; ``eval_success`` on evaluation
-    steps; step 0 is the warm-started policy) and ``checkpoint-<step>.pt``. With ``resume`` the run
-    continues from the newest checkpoint in ``out_dir``. Returns the metrics, one dict per line."""
+    Writes ``out_dir/config.json``, ``manifest.json``, ``metrics.jsonl`` (one line per step;
+    ``eval_success`` on evaluation steps; step 0 is the warm-started policy) and ``checkpoint-<step>.pt``.
+    A fresh run needs an empty (or absent) ``out_dir`` unless ``overwrite`` (which removes what an
+    earlier run wrote there); with ``resume`` the run continues from the newest intact checkpoint the
+    manifest vouches for (``train.checkpoints.resume_point``). Everything is checked before anything
+    is written. A non-finite loss, gradient or weight raises ``DivergenceError`` (its last metrics row
+    says which). Returns the metrics, one dict per line."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     config.check()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    point = resume_point(config, out, resume=resume, overwrite=overwrite)
     console = Console(stderr=True, quiet=not progress)
+    for warning in point.warnings:
+        console.print(f"warning: {out}: {warning}")
     torch.manual_seed(config.seed)
     policy = build_policy(config)
     recipe = Recipe.load(config.recipe)
@@ -266,31 +299,28 @@ def train(
     history: list[dict[str, Any]] = []
     counters = {"rollouts": 0.0, "tokens": 0.0}
     start = 0
-    checkpoints = _checkpoints(out) if resume else []
-    if checkpoints and (out / "config.json").is_file():
-        saved = json.loads((out / "config.json").read_text())
-        now = json.loads(json.dumps(dataclasses.asdict(config), default=repr))
-        changed = sorted(k for k in set(saved) | set(now) if k != "steps" and saved.get(k) != now.get(k))
-        if changed:
-            raise ValueError(f"{out}: cannot resume, the config differs from the checkpointed run's in {changed} "
-                             "(only steps may grow); use a new output folder")
-    if checkpoints:
-        state = torch.load(checkpoints[-1], weights_only=False)
+    if point.state is not None:
+        state = point.state
         policy.model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        history, counters, start = state["history"], state["counters"], int(state["step"])
+        history, counters, start = state["history"], state["counters"], point.step
         for method in feedback:
-            method.load(state.get("feedback", {}).get(method.name), f"{checkpoints[-1]}: {method.name}")
+            method.load(state.get("feedback", {}).get(method.name), f"{out / f'checkpoint-{start}.pt'}: {method.name}")
         console.print(f"resuming {out} from step {start}")
     else:
         if resume:
             console.print(f"no checkpoint in {out}: starting afresh")
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1, default=repr))
+        if overwrite:
+            clear_run(out)
+        start_run(out, config)
         if init_state is not None:
             policy.model.load_state_dict(init_state)
             warm: dict[str, float] = {}
         else:
             warm = warm_start(policy, config, console.print, feedback)
+        if not _finite_weights(policy.model):
+            raise DivergenceError("a weight of the warm-started policy" if init_state is None else
+                                  "a weight of init_state", 0)
         history = [{"step": 0, "rollouts": 0.0, "tokens": 0.0, "eval_success": evaluate(policy, config, feedback),
                     **warm}]
         _save(out, 0, policy, optimizer, history, counters, feedback)
@@ -302,7 +332,9 @@ def train(
 
         ref_model = copy.deepcopy(policy.model).eval()  # the reference: the policy the RL started from
         if start > 0:
-            ref_model.load_state_dict(torch.load(_checkpoints(out)[0], weights_only=False)["model"])
+            if point.first is None:
+                raise ValueError(f"{out}: cannot resume a KL-regularised run without its step-0 checkpoint")
+            ref_model.load_state_dict(load_checkpoint(point.first)["model"])
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}"))
     with (out / "metrics.jsonl").open("w") as metrics_file, \
@@ -313,11 +345,16 @@ def train(
         job = bar.add_task(f"RL · {recipe.name} · seed {config.seed}", total=config.steps, completed=start,
                            status=f"eval {100 * history[-1].get('eval_success', math.nan):.0f}%")
         for step in range(start + 1, config.steps + 1):
-            metrics, batch = rl_step(policy, ref_model, optimizer, recipe, config, step, feedback)
+            try:
+                metrics, batch = rl_step(policy, ref_model, optimizer, recipe, config, step, feedback)
+            except DivergenceError as exc:
+                row = {"step": step, "rollouts": counters["rollouts"], "tokens": counters["tokens"],
+                       "diverged": exc.quantity}
+                metrics_file.write(json.dumps(row) + "\n")
+                raise DivergenceError(exc.quantity, step, [*history, row]) from None
             counters["rollouts"] += metrics["trajectories"]
             counters["tokens"] += metrics["generated_tokens"]
-            row: dict[str, Any] = {"step": step, "rollouts": counters["rollouts"], "tokens": counters["tokens"],
-                                   **metrics}
+            row = {"step": step, "rollouts": counters["rollouts"], "tokens": counters["tokens"], **metrics}
             if step % config.eval_every == 0 or step == config.steps:
                 row["eval_success"] = evaluate(policy, config, feedback)
                 after = Step(policy, batch, batch.rollouts, config.temperature)

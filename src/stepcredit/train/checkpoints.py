@@ -1,0 +1,199 @@
+"""A run folder's checkpoints and the manifest that lets a resume check them.
+
+A run folder holds ``config.json`` (the run's ``TrainConfig``), ``manifest.json`` and
+``checkpoint-<step>.pt``. The manifest records the config's digest (``TrainConfig.digest``: everything
+but ``steps``) and, per checkpoint, its step and the sha256 of its bytes. ``resume_point`` checks a
+folder against a config before anything is written: the manifest and the config must be there and
+agree with the config given, and the newest checkpoint whose bytes match the manifest and that loads
+as plain tensors and values (``torch.load(weights_only=True)``: a checkpoint cannot run code) is the
+one resumed from; a damaged newer one is skipped with a warning. A fresh run refuses a folder that
+already holds anything unless told to overwrite it (``clear_run``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stepcredit.io.atomic import atomic_write
+from stepcredit.train.config import TrainConfig
+
+__all__ = [
+    "MANIFEST",
+    "ResumePoint",
+    "clear_run",
+    "load_checkpoint",
+    "resume_point",
+    "save_checkpoint",
+    "start_run",
+]
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+# what a run writes into its folder (``clear_run`` removes exactly these)
+_OURS = ("config.json", MANIFEST, "metrics.jsonl", "skills.json", "last_rollouts.parquet")
+
+
+@dataclass
+class ResumePoint:
+    """Where a run starts: ``state`` None for a fresh start, else the loaded checkpoint of ``step``;
+    ``first``: the step-0 checkpoint's path (the KL reference); ``warnings``: damaged checkpoints
+    skipped."""
+
+    state: dict[str, Any] | None = None
+    step: int = 0
+    first: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_manifest(out: Path) -> dict[str, Any]:
+    path = out / MANIFEST
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read the manifest ({type(exc).__name__}); use --overwrite or a new "
+                         "--out") from None
+    entries = data.get("checkpoints") if isinstance(data, dict) else None
+    if (
+        not isinstance(data, dict)
+        or data.get("format") != FORMAT
+        or not isinstance(data.get("config"), str)
+        or not isinstance(entries, list)
+        or not all(
+            isinstance(e, dict)
+            and isinstance(e.get("step"), int)
+            and not isinstance(e.get("step"), bool)
+            and isinstance(e.get("sha256"), str)
+            and e.get("file") == f"checkpoint-{e.get('step')}.pt"
+            for e in entries
+        )
+    ):
+        raise ValueError(f"{path}: expected a manifest of format {FORMAT} (config digest, checkpoints with step, "
+                         "file and sha256); use --overwrite or a new --out")
+    return data
+
+
+def _write_manifest(out: Path, data: dict[str, Any]) -> None:
+    with atomic_write(out / MANIFEST) as f:
+        json.dump(data, f, indent=1)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's state, loaded as tensors and plain values only (``weights_only=True``)."""
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    if not isinstance(state, dict) or not {"step", "model", "optimizer", "history", "counters"} <= set(state):
+        raise ValueError("not a stepcredit checkpoint")
+    return state
+
+
+def _changed(out: Path, config: TrainConfig) -> list[str]:
+    try:
+        saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return ["config.json (unreadable)"]
+    now = config.to_dict()
+    if not isinstance(saved, dict):
+        return ["config.json (not a mapping)"]
+    return sorted(k for k in set(saved) | set(now) if k != "steps" and saved.get(k) != now.get(k))
+
+
+def resume_point(config: TrainConfig, out: Path, *, resume: bool, overwrite: bool = False) -> ResumePoint:
+    """Check the run folder ``out`` for a run of ``config`` and say where it starts; writes nothing.
+
+    Fresh (``resume`` False): ``out`` must be absent or empty, unless ``overwrite``. Resume: an absent or
+    empty folder starts afresh; otherwise ``config.json`` and the manifest must be there and match
+    ``config`` (all but ``steps``), and the newest intact checkpoint is loaded. ``ValueError`` names the
+    folder and what is wrong."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: is a file; expected a run folder")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if not resume:
+        if entries and not overwrite:
+            raise ValueError(f"{out}: already holds a run ({', '.join(entries[:3])}{', …' if len(entries) > 3 else ''})"
+                             "; give --resume to continue it or --overwrite to start it again")
+        return ResumePoint()
+    if not entries:
+        return ResumePoint()
+    for name in ("config.json", MANIFEST):
+        if not (out / name).is_file():
+            raise ValueError(f"{out}: cannot resume, {name} is missing, so the checkpoints cannot be checked "
+                             "against this config; use --overwrite or a new --out")
+    manifest = _read_manifest(out)
+    if manifest["config"] != config.digest():
+        changed = _changed(out, config) or ["(config.json does not match the manifest)"]
+        raise ValueError(f"{out}: cannot resume, the config differs from the checkpointed run's in {changed} (only "
+                         "steps may grow); use --overwrite or a new --out")
+    edited = _changed(out, config)
+    if edited:
+        raise ValueError(f"{out}: cannot resume, config.json differs from this config in {edited} although the "
+                         "manifest matches (was it edited?); use --overwrite or a new --out")
+    point = ResumePoint()
+    by_step = sorted(manifest["checkpoints"], key=lambda e: e["step"])
+    if by_step and by_step[0]["step"] == 0:
+        point.first = out / by_step[0]["file"]
+    for entry in reversed(by_step):
+        path = out / entry["file"]
+        problem = None
+        if not path.is_file():
+            problem = "is missing"
+        elif _sha256(path) != entry["sha256"]:
+            problem = "does not match its sha256 in the manifest"
+        else:
+            try:
+                state = load_checkpoint(path)
+                if state["step"] != entry["step"]:
+                    problem = f"holds step {state['step']!r}, not {entry['step']}"
+            except Exception as exc:  # untrusted bytes may raise anything; weights_only runs no code
+                problem = f"cannot be loaded ({type(exc).__name__})"
+        if problem is None:
+            point.state, point.step = state, entry["step"]
+            return point
+        point.warnings.append(f"{path.name} {problem}: skipped")
+    raise ValueError(f"{out}: cannot resume, no intact checkpoint ({'; '.join(point.warnings) or 'none recorded'}); "
+                     "use --overwrite or a new --out")
+
+
+def clear_run(out: Path) -> None:
+    """Remove what a run wrote into ``out`` (its config, manifest, metrics, checkpoints, bank, rollouts);
+    anything else in the folder stays."""
+    if not out.is_dir():
+        return
+    for path in out.iterdir():
+        name = path.name
+        ours = name in _OURS or (name.startswith("checkpoint-") and name.endswith(".pt"))
+        if ours and path.is_file():
+            path.unlink()
+
+
+def start_run(out: Path, config: TrainConfig) -> None:
+    """A fresh run's ``config.json`` and empty manifest."""
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / "config.json") as f:
+        json.dump(config.to_dict(), f, indent=1)
+    _write_manifest(out, {"format": FORMAT, "config": config.digest(), "checkpoints": []})
+
+
+def save_checkpoint(out: Path, state: dict[str, Any]) -> Path:
+    """Write ``checkpoint-<step>.pt`` whole (temporary file, renamed) and record it in the manifest."""
+    step = int(state["step"])
+    path = out / f"checkpoint-{step}.pt"
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
+    digest = _sha256(path)
+    manifest = _read_manifest(out)
+    entries = [e for e in manifest["checkpoints"] if e["step"] != step]
+    manifest["checkpoints"] = [*entries, {"step": step, "file": path.name, "sha256": digest}]
+    _write_manifest(out, manifest)
+    return path
