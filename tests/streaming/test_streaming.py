@@ -270,3 +270,17 @@ def test_ray_engine_without_ray_data_says_what_to_install(dataset, tmp_path, mon
     res = CliRunner().invoke(app, ["audit", str(dataset), "--chunk-groups", "4", "--engine", "ray", "-o",
                                    str(tmp_path / "r.html")])
     assert res.exit_code == 2 and "stepcredit[ray]" in " ".join(res.output.split())
+
+
+@pytest.mark.parametrize("content", [b"", b"not parquet at all"])
+@pytest.mark.parametrize("command", [["audit", "-o", "report.html"], ["credit", "--recipe", "grpo", "-o", "c.parquet"]])
+def test_a_bad_file_in_a_streamed_folder_is_named(tmp_path: Path, content: bytes, command: list[str]) -> None:
+    from tests.support.cli import one_line_exit_2
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_parquet(make_rollouts(6, 3, seed=0), data / "a.parquet")
+    (data / "b.parquet").write_bytes(content)
+    name, *rest = command
+    res = cli(name, str(data), "--chunk-groups", "2", *[str(tmp_path / r) if "." in r else r for r in rest])
+    one_line_exit_2(res, f"{data / 'b.parquet'}: cannot read Parquet")

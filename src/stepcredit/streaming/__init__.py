@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from stepcredit.auditing.run import Audit, BatchPart, Credited, batch_part, finish
 from stepcredit.core import Rollouts
+from stepcredit.core.errors import RolloutError
 from stepcredit.io import ParquetCreditWriter, credit_table, dataset_files, iter_group_chunks
 from stepcredit.recipe import Recipe
 from stepcredit.streaming.options import RayOptions, one_thread
@@ -50,10 +51,17 @@ __all__ = [
 
 
 def dataset_rows(source: str | Path) -> int:
-    """Trajectories in a Parquet file or dataset folder, from the files' footers."""
+    """Trajectories in a Parquet file or dataset folder, from the files' footers (a file that is not
+    Parquet is named in the ``RolloutError``)."""
     import pyarrow.parquet as pq
 
-    return sum(pq.read_metadata(p).num_rows for p in dataset_files(source))
+    total = 0
+    for path in dataset_files(source):
+        try:
+            total += pq.read_metadata(path).num_rows
+        except (pa.ArrowException, OSError, UnicodeError) as exc:
+            raise RolloutError(f"cannot read Parquet ({exc})", source=str(path)) from None
+    return total
 
 
 def map_chunks(
