@@ -658,7 +658,7 @@ def experiment(
     learning curves (outcome GRPO, dense recipes, the oracle upper bound), audit the credit, and write
     runs/<name>/ with curves.png, summary.md and report.html. The config and the output folder are
     checked whole before anything runs."""
-    from stepcredit.train.experiment import experiment_folder, load_experiment, run_experiment, summary_markdown
+    from stepcredit.train.experiment import load_experiment, run_experiment, summary_markdown
 
     if resume and overwrite:
         _exit(ValueError("--resume continues the runs in --out and --overwrite starts them again: give one"))
@@ -669,7 +669,6 @@ def experiment(
         _exit(ValueError(f"{out}: --out is a file; expected a folder"))
     if not out.parent.is_dir():
         _exit(ValueError(f"{out.parent}: no such folder for --out"))
-    _guard(lambda: experiment_folder(exp, out, resume=resume, overwrite=overwrite))
     summary = _guard(lambda: run_experiment(exp, out, progress=not quiet, resume=resume, overwrite=overwrite,
                                             log=lambda s: err_console.print(escape(s))))
     console.print(summary_markdown(summary), highlight=False, markup=False)

@@ -8,8 +8,9 @@
   files truncated, overwritten with garbage, deleted, swapped with another run's, the manifest or
   ``config.json`` edited, a checkpoint replaced by a pickle that runs a command (with the manifest's
   hash fixed to match) — and resumed with the run's config or a changed one: ``resume_point`` must
-  raise ``ValueError`` in one line or give a checkpoint the manifest vouches for whose weights are
-  finite; it writes nothing, and the pickled command never runs.
+  raise ``ValueError`` in one line or give a checkpoint the manifest vouches for (or, without a
+  manifest, the one it adopts) whose weights are finite; it writes nothing, and the pickled command
+  never runs.
 * ``tensors``: ``from_trainer_tensors`` and ``rows_from_verl_agent`` on generated masks, ids of mixed
   types (ints, strings that print the same, None, bytes, NaN, tuples, lists), outcomes with NaN / inf,
   wrong lengths, numpy and list inputs: ``RolloutError`` in one line or a finite batch whose groups
@@ -280,8 +281,11 @@ def check_resume(c: Any, case: ResumeCase) -> None:
         weights = [v for v in point.state["model"].values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
         if not weights or not all(bool(torch.isfinite(w).all()) for w in weights):
             c.fail(("non-finite",), "resume_point", "non-finite weights", "a resumed checkpoint has no finite weights")
-        manifest = json.loads((run / MANIFEST).read_text())
-        vouched = {e["step"]: e["sha256"] for e in manifest["checkpoints"]}
+        if (run / MANIFEST).is_file():
+            manifest = json.loads((run / MANIFEST).read_text())
+            vouched = {e["step"]: e["sha256"] for e in manifest["checkpoints"]}
+        else:  # a folder without a manifest is adopted: what it records must be what was checked
+            vouched = {step: digest for step, _, digest in point.adopt}
         path = run / f"checkpoint-{point.step}.pt"
         if vouched.get(point.step) != hashlib.sha256(path.read_bytes()).hexdigest():
             c.fail(("unvouched",), "resume_point", "unvouched checkpoint", "resumed a checkpoint the manifest lacks")

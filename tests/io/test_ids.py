@@ -4,6 +4,7 @@ and streamed datasets check trajectory ids across chunks whatever the chunk size
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +90,18 @@ def test_streaming_passes_unique_ids_at_any_chunk_size(tmp_path: Path) -> None:
 def test_an_id_that_is_not_text_is_refused_in_one_line() -> None:
     with pytest.raises(RolloutError, match="lone surrogate"):
         from_trainer_tensors(MASK, _index("a\ud800", "b"), outcome=OUTCOME)
+
+
+def test_the_chat_loader_refuses_a_group_written_as_a_number_and_as_a_string(tmp_path: Path) -> None:
+    from stepcredit import load
+
+    turn = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    lines = [{"id": "a", "group": 1, "reward": 1.0, "messages": turn}, {"id": "b", "group": "1", "reward": 0.0,
+                                                                        "messages": turn}]
+    path = tmp_path / "log.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    with pytest.raises(RolloutError, match=r"is a string here but a number in .*log\.jsonl:1"):
+        load(path)
+    lines[1]["group"] = 1
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    assert load(path).num_groups == 1

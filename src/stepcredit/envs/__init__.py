@@ -19,6 +19,7 @@ from typing import Any
 
 import gymnasium
 
+from stepcredit.core.errors import show
 from stepcredit.envs.actions import ParsedAction, ToolCall, format_call, parse_action
 from stepcredit.envs.base import CORRECT, NEUTRAL, WRONG, Snapshot, Tool, ToolEnv, option_names
 from stepcredit.envs.booking import BookingEnv
@@ -44,7 +45,7 @@ def family_of(name: str) -> str:
     ``ValueError``."""
     family = next((f for f, env_id in ENV_IDS.items() if name in (f, env_id)), None)
     if family is None:
-        raise ValueError(f"unknown environment {name!r}; expected one of {', '.join(FAMILIES)}")
+        raise ValueError(f"unknown environment {show(name)}; expected one of {', '.join(FAMILIES)}")
     return family
 
 

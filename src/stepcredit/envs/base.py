@@ -148,7 +148,9 @@ class Snapshot:
 
 def option_names(cls: type) -> tuple[str, ...]:
     """The keyword options an environment class takes: its constructor's, and its bases' while a
-    constructor passes ``**knobs`` on; sorted."""
+    constructor passes ``**knobs`` on; sorted (cached per class: snapshots ask at every step)."""
+    if cls in _OPTION_NAMES:
+        return _OPTION_NAMES[cls]
     names: set[str] = set()
     for klass in cls.__mro__:
         init = klass.__dict__.get("__init__")
@@ -158,7 +160,11 @@ def option_names(cls: type) -> tuple[str, ...]:
         names |= {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)} - {"self"}
         if not any(p.kind is p.VAR_KEYWORD for p in params):
             break
-    return tuple(sorted(names))
+    _OPTION_NAMES[cls] = tuple(sorted(names))
+    return _OPTION_NAMES[cls]
+
+
+_OPTION_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 _UNPRINTABLE = re.compile(r"[^\t\n\r\x20-\x7e]")
@@ -373,7 +379,7 @@ class ToolEnv(gymnasium.Env[str, Any]):
         must come from an environment of the same family and options (split, depth, …)."""
         if not isinstance(snapshot, Snapshot) or snapshot.family != self.family:
             raise ValueError(f"expected a snapshot of a {self.family} environment")
-        mine = self._setting()
+        mine = self._setting() if snapshot.setting else {}  # a snapshot that records no setting is not checked
         differ = sorted(k for k in set(mine) | set(snapshot.setting) if mine.get(k) != snapshot.setting.get(k))
         if differ:
             shown = ", ".join(f"{k} {snapshot.setting.get(k)!r} (this env: {mine.get(k)!r})" for k in differ)

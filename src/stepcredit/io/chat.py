@@ -416,8 +416,22 @@ def iter_json_records(path: Path, obj: Any = _MISSING) -> Iterator[tuple[Any, st
 
 
 def read_chat_records(path: Path, fields: ChatFields = ChatFields(), obj: Any = _MISSING) -> list[TrajectoryRecord]:
-    """All trajectories of one chat-format file."""
-    return [parse_record(rec, source, fields) for rec, source in iter_json_records(path, obj)]
+    """All trajectories of one chat-format file. Group ids are kept apart by type as well as value: a
+    group written as the number ``1`` in one record and the string ``"1"`` in another is refused (the
+    two would print the same)."""
+    records: list[TrajectoryRecord] = []
+    kinds: dict[str, tuple[str, str]] = {}
+    for rec, source in iter_json_records(path, obj):
+        record = parse_record(rec, source, fields)
+        raw = get_path(rec, fields.group)
+        kind = "a string" if isinstance(raw, str) else "a number"
+        first = kinds.setdefault(record.group, (kind, source))
+        if first[0] != kind:
+            raise RolloutError(f"the group {record.group!r} is {kind} here but {first[0]} in {first[1]}: two "
+                               "different ids that print the same; write every group id as one type",
+                               source=source, field=fields.group)
+        records.append(record)
+    return records
 
 
 # -------------------------------------------------------------------------------------------- writer

@@ -24,6 +24,7 @@ it, then renamed); it never overwrites an input.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -288,24 +289,30 @@ Piece = tuple[int, int, pa.RecordBatch]  # (file, the batch's first row in that 
 
 
 class _SeenIds:
-    """The trajectory ids of the chunks already passed, as a sorted array of their 64-bit hashes (8 bytes
-    a trajectory, whatever the chunk size), so an id that reappears in a later chunk is refused as it
-    would be in one batch. Ids within a chunk are left to ``from_arrow`` (its message names both rows)."""
+    """The trajectory ids of the chunks already passed, as sorted arrays of their 64-bit BLAKE2b hashes
+    (8 bytes a trajectory, whatever the chunk size; runs of sizes that at least double, merged as they
+    grow, so adding n ids costs O(n log n) in all), so an id that reappears in a later chunk is refused
+    as it would be in one batch. Ids within a chunk are left to ``from_arrow`` (its message names both
+    rows). Two different ids share a hash with a chance of about n² / 2⁶⁵ (3·10⁻⁶ at 10 million)."""
 
     def __init__(self, files: list[_File]) -> None:
         self.files = files
-        self.sorted = np.empty(0, dtype=np.int64)
+        self.runs: list[np.ndarray] = []
+
+    @staticmethod
+    def _hashes(values: list[bytes | None]) -> np.ndarray:
+        raw = b"".join(hashlib.blake2b(v or b"", digest_size=8).digest() for v in values)
+        return np.frombuffer(raw, dtype=np.uint64)
 
     def add(self, pieces: list[Piece]) -> None:
         # raw bytes: a value that is not valid UTF-8 is left to from_arrow's message
         ids = [(i, start, batch.column("id").cast(pa.large_binary()).to_pylist()) for i, start, batch in pieces]
-        hashes = [np.fromiter(map(hash, values), dtype=np.int64, count=len(values)) for _, _, values in ids]
-        if not hashes:
+        if not ids:
             return
-        h = np.concatenate(hashes)
-        if self.sorted.size:
-            pos = np.minimum(np.searchsorted(self.sorted, h), self.sorted.size - 1)
-            hit = np.flatnonzero(self.sorted[pos] == h)
+        h = np.concatenate([self._hashes(values) for _, _, values in ids])
+        for run in self.runs:
+            pos = np.minimum(np.searchsorted(run, h), run.size - 1)
+            hit = np.flatnonzero(run[pos] == h)
             if hit.size:
                 k = int(hit[0])
                 for i, start, values in ids:
@@ -317,7 +324,10 @@ class _SeenIds:
                             field="id",
                         )
                     k -= len(values)
-        self.sorted = np.sort(np.concatenate([self.sorted, np.sort(h)]), kind="stable")  # a merge of two runs
+        self.runs.append(np.sort(h))
+        while len(self.runs) > 1 and self.runs[-2].size <= 2 * self.runs[-1].size:
+            last = self.runs.pop()
+            self.runs[-1] = np.sort(np.concatenate([self.runs[-1], last]), kind="stable")  # a merge of two runs
 
 
 def _walk(

@@ -102,9 +102,9 @@ def _sorted_groups(arr: np.ndarray) -> tuple[Tensor, list[str]]:
 def _string_codes(arr: np.ndarray) -> tuple[Tensor, pa.Array] | None:
     """Group ids and names of an index of Python strings (verl's uid object array) by hashing
     (Arrow's dictionary encoding numbers values in order of first appearance), or ``None`` where the
-    sorting path must decide: other element types (numbers, ``None``, bytes, str subclasses are
-    turned into text by ``astype(str)`` there), strings holding NUL (``astype(str)`` drops trailing
-    ones) or that Arrow cannot encode (lone surrogates)."""
+    other paths must decide: other element types (numbers, ``None``, bytes, str subclasses: keyed by
+    value and type in ``_object_groups``), strings holding NUL (kept there, where Arrow's text path
+    would be ambiguous) or that Arrow cannot encode (lone surrogates)."""
     if arr.size == 0 or arr.dtype.kind not in "OU":
         return None
     if arr.dtype == object and set(map(type, arr.tolist())) != {str}:

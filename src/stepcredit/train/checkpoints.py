@@ -19,12 +19,14 @@ from typing import Any
 
 import torch
 
+from stepcredit.core.errors import show
 from stepcredit.io.atomic import atomic_write
 from stepcredit.train.config import TrainConfig
 
 __all__ = [
     "MANIFEST",
     "ResumePoint",
+    "adopt_checkpoints",
     "clear_run",
     "load_checkpoint",
     "resume_point",
@@ -41,12 +43,14 @@ _OURS = ("config.json", MANIFEST, "metrics.jsonl", "skills.json", "last_rollouts
 @dataclass
 class ResumePoint:
     """Where a run starts: ``state`` None for a fresh start, else the loaded checkpoint of ``step``;
-    ``first``: the step-0 checkpoint's path (the KL reference); ``warnings``: damaged checkpoints
-    skipped."""
+    ``reference``: the model weights of the step-0 checkpoint, checked like the rest (the KL reference
+    of a run with ``kl_coef > 0``); ``adopt``: manifest entries ``(step, file, sha256)`` to record for a
+    run folder from before manifests; ``warnings``: what was skipped."""
 
     state: dict[str, Any] | None = None
     step: int = 0
-    first: Path | None = None
+    reference: dict[str, Any] | None = None
+    adopt: list[tuple[int, str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -91,11 +95,38 @@ def _write_manifest(out: Path, data: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint's state, loaded as tensors and plain values only (``weights_only=True``)."""
-    state = torch.load(path, weights_only=True, map_location="cpu")
+    """A checkpoint's state, loaded as tensors and plain values only (``weights_only=True``: no code
+    runs; memory-mapped, so checking a large checkpoint reads little of it)."""
+    state = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
     if not isinstance(state, dict) or not {"step", "model", "optimizer", "history", "counters"} <= set(state):
         raise ValueError("not a stepcredit checkpoint")
     return state
+
+
+def _checkpoint_files(out: Path) -> list[tuple[int, str]]:
+    found = []
+    for p in out.glob("checkpoint-*.pt"):
+        step = p.stem.split("-", 1)[1]
+        if step.isdigit() and p.is_file():
+            found.append((int(step), p.name))
+    return sorted(found)
+
+
+def _intact(out: Path, step: int, name: str, sha: str | None) -> tuple[dict[str, Any] | None, str, str | None]:
+    """(the state, its sha256, None) of an intact checkpoint, else (None, "", what is wrong)."""
+    path = out / name
+    if not path.is_file():
+        return None, "", "is missing"
+    digest = _sha256(path)
+    if sha is not None and digest != sha:
+        return None, "", "does not match its sha256 in the manifest"
+    try:
+        state = load_checkpoint(path)
+    except Exception as exc:  # untrusted bytes may raise anything; weights_only runs no code
+        return None, "", f"cannot be loaded ({type(exc).__name__})"
+    if state["step"] != step:
+        return None, "", f"holds step {show(state['step'])}, not {step}"
+    return state, digest, None
 
 
 def _changed(out: Path, config: TrainConfig) -> list[str]:
@@ -112,57 +143,83 @@ def _changed(out: Path, config: TrainConfig) -> list[str]:
 def resume_point(config: TrainConfig, out: Path, *, resume: bool, overwrite: bool = False) -> ResumePoint:
     """Check the run folder ``out`` for a run of ``config`` and say where it starts; writes nothing.
 
-    Fresh (``resume`` False): ``out`` must be absent or empty, unless ``overwrite``. Resume: an absent or
-    empty folder starts afresh; otherwise ``config.json`` and the manifest must be there and match
-    ``config`` (all but ``steps``), and the newest intact checkpoint is loaded. ``ValueError`` names the
-    folder and what is wrong."""
+    Fresh (``resume`` False): ``out`` must be absent or empty, unless ``overwrite``. Resume: a folder
+    with nothing of a run in it, or a run cut off before its first checkpoint, starts afresh; otherwise
+    ``config.json`` and the manifest must be there and match ``config`` (all but ``steps``), and the
+    newest intact checkpoint the manifest vouches for is loaded (a damaged newer one is skipped with
+    a warning). A folder from before manifests (``config.json`` and checkpoints, no manifest) is
+    adopted when its ``config.json`` matches exactly: its checkpoints are checked by loading them. A
+    run with ``kl_coef > 0`` also needs an intact step-0 checkpoint, its KL reference. ``ValueError``
+    names the folder and what is wrong."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: is a file; expected a run folder")
     entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if not resume:
         if entries and not overwrite:
-            raise ValueError(f"{out}: already holds a run ({', '.join(entries[:3])}{', …' if len(entries) > 3 else ''})"
-                             "; give --resume to continue it or --overwrite to start it again")
+            shown = ", ".join(show(e) for e in entries[:3]) + (", …" if len(entries) > 3 else "")
+            raise ValueError(f"{out}: already holds a run ({shown}); give --resume to continue it or --overwrite to "
+                             "start it again")
         return ResumePoint()
-    if not entries:
-        return ResumePoint()
-    for name in ("config.json", MANIFEST):
-        if not (out / name).is_file():
-            raise ValueError(f"{out}: cannot resume, {name} is missing, so the checkpoints cannot be checked "
-                             "against this config; use --overwrite or a new --out")
-    manifest = _read_manifest(out)
-    if manifest["config"] != config.digest():
-        changed = _changed(out, config) or ["(config.json does not match the manifest)"]
-        raise ValueError(f"{out}: cannot resume, the config differs from the checkpointed run's in {changed} (only "
-                         "steps may grow); use --overwrite or a new --out")
-    edited = _changed(out, config)
-    if edited:
-        raise ValueError(f"{out}: cannot resume, config.json differs from this config in {edited} although the "
-                         "manifest matches (was it edited?); use --overwrite or a new --out")
+    has_config, has_manifest = (out / "config.json").is_file(), (out / MANIFEST).is_file()
+    files = _checkpoint_files(out) if out.is_dir() else []
+    if not (has_config or has_manifest or files):
+        return ResumePoint()  # nothing of a run here
+    if not has_config:
+        raise ValueError(f"{out}: cannot resume, config.json is missing, so the checkpoints cannot be checked "
+                         "against this config; use --overwrite or a new --out")
     point = ResumePoint()
-    by_step = sorted(manifest["checkpoints"], key=lambda e: e["step"])
-    if by_step and by_step[0]["step"] == 0:
-        point.first = out / by_step[0]["file"]
-    for entry in reversed(by_step):
-        path = out / entry["file"]
-        problem = None
-        if not path.is_file():
-            problem = "is missing"
-        elif _sha256(path) != entry["sha256"]:
-            problem = "does not match its sha256 in the manifest"
-        else:
-            try:
-                state = load_checkpoint(path)
-                if state["step"] != entry["step"]:
-                    problem = f"holds step {state['step']!r}, not {entry['step']}"
-            except Exception as exc:  # untrusted bytes may raise anything; weights_only runs no code
-                problem = f"cannot be loaded ({type(exc).__name__})"
+    candidates: list[tuple[int, str, str | None]]
+    if has_manifest:
+        manifest = _read_manifest(out)
+        if manifest["config"] != config.digest():
+            changed = _changed(out, config) or ["(config.json does not match the manifest)"]
+            raise ValueError(f"{out}: cannot resume, the config differs from the checkpointed run's in {changed} "
+                             "(only steps may grow); use --overwrite or a new --out")
+        edited = _changed(out, config)
+        if edited:
+            raise ValueError(f"{out}: cannot resume, config.json differs from this config in {edited} although the "
+                             "manifest matches (was it edited?); use --overwrite or a new --out")
+        candidates = sorted((e["step"], e["file"], e["sha256"]) for e in manifest["checkpoints"])
+    else:
+        if not files:
+            raise ValueError(f"{out}: cannot resume, manifest.json is missing, so the checkpoints cannot be checked "
+                             "against this config; use --overwrite or a new --out")
+        changed = _changed(out, config)
+        if changed:
+            raise ValueError(f"{out}: cannot resume, the config differs from the checkpointed run's in {changed} "
+                             "(only steps may grow); use --overwrite or a new --out")
+        point.warnings.append("no manifest.json (a run from before manifests): its checkpoints are checked by loading "
+                              "them and recorded in a new manifest")
+        candidates = [(step, name, None) for step, name in files]
+    if not candidates:
+        return point  # cut off before its first checkpoint: start afresh
+    for step, name, sha in reversed(candidates):
+        state, digest, problem = _intact(out, step, name, sha)
         if problem is None:
-            point.state, point.step = state, entry["step"]
-            return point
-        point.warnings.append(f"{path.name} {problem}: skipped")
-    raise ValueError(f"{out}: cannot resume, no intact checkpoint ({'; '.join(point.warnings) or 'none recorded'}); "
-                     "use --overwrite or a new --out")
+            point.state, point.step = state, step
+            if not has_manifest:
+                point.adopt.append((step, name, digest))
+            break
+        point.warnings.append(f"{name} {problem}: skipped")
+    else:
+        raise ValueError(f"{out}: cannot resume, no intact checkpoint ({'; '.join(point.warnings)}); use "
+                         "--overwrite or a new --out")
+    if config.kl_coef > 0 and point.step > 0:
+        first = next(((s_, n, h) for s_, n, h in candidates if s_ == 0), None)
+        reference, digest, problem = _intact(out, 0, first[1], first[2]) if first else (None, "", "is missing")
+        if reference is None:
+            raise ValueError(f"{out}: cannot resume a run with kl_coef > 0: its step-0 checkpoint (the KL reference) "
+                             f"{problem}; use --overwrite or a new --out")
+        point.reference = reference["model"]
+        if not has_manifest:
+            point.adopt.insert(0, (0, "checkpoint-0.pt", digest))
+    return point
+
+
+def adopt_checkpoints(out: Path, config: TrainConfig, entries: list[tuple[int, str, str]]) -> None:
+    """The manifest of a run folder from before manifests, for the checkpoints ``resume_point`` checked."""
+    _write_manifest(out, {"format": FORMAT, "config": config.digest(),
+                          "checkpoints": [{"step": s, "file": f, "sha256": h} for s, f, h in entries]})
 
 
 def clear_run(out: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -104,6 +105,9 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried into the metrics file
 
     def __post_init__(self) -> None:
+        for name in ("model", "recipe"):  # a path names a folder or a file as its text does
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
         self.check_fields({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, "TrainConfig")
         self.tree = tuple(self.tree)  # type: ignore[assignment]
         for method in METHODS:  # a mapping from YAML (or Python) becomes the method's checked options
@@ -199,13 +203,13 @@ def check_model(model: str, where: str) -> None:
         return
     folder = Path(model)
     if not folder.is_dir():
-        raise ValueError(f"{where}: {model!r} is neither 'tiny' nor a folder")
+        raise ValueError(f"{where}: {show(model)} is neither 'tiny' nor a folder")
     if not (folder / "config.json").is_file():
-        raise ValueError(f"{where}: {model} holds no config.json; expected a Hugging Face causal LM folder")
+        raise ValueError(f"{where}: {show(model)} holds no config.json; expected a Hugging Face causal LM folder")
     if not any((folder / name).is_file() for name in _WEIGHTS):
-        raise ValueError(f"{where}: {model} holds no weights (expected one of {', '.join(_WEIGHTS)})")
+        raise ValueError(f"{where}: {show(model)} holds no weights (expected one of {', '.join(_WEIGHTS)})")
     if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
-        raise ValueError(f"{where}: {model} holds no tokenizer (tokenizer.json or tokenizer_config.json)")
+        raise ValueError(f"{where}: {show(model)} holds no tokenizer (tokenizer.json or tokenizer_config.json)")
 
 
 def check_device(device: str, where: str) -> None:
@@ -214,12 +218,12 @@ def check_device(device: str, where: str) -> None:
 
     m = re.fullmatch(r"(cpu|cuda|mps)(?::(\d+))?", device)
     if m is None or (m.group(1) != "cuda" and m.group(2) is not None):
-        raise ValueError(f"{where} must be cpu, cuda, cuda:N or mps, got {device!r}")
+        raise ValueError(f"{where} must be cpu, cuda, cuda:N or mps, got {show(device)}")
     if m.group(1) == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         index = int(m.group(2) or 0)
         if index >= count:
             seen = f"{count} CUDA device(s)" if count else "no CUDA device (torch " + torch.__version__ + ")"
-            raise ValueError(f"{where}: {device!r} is not available; torch sees {seen}")
+            raise ValueError(f"{where}: {show(device)} is not available; torch sees {seen}")
     if m.group(1) == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"{where}: 'mps' is not available on this machine")

@@ -6,11 +6,12 @@ runs whose warm start itself differs (``WARM_FIELDS``, or ``skills``, whose demo
 skill bank): each such setting is warm-started once per seed. Each
 run is a ``train`` call; the experiment writes ``<out>/<name>/``:
 
-* ``<run>-seed<k>/``: the run's ``config.json``, ``metrics.jsonl``, checkpoints, ``last_rollouts.parquet``;
+* ``<run>-seed<k>/``: the run's ``config.json``, ``manifest.json``, ``metrics.jsonl``, checkpoints,
+  ``last_rollouts.parquet``;
 * ``curves.png``: held-out success vs rollouts and vs generated tokens (mean over seeds, min–max band);
 * ``audit.json``: the credit audit of the last rollouts of the baseline run (labels from the env);
 * ``summary.json`` / ``summary.md``: per run, final success, rollouts to reach outcome-GRPO's final
-  success and a mid-level target, the share of the GRPO → oracle gap closed, collapses;
+  success and a mid-level target, the share of the GRPO → oracle gap closed, collapses, divergences;
 * ``report.html``: all of it in one self-contained page (images inlined).
 
 A config is YAML (read safely; unknown keys are errors)::
@@ -122,7 +123,7 @@ def check_name(value: Any, where: str) -> str:
     dash, at most 100 characters — no separator, no ``..``, no absolute path."""
     if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise ValueError(f"{where} must be a name (letters, digits, _ . + = -; starting with a letter or digit; at "
-                         f"most 100 characters), got {value!r}")
+                         f"most 100 characters), got {show(value)}")
     return value
 
 
@@ -194,7 +195,8 @@ def load_experiment(spec: str | Path | Mapping[str, Any] | None = None) -> Exper
         runs.append(RunSpec(check_name(run_name, f"{where}.name"), recipe, rollout, overrides))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
-        raise ValueError(f"{source}: run names must be unique, got {names}")
+        twice = next(n for i, n in enumerate(names) if n in names[:i])
+        raise ValueError(f"{source}: run names must be unique; {show(twice)} names two runs")
     seeds = data.get("seeds", [0])
     if (
         not isinstance(seeds, list)
@@ -205,7 +207,8 @@ def load_experiment(spec: str | Path | Mapping[str, Any] | None = None) -> Exper
         raise ValueError(f"{source}: seeds must be a non-empty list of at most {MAX_SEEDS} integers in [0, 2^63), "
                          f"got {show(seeds)}")
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"{source}: seeds must be distinct (each seed is a run folder), got {seeds}")
+        twice = next(x for i, x in enumerate(seeds) if x in seeds[:i])
+        raise ValueError(f"{source}: seeds must be distinct (each seed is a run folder); {twice} is given twice")
     for key in ("baseline", "oracle"):
         if key in data:
             check_name(data[key], f"{source}: {key}")
@@ -220,7 +223,8 @@ def load_experiment(spec: str | Path | Mapping[str, Any] | None = None) -> Exper
             raise ValueError(f"{source}: stability.runs must be a list of run names, got {show(stability['runs'])}")
         stable_runs = list(stability["runs"])
         if set(stable_runs) - set(names):
-            raise ValueError(f"{source}: stability.runs names unknown runs {sorted(set(stable_runs) - set(names))}")
+            unknown = sorted(set(stable_runs) - set(names))
+            raise ValueError(f"{source}: stability.runs names unknown runs [{', '.join(show(r) for r in unknown[:5])}]")
     exp = Experiment(name, train_config, runs, list(seeds), str(data.get("baseline", "grpo")),
                      str(data.get("oracle", "oracle")), float(scale) if scale is not None else None, stable_runs)
     for i, run in enumerate(runs):
@@ -338,7 +342,7 @@ def run_experiment(
         continued = point.state is not None  # train() continues it: no warm start
         try:
             history = train(config, run_dir, init_state=None if continued else warm_for(config), progress=progress,
-                            on_step=keep_last, resume=resume, overwrite=overwrite)
+                            on_step=keep_last, resume=resume, overwrite=overwrite, start_point=point)
         except DivergenceError as exc:
             if not any("eval_success" in row for row in exc.history):
                 raise  # the warm start itself diverged: every run of the seed starts from it
@@ -390,8 +394,15 @@ def rollouts_to_reach(history: list[dict[str, Any]], target: float) -> float:
     return float(rollouts[hit[0]]) if hit.size else math.inf
 
 
+def _diverged(history: list[dict[str, Any]]) -> bool:
+    return bool(history) and "diverged" in history[-1]
+
+
 def _final(history: list[dict[str, Any]]) -> float:
-    """Final success: the mean of the last two evaluations (one evaluation is noisy)."""
+    """Final success: the mean of the last two evaluations (one evaluation is noisy); 0 for a run that
+    diverged (its last weights are not finite: it ends with no policy)."""
+    if _diverged(history):
+        return 0.0
     _, _, success = _evals(history)
     return float(success[-2:].mean())
 
@@ -408,12 +419,14 @@ def summarize_runs(exp: Experiment, histories: dict[str, list[list[dict[str, Any
     reach the baseline's final success *of the same seed* (each seed has its own warm start) and a
     mid-level target half-way from that seed's warm start to it; the share of the baseline → oracle gap
     closed in rollouts to the baseline's final success, ``(R_base − R_run) / (R_base − R_oracle)`` on
-    the means over seeds; collapsed seeds (the final success below the warm start's)."""
+    the means over seeds; collapsed seeds (the final success below the warm start's); diverged seeds
+    (``DivergenceError``: their final success counts as 0, and a diverged baseline seed sets no target,
+    so no run reaches it)."""
     base_runs = histories.get(exp.baseline) or []
     starts = [float(_evals(h)[2][0]) for h in base_runs] or [
         float(np.mean([_evals(h)[2][0] for hs in histories.values() for h in hs]))
     ]
-    finals = [_final(h) for h in base_runs]
+    finals = [math.nan if _diverged(h) else _final(h) for h in base_runs]  # a diverged baseline sets no target
     mids = [s0 + 0.5 * (f - s0) for s0, f in zip(starts, finals, strict=False)]
     runs: dict[str, Any] = {}
     for name, hs in histories.items():
@@ -445,8 +458,8 @@ def summarize_runs(exp: Experiment, histories: dict[str, list[list[dict[str, Any
         rec["gap_closed"] = (base - mine) / gap if math.isfinite(gap) and gap > 0 and math.isfinite(mine) else None
         rec["rollouts_vs_baseline"] = mine / base if math.isfinite(base) and base > 0 and math.isfinite(mine) else None
     return {"name": exp.name, "warm_start_success": float(np.mean(starts)),
-            "target_final": float(np.mean(finals)) if finals else math.nan,
-            "target_mid": float(np.mean(mids)) if mids else math.nan,
+            "target_final": float(np.nanmean(finals)) if any(map(math.isfinite, finals)) else math.nan,
+            "target_mid": float(np.nanmean(mids)) if any(map(math.isfinite, mids)) else math.nan,
             "baseline": exp.baseline, "oracle": exp.oracle, "runs": runs}
 
 

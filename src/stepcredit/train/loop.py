@@ -32,7 +32,14 @@ from stepcredit.feedback.critique import CritiqueOptions
 from stepcredit.generation import TrainingBatch, rollout_chains, rollout_trees
 from stepcredit.generation.scoring import sequence_logprobs
 from stepcredit.recipe import Recipe
-from stepcredit.train.checkpoints import clear_run, load_checkpoint, resume_point, save_checkpoint, start_run
+from stepcredit.train.checkpoints import (
+    ResumePoint,
+    adopt_checkpoints,
+    clear_run,
+    resume_point,
+    save_checkpoint,
+    start_run,
+)
 from stepcredit.train.config import TrainConfig
 from stepcredit.train.losses import kl_penalty, masked_mean, on_off_policy_loss, ppo_clip_loss
 from stepcredit.train.warmstart import minibatches, warm_start
@@ -272,6 +279,7 @@ def train(
     init_state: dict[str, Tensor] | None = None,
     progress: bool = True,
     on_step: Callable[[dict[str, Any], TrainingBatch], None] | None = None,
+    start_point: ResumePoint | None = None,
 ) -> list[dict[str, Any]]:
     """Warm start (unless ``init_state`` gives the warm weights), then ``config.steps`` RL steps.
 
@@ -280,14 +288,15 @@ def train(
     A fresh run needs an empty (or absent) ``out_dir`` unless ``overwrite`` (which removes what an
     earlier run wrote there); with ``resume`` the run continues from the newest intact checkpoint the
     manifest vouches for (``train.checkpoints.resume_point``). Everything is checked before anything
-    is written. A non-finite loss, gradient or weight raises ``DivergenceError`` (its last metrics row
+    is written (``start_point``: the ``resume_point`` a caller already checked, so it is not read
+    twice). A non-finite loss, gradient or weight raises ``DivergenceError`` (its last metrics row
     says which). Returns the metrics, one dict per line."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     config.check()
     out = Path(out_dir)
-    point = resume_point(config, out, resume=resume, overwrite=overwrite)
+    point = start_point if start_point is not None else resume_point(config, out, resume=resume, overwrite=overwrite)
     console = Console(stderr=True, quiet=not progress)
     for warning in point.warnings:
         console.print(f"warning: {out}: {warning}")
@@ -299,6 +308,11 @@ def train(
     history: list[dict[str, Any]] = []
     counters = {"rollouts": 0.0, "tokens": 0.0}
     start = 0
+    ref_model = None
+    if config.kl_coef > 0:
+        import copy
+
+        ref_model = copy.deepcopy(policy.model).eval()  # the reference: the policy the RL started from
     if point.state is not None:
         state = point.state
         policy.model.load_state_dict(state["model"])
@@ -306,35 +320,33 @@ def train(
         history, counters, start = state["history"], state["counters"], point.step
         for method in feedback:
             method.load(state.get("feedback", {}).get(method.name), f"{out / f'checkpoint-{start}.pt'}: {method.name}")
+        if ref_model is not None:
+            ref_model.load_state_dict(point.reference if point.reference is not None else state["model"])
+        if point.adopt:
+            adopt_checkpoints(out, config, point.adopt)
         console.print(f"resuming {out} from step {start}")
     else:
+        if init_state is not None:
+            policy.model.load_state_dict(init_state)
+        if not _finite_weights(policy.model):
+            raise DivergenceError("a weight of init_state", 0)
         if resume:
             console.print(f"no checkpoint in {out}: starting afresh")
         if overwrite:
             clear_run(out)
         start_run(out, config)
-        if init_state is not None:
-            policy.model.load_state_dict(init_state)
-            warm: dict[str, float] = {}
-        else:
+        warm: dict[str, float] = {}
+        if init_state is None:
             warm = warm_start(policy, config, console.print, feedback)
-        if not _finite_weights(policy.model):
-            raise DivergenceError("a weight of the warm-started policy" if init_state is None else
-                                  "a weight of init_state", 0)
+            if not _finite_weights(policy.model):
+                raise DivergenceError("a weight of the warm-started policy (a smaller sft_lr may help)", 0)
+        if ref_model is not None:
+            ref_model.load_state_dict(policy.model.state_dict())
         history = [{"step": 0, "rollouts": 0.0, "tokens": 0.0, "eval_success": evaluate(policy, config, feedback),
                     **warm}]
         _save(out, 0, policy, optimizer, history, counters, feedback)
     for method in feedback:
         method.save(out)
-    ref_model = None
-    if config.kl_coef > 0:
-        import copy
-
-        ref_model = copy.deepcopy(policy.model).eval()  # the reference: the policy the RL started from
-        if start > 0:
-            if point.first is None:
-                raise ValueError(f"{out}: cannot resume a KL-regularised run without its step-0 checkpoint")
-            ref_model.load_state_dict(load_checkpoint(point.first)["model"])
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}"))
     with (out / "metrics.jsonl").open("w") as metrics_file, \
