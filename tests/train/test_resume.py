@@ -92,7 +92,7 @@ def test_a_kl_run_needs_its_intact_reference_to_resume(tmp_path: Path) -> None:
     train(_config(kl_coef=0.1), out, progress=False)
     assert resume_point(_config(kl_coef=0.1), out, resume=True).reference is not None
     (out / "checkpoint-0.pt").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="step-0 checkpoint \\(the KL reference\\) does not match its sha256"):
+    with pytest.raises(ValueError, match="its step-0 checkpoint \\(the KL reference\\) does not match its sha256"):
         resume_point(_config(kl_coef=0.1), out, resume=True)
 
 

@@ -15,7 +15,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -140,6 +140,10 @@ def _changed(out: Path, config: TrainConfig) -> list[str]:
     return sorted(k for k in set(saved) | set(now) if k != "steps" and saved.get(k) != now.get(k))
 
 
+def _refuse(out: Path, why: str) -> NoReturn:
+    raise ValueError(f"{out}: cannot resume, {why}; use --overwrite or a new --out")
+
+
 def resume_point(config: TrainConfig, out: Path, *, resume: bool, overwrite: bool = False) -> ResumePoint:
     """Check the run folder ``out`` for a run of ``config`` and say where it starts; writes nothing.
 
@@ -165,31 +169,26 @@ def resume_point(config: TrainConfig, out: Path, *, resume: bool, overwrite: boo
     if not (has_config or has_manifest or files):
         return ResumePoint()  # nothing of a run here
     if not has_config:
-        raise ValueError(f"{out}: cannot resume, config.json is missing, so the checkpoints cannot be checked "
-                         "against this config; use --overwrite or a new --out")
+        _refuse(out, "config.json is missing, so the checkpoints cannot be checked against this config")
     point = ResumePoint()
     candidates: list[tuple[int, str, str | None]]
     if has_manifest:
         manifest = _read_manifest(out)
         if manifest["config"] != config.digest():
-            changed = _changed(out, config) or ["(config.json does not match the manifest)"]
-            raise ValueError(f"{out}: cannot resume, the config differs from the checkpointed run's in {changed} "
-                             "(only steps may grow); use --overwrite or a new --out")
+            _refuse(out, f"the config differs from the checkpointed run's in "
+                    f"{_changed(out, config) or ['(config.json does not match the manifest)']} (only steps may grow)")
         edited = _changed(out, config)
         if edited:
-            raise ValueError(f"{out}: cannot resume, config.json differs from this config in {edited} although the "
-                             "manifest matches (was it edited?); use --overwrite or a new --out")
+            _refuse(out, f"config.json differs from this config in {edited} although the manifest matches (was it "
+                    "edited?)")
         candidates = sorted((e["step"], e["file"], e["sha256"]) for e in manifest["checkpoints"])
     else:
-        if not files:
-            raise ValueError(f"{out}: cannot resume, manifest.json is missing, so the checkpoints cannot be checked "
-                             "against this config; use --overwrite or a new --out")
         changed = _changed(out, config)
         if changed:
-            raise ValueError(f"{out}: cannot resume, the config differs from the checkpointed run's in {changed} "
-                             "(only steps may grow); use --overwrite or a new --out")
-        point.warnings.append("no manifest.json (a run from before manifests): its checkpoints are checked by loading "
-                              "them and recorded in a new manifest")
+            _refuse(out, f"the config differs from the checkpointed run's in {changed} (only steps may grow)")
+        if files:
+            point.warnings.append("no manifest.json (a run from before manifests): its checkpoints are checked by "
+                                  "loading them and recorded in a new manifest")
         candidates = [(step, name, None) for step, name in files]
     if not candidates:
         return point  # cut off before its first checkpoint: start afresh
@@ -202,14 +201,12 @@ def resume_point(config: TrainConfig, out: Path, *, resume: bool, overwrite: boo
             break
         point.warnings.append(f"{name} {problem}: skipped")
     else:
-        raise ValueError(f"{out}: cannot resume, no intact checkpoint ({'; '.join(point.warnings)}); use "
-                         "--overwrite or a new --out")
+        _refuse(out, f"no intact checkpoint ({'; '.join(point.warnings)})")
     if config.kl_coef > 0 and point.step > 0:
         first = next(((s_, n, h) for s_, n, h in candidates if s_ == 0), None)
         reference, digest, problem = _intact(out, 0, first[1], first[2]) if first else (None, "", "is missing")
         if reference is None:
-            raise ValueError(f"{out}: cannot resume a run with kl_coef > 0: its step-0 checkpoint (the KL reference) "
-                             f"{problem}; use --overwrite or a new --out")
+            _refuse(out, f"the run has kl_coef > 0 and its step-0 checkpoint (the KL reference) {problem}")
         point.reference = reference["model"]
         if not has_manifest:
             point.adopt.insert(0, (0, "checkpoint-0.pt", digest))
