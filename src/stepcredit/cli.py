@@ -524,7 +524,7 @@ def rollouts_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output file: .parquet or .jsonl (chat).")] = Path(
         "rollouts.parquet"
     ),
-    env: Annotated[str, typer.Option(help="Task family: calculator, lookup or booking.")] = "calculator",
+    env: Annotated[str, typer.Option(help="Task family: calculator, lookup, booking or search.")] = "calculator",
     policy: Annotated[
         str, typer.Option(help="oracle, noisy, systematic, or a folder holding a Hugging Face causal LM + tokenizer.")
     ] = "noisy",

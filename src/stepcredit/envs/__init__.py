@@ -1,6 +1,6 @@
 """Tool-use environments with ground-truth step labels (gymnasium), and the synthetic log generator.
 
-Three task families, registered with gymnasium on import::
+Four task families, registered with gymnasium on import::
 
     import gymnasium, stepcredit.envs
     env = gymnasium.make("stepcredit/Calculator-v0", depth=4)
@@ -8,7 +8,9 @@ Three task families, registered with gymnasium on import::
 * ``stepcredit/Calculator-v0`` (``CalculatorEnv``): multi-step arithmetic through tools;
 * ``stepcredit/Lookup-v0`` (``LookupEnv``): joins over a small users → orders → products database;
 * ``stepcredit/Booking-v0`` (``BookingEnv``): an airline desk: read tools, then writes with
-  preconditions; a rule-breaking write succeeds but dooms the task; several valid solutions.
+  preconditions; a rule-breaking write succeeds but dooms the task; several valid solutions;
+* ``stepcredit/Search-v0`` (``SearchEnv``): multi-hop questions answered by BM25 searches over a
+  corpus the task builds, with near-namesake distractors (needs ``bm25s``, in the ``envs`` extra).
 
 See ``ToolEnv`` for the shared API (actions, labels, snapshots) and each module for its labelling rules.
 """
@@ -25,17 +27,20 @@ from stepcredit.envs.base import CORRECT, NEUTRAL, WRONG, Snapshot, Tool, ToolEn
 from stepcredit.envs.booking import BookingEnv
 from stepcredit.envs.calculator import CalculatorEnv
 from stepcredit.envs.lookup import LookupEnv
+from stepcredit.envs.search import SearchEnv
 from stepcredit.envs.synthetic import make_records, make_rollouts, make_tree_records, make_tree_rollouts
 
 ENV_IDS = {
     "calculator": "stepcredit/Calculator-v0",
     "lookup": "stepcredit/Lookup-v0",
     "booking": "stepcredit/Booking-v0",
+    "search": "stepcredit/Search-v0",
 }
 FAMILIES: dict[str, type[ToolEnv]] = {
     "calculator": CalculatorEnv,
     "lookup": LookupEnv,
     "booking": BookingEnv,
+    "search": SearchEnv,
 }
 
 
@@ -85,6 +90,7 @@ __all__ = [
     "CalculatorEnv",
     "LookupEnv",
     "ParsedAction",
+    "SearchEnv",
     "Snapshot",
     "Tool",
     "ToolCall",
