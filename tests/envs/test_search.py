@@ -90,3 +90,25 @@ def test_registered_with_gymnasium_and_snapshots_share_the_corpus() -> None:
         SearchEnv(top_k=0)
     with pytest.raises(ValueError, match="filler"):
         SearchEnv(filler=99)
+
+
+@pytest.mark.parametrize("at", [0, 1])
+def test_a_namesake_in_either_lookup_of_a_comparison_dooms_it(at: int) -> None:
+    checked = 0
+    for task in range(60):
+        env, info = _start(depth=2, task=task)
+        if "born earlier" not in env._prompt():
+            continue
+        for _ in range(at):
+            _, _, _, _, info = env.step(info["expert"][0])
+        mistakes = dict(info["mistakes"])
+        if "wrong_bridge" not in mistakes:  # one search happened to read both people's years
+            continue
+        _, _, _, _, info = env.step(mistakes["wrong_bridge"])
+        assert info["label"] == WRONG
+        reward, done = 0.0, False
+        while not done:
+            _, reward, done, _, info = env.step(info["expert"][0])
+        assert reward == 0.0, task
+        checked += 1
+    assert checked >= 10

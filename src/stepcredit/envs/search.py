@@ -240,8 +240,10 @@ class SearchEnv(ToolEnv):
                     pass
                 else:
                     facts[rel] = build(_KIND_OF[rel], avoid_country=answer)
-                entities[twin] = _Entity(twin, true.kind, facts, true.year + int(rng.integers(-30, 30)) or 1)
-                if rel == "born_year":
+                entities[twin] = _Entity(twin, true.kind, facts, true.year + int(rng.integers(-30, 30)))
+                if rel == "born_year":  # born before both: a comparison built on the namesake answers its name
+                    earliest = min(entities[c[0]].year for c in chains)
+                    entities[twin].year = earliest - int(rng.integers(1, 20))
                     entities[twin].facts["born_in"] = build("city", avoid_country=None)
                 namesakes[entity] = twin
         for _ in range(3):  # unrelated pages
