@@ -112,3 +112,25 @@ def test_a_namesake_in_either_lookup_of_a_comparison_dooms_it(at: int) -> None:
         assert reward == 0.0, task
         checked += 1
     assert checked >= 10
+
+
+@pytest.mark.parametrize("top_k", [1, 3])
+@pytest.mark.parametrize("filler", [0, 6])
+def test_the_expert_solves_every_task_at_any_top_k_and_length(top_k: int, filler: int) -> None:
+    for depth in (1, 2, 3, 4):
+        for task in range(15):
+            env, info = _start(depth=depth, task=task, top_k=top_k, filler=filler)
+            reward, done, labels = 0.0, False, []
+            while not done:
+                _, reward, done, truncated, info = env.step(info["expert"][0])
+                labels.append(info["label"])
+                done = done or truncated
+            assert reward == 1.0 and set(labels) == {CORRECT}, (depth, task, labels)
+
+
+def test_expert_phrasings_search_different_words() -> None:
+    from stepcredit.envs.search import _phrasings, _tokens
+
+    for rel in ("works_at", "founded_by", "born_in", "in_country", "born_year"):
+        words = [frozenset(_tokens(q)) for q in _phrasings("Arlen Voss", rel)]
+        assert len(words) == len(set(words)) >= 2, rel

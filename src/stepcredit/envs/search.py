@@ -5,17 +5,20 @@ each, every passage with an id — and one question. A **bridge** question names
 for a fact at the end of a chain of relations, e.g. at depth 3 "In which country was the founder of
 Korvan Labs born?": Korvan Labs → its founder (the bridge entity) → the founder's birth city → that
 city's country. A **comparison** question (depth 2, half the tasks) asks which of two people was born
-earlier, one lookup each. The only tool is ``search(query)``: BM25 (``bm25s``) over the passages,
-the ``top_k`` best passages with a positive score, each as ``[p12] text``. The agent ends with
-``answer <value>`` (a country, or a person's name); answers are compared case- and space-insensitively.
+earlier, one lookup each (one search may settle both when the two share a name). The only tool is
+``search(query)``: BM25 (``bm25s``) over the passages, the ``top_k`` best passages with a positive
+score, each as ``[p12] text``. The agent ends with
+``answer <value>`` (a country, or a person's name); answers are compared by their words (case,
+spacing, punctuation and stop words aside).
 
 **depth** is the number of hops (1–4): the relations person → works at → company → founded by →
 person → born in → city → in → country, entered at the hop the depth needs.
 
 **Distractors in the data.** Every entity of the question's chain has a near-namesake (one letter
-changed: "Arlen Voss" / "Arlen Vosk", "Korvan Labs" / "Korvin Labs") whose page states other facts,
-leading to another answer; other pages are unrelated. With ``noise`` a result carries one irrelevant
-passage more. A fact is stated once, in its entity's page (the *fact passage* of that hop).
+changed: "Arlen Voss" / "Arlen Vosk", "Korvan Labs" / "Korvam Labs") whose page states other facts,
+leading to another answer; other pages are unrelated. With ``noise`` a result carries one passage
+more that states no fact. A fact is stated once, in its entity's page (the *fact passage* of that
+hop). Every task is drawn so that some phrasing finds each of its facts at the env's ``top_k``.
 
 **What the agent knows.** The environment tracks the agent's *beliefs*: the entity it takes for each
 hop of the chain. A search whose results hold the fact passage of the believed entity of the next
@@ -28,9 +31,10 @@ fails.
 
 * **+1** a search that retrieves, for the first time, the fact passage of the next hop of the true
   chain; the correct answer;
-* **0** a search that adds nothing the answer needs (a re-read, a vague query, an unrelated page); a
-  search that follows from the agent's own earlier wrong bridge (the namesake's chain) — the mistake
-  is labelled where it was made; an errored call; a distractor tool;
+* **0** a search that adds nothing the answer needs (a re-read, a vague query, an unrelated page —
+  also a vague query whose results happen to show a namesake's fact: the agent's belief does not
+  move); a search that follows from the agent's own earlier wrong bridge (the namesake's chain) — the
+  mistake is labelled where it was made; an errored call; a distractor tool;
 * **−1** a search whose query names the near-namesake of the entity the true chain needs next, in
   place of it (the agent's belief swaps to the namesake); a wrong answer.
 
@@ -113,19 +117,21 @@ class _World:
         self.passages = passages  # (id, text, "entity|relation" of the fact it states, or None)
         self.fact_passage = {p[2]: p[0] for p in passages if p[2] is not None}
         self.text = {p[0]: p[1] for p in passages}
-        self.index = bm25s.BM25()
+        self.index = bm25s.BM25(backend="numpy")
         self.index.index([_tokens(t) or ["_"] for _, t, _ in passages], show_progress=False)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _World:
         return self
 
     def search(self, query: str, k: int) -> list[str]:
-        """The ids of the ``k`` best passages with a positive BM25 score, best first (ties: corpus order)."""
+        """The ids of the ``k`` best passages with a positive BM25 score, best first (ties: corpus order,
+        by a stable sort of ``get_scores``; the numpy backend always)."""
         words = _tokens(query)
         if not words:
             return []
-        docs, scores = self.index.retrieve([words], k=min(k, len(self.passages)), show_progress=False)
-        return [self.passages[int(d)][0] for d, s in zip(docs[0], scores[0], strict=True) if s > 0]
+        scores = np.asarray(self.index.get_scores(words), dtype=np.float64)
+        best = np.argsort(-scores, kind="stable")[:k]
+        return [self.passages[int(d)][0] for d in best if scores[d] > 0]
 
 
 @dataclass
@@ -165,6 +171,17 @@ class SearchEnv(ToolEnv):
 
     # ------------------------------------------------------------------ task
     def _new_task(self, rng: np.random.Generator, index: int) -> _Task:
+        """A task whose every fact is found by some phrasing at this ``top_k`` (else drawn again)."""
+        for _ in range(50):
+            task = self._draw(rng)
+            if all(
+                any(pid in task.world.search(q, self.top_k) for q in _phrasings(*key.split("|")))
+                for key, pid in task.world.fact_passage.items()
+            ):
+                return task
+        raise RuntimeError(f"no solvable search task in 50 draws at top_k={self.top_k}")  # pragma: no cover
+
+    def _draw(self, rng: np.random.Generator) -> _Task:
         firsts, lasts, cities, countries, stems = _POOLS[self.split]
         used: set[str] = set()
         twins: set[str] = set()  # the namesakes of every name made: no new name may equal one
@@ -185,7 +202,7 @@ class SearchEnv(ToolEnv):
                     twins.add(twin)
                     kinds[name] = kind
                     return name
-            raise RuntimeError("name pool exhausted")  # pragma: no cover - pools hold thousands of names
+            raise RuntimeError("name pool exhausted")  # pragma: no cover - a task uses ~30 of 120+ names per kind
 
         def build(kind: str, avoid_country: str | None = None) -> str:
             """A new entity of ``kind`` with its whole chain down to a country; returns its name."""
@@ -280,9 +297,11 @@ class SearchEnv(ToolEnv):
         hits = task.world.search(query, self.top_k)
         label = self._judge(query, hits)
         lines = [f"[{h}] {task.world.text[h]}" for h in hits]
-        if self.noise and self.np_random.random() < self.noise:
-            extra = task.world.passages[int(self.np_random.integers(len(task.world.passages)))]
-            lines.append(f"[{extra[0]}] {extra[1]}")
+        if self.noise and self.np_random.random() < self.noise:  # one passage more that states no fact
+            spare = [p for p in task.world.passages if p[2] is None and p[0] not in hits]
+            if spare:
+                extra = spare[int(self.np_random.integers(len(spare)))]
+                lines.append(f"[{extra[0]}] {extra[1]}")
         return CallOutcome("\n".join(lines) if lines else "no results", label=label)
 
     def _judge(self, query: str, hits: list[str]) -> int:
@@ -296,7 +315,8 @@ class SearchEnv(ToolEnv):
             twin = task.namesakes[chain[i]]
             if set(_tokens(twin)) <= words and not set(_tokens(chain[i])) <= words:
                 task.belief[c][i] = twin
-                self._resolve(c, hits)
+                for other in range(len(task.chains)):
+                    self._resolve(other, hits)
                 return WRONG
         label = NEUTRAL
         for c in range(len(task.chains)):
@@ -400,9 +420,9 @@ _KIND_OF = {"works_at": "company", "founded_by": "person", "born_in": "city"}
 _REL_WORDS = {
     "works_at": ["employer", "works at"],
     "founded_by": ["founder", "founded by"],
-    "born_in": ["born city", "birthplace"],
+    "born_in": ["birthplace", "born city"],
     "in_country": ["country", "city country"],
-    "born_year": ["born year", "birth year"],
+    "born_year": ["born year", "year of birth"],
 }
 
 
@@ -418,13 +438,19 @@ _TEMPLATE = {  # the words of the fact passage itself, its object left out
 def _phrasings(entity: str, rel: str) -> list[str]:
     words = _REL_WORDS[rel]
     asks = {
-        "works_at": f"where does {entity} work",
+        "works_at": f"where {entity} works",
         "founded_by": f"who founded {entity}",
         "born_in": f"where was {entity} born",
         "in_country": f"which country is {entity} in",
-        "born_year": f"when was {entity} born",
+        "born_year": f"which year was {entity} born",
     }
-    return [asks[rel], f"{entity} {words[0]}", f"{entity} {words[1]}", f"{entity} {_TEMPLATE[rel]}"]
+    out, seen = [], set()
+    for query in (asks[rel], f"{entity} {words[0]}", f"{entity} {words[1]}", f"{entity} {_TEMPLATE[rel]}"):
+        key = frozenset(_tokens(query))
+        if key not in seen:  # phrasings that search the same words are one
+            seen.add(key)
+            out.append(query)
+    return out
 
 
 def _question(hops: list[tuple[str, str]], start: str) -> str:
@@ -463,18 +489,18 @@ def _pages(e: _Entity, rng: np.random.Generator) -> list[tuple[str, str | None]]
     f = e.facts
     if e.kind == "person":
         out: list[tuple[str, str | None]] = [
-            (f"{e.name} was born in the year {e.year}; {e.name} works as {_article(str(rng.choice(_JOBS)))}.",
+            (f"{e.name} was born in the year {e.year}; by trade {_article(str(rng.choice(_JOBS)))}.",
              f"{e.name}|born_year")
         ]
         if "born_in" in f:
-            out.append((f"{e.name} was born in the city of {f['born_in']}.", f"{e.name}|born_in"))
+            out.append((f"{e.name} was born in the city of {f['born_in']} (birthplace).", f"{e.name}|born_in"))
         if "works_at" in f:
-            out.append((f"{e.name} works at {f['works_at']}.", f"{e.name}|works_at"))
+            out.append((f"{e.name} works at {f['works_at']} (employer).", f"{e.name}|works_at"))
         return out
     if e.kind == "company":
         out = [(f"{e.name} makes {rng.choice(_PRODUCTS)} and was started in {e.year}.", None)]
         if "founded_by" in f:
-            out.append((f"{e.name} was founded by {f['founded_by']}.", f"{e.name}|founded_by"))
+            out.append((f"{e.name} was founded by {f['founded_by']} (founder).", f"{e.name}|founded_by"))
         return out
     out = [(f"{e.name} lies on the river {rng.choice(_RIVERS)}.", None)]
     if "in_country" in f:
