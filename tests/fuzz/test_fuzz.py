@@ -4,8 +4,8 @@ side (experiment configs, resume folders, the trainer-tensor APIs; ``tests/fuzz/
 Each loader's campaign (``tests/fuzz/campaign.py``) runs in its own process under an address-space
 bound and a wall-clock limit, and must end with zero failures: every call returns or raises the
 documented error type with a one-line message, nothing returned is non-finite, nothing runs out of
-memory or time. ``STEPCREDIT_FUZZ_EXAMPLES`` sets the examples per loader (default 1000; more on
-demand), ``STEPCREDIT_FUZZ_SEED`` the seed (default 0).
+memory or time. ``STEPCREDIT_FUZZ_EXAMPLES`` sets the examples per campaign (default 1000 per loader,
+500 per training-side campaign; more on demand), ``STEPCREDIT_FUZZ_SEED`` the seed (default 0).
 """
 
 from __future__ import annotations
@@ -21,7 +21,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 LOADERS = ["chat", "tau2", "parquet", "references", "recipe", "experiment", "resume", "tensors"]
-EXAMPLES = int(os.environ.get("STEPCREDIT_FUZZ_EXAMPLES", "1000"))
+GIVEN = os.environ.get("STEPCREDIT_FUZZ_EXAMPLES")
+TRAINING = ("experiment", "resume", "tensors")  # 500 each by default: 1,500 training-side cases in make test
+
+
+def _examples(loader: str) -> int:
+    return int(GIVEN) if GIVEN else (500 if loader in TRAINING else 1000)
 SEED = int(os.environ.get("STEPCREDIT_FUZZ_SEED", "0"))
 HEADROOM_MIB = 2048
 
@@ -33,7 +38,7 @@ def _limit_s(examples: int) -> float:
 def _explain(loader: str, res: subprocess.CompletedProcess[str] | None, last: Path) -> str:
     said = last.read_text(errors="replace")[:3000] if last.exists() else "(none)"
     if res is None:
-        return f"the {loader} campaign ran past {_limit_s(EXAMPLES):.0f} s; the input it was on: {said}"
+        return f"the {loader} campaign ran past {_limit_s(_examples(loader)):.0f} s; the input it was on: {said}"
     how = f"killed by signal {signal.Signals(-res.returncode).name}" if res.returncode < 0 else f"rc {res.returncode}"
     return (
         f"the {loader} campaign ended without a summary ({how}; out of memory or a crash in native code?)\n"
@@ -51,11 +56,12 @@ def test_fuzz(loader: str, tmp_path: Path) -> None:
         "MALLOC_ARENA_MAX": "2",  # glibc arenas reserve address space per thread; keep the bound meaningful
     }
     cmd = [
-        sys.executable, "-m", "tests.fuzz.campaign", loader, "--examples", str(EXAMPLES), "--seed", str(SEED),
+        sys.executable, "-m", "tests.fuzz.campaign", loader, "--examples", str(_examples(loader)), "--seed", str(SEED),
         "--headroom-mib", str(HEADROOM_MIB), "--last", str(last),
     ]  # fmt: skip
     try:
-        res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=_limit_s(EXAMPLES))
+        limit = _limit_s(_examples(loader))
+        res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=limit)
     except subprocess.TimeoutExpired:
         pytest.fail(_explain(loader, None, last))
     lines = res.stdout.strip().splitlines()
@@ -64,7 +70,7 @@ def test_fuzz(loader: str, tmp_path: Path) -> None:
     except (IndexError, ValueError):
         pytest.fail(_explain(loader, res, last))
     assert "error" not in summary, f"the {loader} campaign broke:\n{summary['error']}"
-    assert summary["examples"] >= EXAMPLES, summary
+    assert summary["examples"] >= _examples(loader), summary
     failures = summary["failures"]
     if failures:
         report = "\n\n".join(json.dumps(f, indent=1, ensure_ascii=True, default=repr)[:3000] for f in failures)
